@@ -1,0 +1,82 @@
+"""Audio I/O (soundfile) and resampling. torchaudio >= 2.9 has no loader, so we never call it for I/O."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .types import Waveform
+
+
+class AudioError(ValueError):
+    """Unreadable, empty or otherwise unusable audio."""
+
+
+def resample(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
+    """(..., T) -> (..., T') band-limited sinc resampling."""
+    if orig_sr == new_sr:
+        return x
+    import torchaudio.functional as AF
+
+    return AF.resample(x, orig_sr, new_sr)
+
+
+def read_audio(path: str | os.PathLike[str], sample_rate: int | None = None, mono: bool = True) -> torch.Tensor:
+    """Read a file -> (T,) float32 mono (or (C, T) with mono=False), resampled to ``sample_rate`` if given.
+
+    Returns the tensor only; see :func:`load_audio` for a :class:`Waveform`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (T, C)
+    except Exception as e:  # soundfile raises several types (LibsndfileError, RuntimeError, ...)
+        raise AudioError(f"cannot decode audio file {path}: {e}") from e
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file is empty: {path}")
+    x = torch.from_numpy(np.ascontiguousarray(data.T))  # (C, T)
+    if mono:
+        x = x.mean(0)
+    if not torch.isfinite(x).all():
+        raise AudioError(f"audio file contains NaN/Inf samples: {path}")
+    return resample(x, sr, sample_rate) if sample_rate else x
+
+
+def audio_info(path: str | os.PathLike[str]) -> tuple[int, int, float]:
+    """(sample_rate, channels, duration_s) without decoding."""
+    try:
+        info = sf.info(str(path))
+    except Exception as e:
+        raise AudioError(f"cannot read audio header of {path}: {e}") from e
+    return int(info.samplerate), int(info.channels), float(info.frames) / info.samplerate
+
+
+def load_audio(paths: str | os.PathLike[str] | list[str | os.PathLike[str]], sample_rate: int) -> Waveform:
+    """One or many files -> batched mono :class:`Waveform` at ``sample_rate``."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    return Waveform.from_list([read_audio(p, sample_rate) for p in items], sample_rate)
+
+
+def save_audio(path: str | os.PathLike[str], wav: Waveform | torch.Tensor, sample_rate: int | None = None) -> None:
+    """Write one item (B must be 1 for a Waveform) as 16-bit PCM WAV, atomically."""
+    if isinstance(wav, Waveform):
+        if wav.batch_size != 1:
+            raise ValueError(f"save_audio writes one item, got a batch of {wav.batch_size}")
+        x, sample_rate = wav.unbatch()[0], wav.sample_rate
+    else:
+        x = wav
+        if sample_rate is None:
+            raise ValueError("sample_rate is required when saving a bare tensor")
+    x = x.detach().float().cpu().clamp(-1, 1)
+    if x.dim() != 1:
+        raise ValueError(f"expected mono (T,) audio, got shape {tuple(x.shape)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    sf.write(str(tmp), x.numpy(), sample_rate, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)

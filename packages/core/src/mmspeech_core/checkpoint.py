@@ -1,0 +1,167 @@
+"""Checkpoints: ``model.safetensors`` + ``config.json`` + ``meta.json`` (kind + format version), written atomically.
+
+Layout of a pretrained directory::
+
+    <dir>/config.json        the stage's dataclass config
+    <dir>/model.safetensors  weights
+    <dir>/meta.json          {"kind": "flow", "format_version": 1, "package_version": "0.1.0"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ConfigError, config_from_dict, config_to_dict
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+META_NAME = "meta.json"
+
+
+class CheckpointError(RuntimeError):
+    """Missing, corrupted, mismatched or incompatible checkpoint."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a temp file + rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors save, atomic; tied / shared tensors are cloned so safetensors accepts them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seen: dict[int, str] = {}
+    clean: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        v = v.detach()
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        clean[k] = v.clone().contiguous().cpu() if ptr in seen else v.contiguous().cpu()
+        if ptr != -1:
+            seen[ptr] = k
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(clean, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"weights file {path} is corrupted or not safetensors: {e}") from e
+
+
+def save_pretrained_dir(
+    directory: str | Path, kind: str, config: Any, state: dict[str, torch.Tensor], package_version: str
+) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_state_dict(state, d / WEIGHTS_NAME, metadata={"kind": kind, "format_version": str(FORMAT_VERSION)})
+    atomic_write_text(d / CONFIG_NAME, json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
+    meta = {"kind": kind, "format_version": FORMAT_VERSION, "package_version": package_version}
+    atomic_write_text(d / META_NAME, json.dumps(meta, indent=2) + "\n")
+    return d
+
+
+C = TypeVar("C")
+
+
+def load_pretrained_dir(
+    directory: str | Path, kind: str, config_cls: type[C], device: str | torch.device = "cpu"
+) -> tuple[C, dict[str, torch.Tensor]]:
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {d}")
+    for name in (META_NAME, CONFIG_NAME, WEIGHTS_NAME):
+        if not (d / name).is_file():
+            raise CheckpointError(f"checkpoint {d} is missing {name}")
+    try:
+        meta = json.loads((d / META_NAME).read_text())
+        cfg_data = json.loads((d / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {d} has an unreadable JSON file: {e}") from e
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"checkpoint {d} holds a {meta.get('kind')!r} stage, expected {kind!r}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {d} has format version {version}, this package reads version {FORMAT_VERSION}"
+        )
+    try:
+        config = config_from_dict(config_cls, cfg_data, where=f"{d / CONFIG_NAME}")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
+    return config, load_state_dict(d / WEIGHTS_NAME, device)
+
+
+M = TypeVar("M", bound="PretrainedMixin")
+
+
+class PretrainedMixin:
+    """``save_pretrained(dir)`` / ``from_pretrained(dir)`` for an ``nn.Module`` built as ``cls(config)``.
+
+    Subclasses set ``checkpoint_kind``, ``config_class`` and ``package_version`` and store ``self.config``.
+    """
+
+    checkpoint_kind: ClassVar[str]
+    config_class: ClassVar[type]
+    package_version: ClassVar[str] = "0.0.0"
+    config: Any
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        assert isinstance(self, torch.nn.Module)
+        return save_pretrained_dir(directory, self.checkpoint_kind, self.config, self.state_dict(), self.package_version)
+
+    @classmethod
+    def from_pretrained(cls: type[M], directory: str | Path, device: str | torch.device = "cpu") -> M:
+        config, state = load_pretrained_dir(directory, cls.checkpoint_kind, cls.config_class, device)
+        model = cls(config)  # type: ignore[call-arg]
+        assert isinstance(model, torch.nn.Module)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches: config.json and weights disagree
+            raise CheckpointError(f"checkpoint {directory} does not match its config: {e}") from e
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint {directory} does not match {cls.__name__}: "
+                f"missing {sorted(missing)[:8]}{'...' if len(missing) > 8 else ''}, "
+                f"unexpected {sorted(unexpected)[:8]}{'...' if len(unexpected) > 8 else ''}"
+            )
+        return model.to(device).eval()  # type: ignore[return-value]

@@ -1,0 +1,255 @@
+"""Manifests, length-bucketed batching, and resumable sharded feature extraction shared by every stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import atomic_write_text, load_state_dict, save_state_dict
+
+log = logging.getLogger(__name__)
+L = TypeVar("L")
+
+
+class ManifestError(ValueError):
+    """A manifest line that cannot be parsed."""
+
+
+@dataclass
+class Utterance:
+    """One manifest entry. ``audio`` is a path; relative paths are resolved against the manifest's folder."""
+
+    id: str
+    audio: str
+    text: str | None = None
+    speaker: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> list[Utterance]:
+    """JSONL (``{"id", "audio", "text"?, "speaker"?}`` per line) or Kaldi ``wav.scp`` (``id path``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    out: list[Utterance] = []
+    seen: set[str] = set()
+    is_jsonl = path.suffix in (".jsonl", ".json")
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if is_jsonl:
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"{path}:{n}: invalid JSON: {e}") from e
+            if not isinstance(d, dict) or "id" not in d or "audio" not in d:
+                raise ManifestError(f"{path}:{n}: each line needs 'id' and 'audio'")
+            known = {k: d.pop(k) for k in ("id", "audio", "text", "speaker") if k in d}
+            u = Utterance(str(known["id"]), str(known["audio"]), known.get("text"), known.get("speaker"), d)
+        else:
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2:
+                raise ManifestError(f"{path}:{n}: expected 'utt_id path', got {line!r}")
+            u = Utterance(parts[0], parts[1])
+        if u.id in seen:
+            raise ManifestError(f"{path}:{n}: duplicate id {u.id!r}")
+        seen.add(u.id)
+        if not os.path.isabs(u.audio):
+            u.audio = str((path.parent / u.audio).resolve())
+        out.append(u)
+    return out
+
+
+def write_manifest(path: str | os.PathLike[str], utts: Iterable[Utterance]) -> None:
+    lines = []
+    for u in utts:
+        d = {"id": u.id, "audio": u.audio, **({"text": u.text} if u.text is not None else {})}
+        d.update({"speaker": u.speaker} if u.speaker is not None else {})
+        d.update(u.extra)
+        lines.append(json.dumps(d, ensure_ascii=False))
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+
+
+class LengthBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Dynamic batches: items sorted into buckets by length so each batch holds at most ``max_frames``
+    padded frames (and at most ``max_batch`` items). Shards batches across ``world_size`` ranks;
+    every rank gets the same number of batches (DDP needs that)."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_frames: int,
+        max_batch: int = 64,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if max_frames <= 0 or max_batch <= 0:
+            raise ValueError("max_frames and max_batch must be positive")
+        self.lengths = list(lengths)
+        self.max_frames, self.max_batch = max_frames, max_batch
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], rng.random()))
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            longest = max([self.lengths[j] for j in cur] + [self.lengths[i]])
+            if cur and (longest * (len(cur) + 1) > self.max_frames or len(cur) >= self.max_batch):
+                batches.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            batches.append(cur)
+        if self.shuffle:
+            rng.shuffle(batches)
+        per_rank = math.ceil(len(batches) / self.world_size)
+        batches = (batches * (1 + per_rank * self.world_size // max(len(batches), 1)))[: per_rank * self.world_size]
+        return batches[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sharded, resumable extraction (tokens, latents): one safetensors shard per N utterances per rank.
+
+
+class ShardWriter:
+    """Collects ``id -> tensor`` and flushes shards ``<out>/shard-r{rank}-{k}.safetensors``.
+
+    ``index-r{rank}.jsonl`` records ``{"id", "shard"}`` after each shard is safely on disk, so an
+    interrupted run resumes by skipping ids already indexed. Failures go to ``errors-r{rank}.jsonl``.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str], shard_size: int = 1000, rank: int = 0) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.shard_size, self.rank = shard_size, rank
+        self.buffer: dict[str, torch.Tensor] = {}
+        existing = sorted(self.out.glob(f"shard-r{rank}-*.safetensors"))
+        self.next_shard = 1 + max((int(p.stem.rsplit("-", 1)[1]) for p in existing), default=-1)
+
+    @staticmethod
+    def done_ids(out_dir: str | os.PathLike[str]) -> set[str]:
+        done: set[str] = set()
+        for p in Path(out_dir).glob("index-r*.jsonl"):
+            for line in p.read_text().splitlines():
+                if line.strip():
+                    done.add(json.loads(line)["id"])
+        return done
+
+    def add(self, utt_id: str, value: torch.Tensor) -> None:
+        self.buffer[utt_id] = value.detach().cpu().contiguous()
+        if len(self.buffer) >= self.shard_size:
+            self.flush()
+
+    def error(self, utt_id: str, message: str) -> None:
+        log.warning("skipping %s: %s", utt_id, message)
+        with open(self.out / f"errors-r{self.rank}.jsonl", "a") as f:
+            f.write(json.dumps({"id": utt_id, "error": message}) + "\n")
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        name = f"shard-r{self.rank}-{self.next_shard:05d}.safetensors"
+        save_state_dict(self.buffer, self.out / name)
+        with open(self.out / f"index-r{self.rank}.jsonl", "a") as f:
+            for k in self.buffer:
+                f.write(json.dumps({"id": k, "shard": name}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.next_shard += 1
+        self.buffer = {}
+
+
+def load_shards(out_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """All extracted features of a folder written by :class:`ShardWriter`: ``id -> tensor``."""
+    out: dict[str, torch.Tensor] = {}
+    shards: set[str] = set()
+    for p in sorted(Path(out_dir).glob("index-r*.jsonl")):
+        shards.update(json.loads(line)["shard"] for line in p.read_text().splitlines() if line.strip())
+    for name in sorted(shards):
+        out.update(load_state_dict(Path(out_dir) / name))
+    return out
+
+
+def run_extraction(
+    utts: Sequence[Utterance],
+    load: Callable[[Utterance], L],
+    process: Callable[[list[L]], list[torch.Tensor]],
+    out_dir: str | os.PathLike[str],
+    batch_size: int = 16,
+    shard_size: int = 1000,
+    rank: int = 0,
+    world_size: int = 1,
+    desc: str = "extract",
+) -> dict[str, int]:
+    """Extract features for this rank's share of ``utts``, skipping ids already done.
+
+    ``load(utt)`` reads one utterance (unreadable audio is logged to the errors file and skipped on its
+    own); ``process(loaded_batch)`` returns one tensor per item. A failing batch is retried item by item so
+    one bad input never drops its neighbours. Returns counts ``{"done", "skipped", "failed"}``.
+    """
+    done = ShardWriter.done_ids(out_dir)
+    mine = [u for i, u in enumerate(utts) if i % world_size == rank]
+    todo = [u for u in mine if u.id not in done]
+    writer = ShardWriter(out_dir, shard_size, rank)
+    stats = {"done": 0, "skipped": len(mine) - len(todo), "failed": 0}
+    batch: list[tuple[Utterance, L]] = []
+
+    def run_batch(items: list[tuple[Utterance, L]]) -> None:
+        try:
+            outs = process([x for _, x in items])
+        except Exception as e:  # one bad batch must not kill a long job: retry items one by one
+            if len(items) == 1:
+                writer.error(items[0][0].id, f"{type(e).__name__}: {e}")
+                stats["failed"] += 1
+                return
+            for it in items:
+                run_batch([it])
+            return
+        for (it, _), o in zip(items, outs):
+            writer.add(it.id, o)
+            stats["done"] += 1
+
+    with tqdm(total=len(todo), desc=desc, disable=rank != 0, unit="utt") as bar:
+        for u in todo:
+            try:
+                loaded = load(u)
+            except Exception as e:
+                writer.error(u.id, f"{type(e).__name__}: {e}")
+                stats["failed"] += 1
+                bar.update(1)
+                continue
+            batch.append((u, loaded))
+            if len(batch) == batch_size:
+                run_batch(batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            run_batch(batch)
+            bar.update(len(batch))
+    writer.flush()
+    return stats

@@ -1,0 +1,45 @@
+"""Stage interfaces: what each package offers the pipeline (structural typing, no inheritance needed)."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from .types import Latents, SpeakerEmbedding, SpeechTokens, Waveform
+
+
+@runtime_checkable
+class SpeechTokenizerStage(Protocol):
+    """Audio -> discrete speech tokens (stage 0)."""
+
+    sample_rate: int
+    frame_rate: float
+
+    def encode(self, wav: Waveform) -> SpeechTokens: ...
+
+
+@runtime_checkable
+class LatentCodecStage(Protocol):
+    """Audio <-> continuous latents (the VAE)."""
+
+    sample_rate: int
+    frame_rate: float
+
+    def encode(self, wav: Waveform) -> Latents: ...
+
+    def decode(self, latents: Latents) -> Waveform: ...
+
+
+@runtime_checkable
+class TextToTokensStage(Protocol):
+    """Text (+ speaker reference) -> speech tokens (stage 1, the LM)."""
+
+    def embed_speaker(self, reference: Waveform) -> SpeakerEmbedding: ...
+
+
+@runtime_checkable
+class TokensToLatentsStage(Protocol):
+    """Speech tokens + speaker (+ prompt latents) -> latents (stage 2, flow matching)."""
+
+    def generate(
+        self, tokens: SpeechTokens, speaker: SpeakerEmbedding, prompt: Latents | None = None
+    ) -> Latents: ...

@@ -1,0 +1,265 @@
+"""Shared training harness: seeds, torchrun/DDP set-up, AMP, gradient clipping, tensorboard,
+resumable checkpoints. Stages plug in a model exposing ``training_loss(batch) -> dict[str, Tensor]``
+(with a ``"loss"`` entry) and ``save_pretrained(dir)``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser and loop settings common to every stage."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 1000
+    max_steps: int = 100_000
+    grad_clip: float = 1.0
+    amp: Literal["none", "bf16", "fp16"] = "bf16"  # ignored on CPU (runs fp32)
+    log_every: int = 50
+    save_every: int = 2000
+    keep_checkpoints: int = 3
+    seed: int = 1234
+    num_workers: int = 2
+    max_frames: int = 20_000  # dynamic batching: padded frames per batch per GPU
+    max_batch: int = 64
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Reads torchrun's env (RANK, WORLD_SIZE, LOCAL_RANK); NCCL on CUDA, gloo on CPU. Works unlaunched too."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, dev)
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    if device.type != "cuda" or amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear warm-up then cosine to 10 %."""
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    p = min(1.0, (step - warmup) / max(total - warmup, 1))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Recursively move tensors (and typed containers with ``.to``) onto ``device``."""
+    if isinstance(batch, torch.Tensor) or hasattr(batch, "to") and not isinstance(batch, nn.Module):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+class _LossModule(nn.Module):
+    """DDP hooks run on ``forward``; route ``training_loss`` through it so gradients are all-reduced."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        return self.model.training_loss(batch)  # type: ignore[operator]
+
+
+def infinite(loader: Iterable[Any], set_epoch: Callable[[int], None] | None = None) -> Iterator[Any]:
+    epoch = 0
+    while True:
+        if set_epoch is not None:
+            set_epoch(epoch)
+        n = 0
+        for b in loader:
+            n += 1
+            yield b
+        if n == 0:
+            raise ValueError("the training data loader yielded no batch (empty dataset?)")
+        epoch += 1
+
+
+class Trainer:
+    """Single- or multi-GPU loop with resumable state under ``out_dir``:
+
+    ``out_dir/checkpoint-<step>/`` (pretrained dir + ``train_state.pt``), ``out_dir/latest`` (name of the
+    newest), ``out_dir/tb/`` (tensorboard). ``fit`` resumes from ``latest`` when it exists.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        out_dir: str | os.PathLike[str],
+        dist_info: DistInfo | None = None,
+        params: Iterable[nn.Parameter] | None = None,
+        on_log: Callable[[Any, int], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.dist = dist_info or DistInfo()
+        self.out = Path(out_dir)
+        self.model = model.to(self.dist.device)
+        self.loss_module: nn.Module = _LossModule(self.model)
+        if self.dist.world_size > 1:
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            self.loss_module = nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=ids, find_unused_parameters=True
+            )
+        trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.max_steps)
+        )
+        use_scaler = cfg.amp == "fp16" and self.dist.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.step = 0
+        self.on_log = on_log
+        self.writer = None
+        if self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"))
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def save(self) -> Path:
+        d = self.out / f"checkpoint-{self.step:08d}"
+        if self.dist.is_main:
+            self.model.save_pretrained(d)  # type: ignore[operator]
+            state = {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            }
+            atomic_torch_save(state, d / "train_state.pt")
+            atomic_write_text(self.out / "latest", d.name + "\n")
+            ckpts = sorted(self.out.glob("checkpoint-*"))
+            for old in ckpts[: max(0, len(ckpts) - self.cfg.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.dist.world_size > 1:
+            dist.barrier()
+        return d
+
+    def latest_checkpoint(self) -> Path | None:
+        p = self.out / "latest"
+        if not p.is_file():
+            return None
+        d = self.out / p.read_text().strip()
+        return d if (d / "train_state.pt").is_file() else None
+
+    def resume(self, directory: Path) -> None:
+        from .checkpoint import load_state_dict
+
+        self.model.load_state_dict(load_state_dict(directory / "model.safetensors", self.dist.device))
+        try:
+            state = torch.load(directory / "train_state.pt", map_location=self.dist.device, weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"cannot read training state in {directory}: {e}") from e
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        random.setstate(state["rng"]["python"])
+        log.info("resumed from %s at step %d", directory, self.step)
+
+    # ---- loop -------------------------------------------------------------------------------------
+    def train_step(self, batch: Any) -> dict[str, float]:
+        self.loss_module.train()
+        batch = move_to(batch, self.dist.device)
+        with autocast(self.dist.device, self.cfg.amp):
+            losses = self.loss_module(batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step}: {loss.item()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        gnorm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["grad_norm"] = float(gnorm)
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        return out
+
+    def fit(
+        self, loader: Iterable[Any], set_epoch: Callable[[int], None] | None = None, resume: bool = True
+    ) -> list[dict[str, float]]:
+        """Train until ``cfg.max_steps``; returns the per-step metrics of this call."""
+        if resume and (ck := self.latest_checkpoint()) is not None:
+            self.resume(ck)
+        history: list[dict[str, float]] = []
+        it = infinite(loader, set_epoch)
+        bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=not self.dist.is_main)
+        while self.step < self.cfg.max_steps:
+            metrics = self.train_step(next(it))
+            history.append(metrics)
+            bar.update(1)
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if self.writer is not None:
+                    for k, v in metrics.items():
+                        self.writer.add_scalar(f"train/{k}", v, self.step)
+                    if self.on_log is not None:
+                        self.on_log(self.writer, self.step)
+            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps:
+                self.save()
+        bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+        return history

@@ -1,0 +1,165 @@
+import json
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from mmspeech_core import AudioError, CheckpointError, ConfigError, PretrainedMixin, Waveform
+from mmspeech_core.audio import load_audio, read_audio, save_audio
+from mmspeech_core.config import config_from_dict, config_to_dict, load_config, save_config
+from mmspeech_core.data import LengthBatchSampler, ManifestError, load_shards, read_manifest, run_extraction
+
+
+@dataclass
+class Inner:
+    width: int = 4
+    rates: tuple[int, ...] = (2, 3)
+
+
+@dataclass
+class TinyConfig:
+    dim: int = 3
+    name: str = "x"
+    scale: float = 1.0
+    inner: Inner = field(default_factory=Inner)
+    opt: int | None = None
+
+
+class Tiny(torch.nn.Module, PretrainedMixin):
+    checkpoint_kind = "tiny"
+    config_class = TinyConfig
+
+    def __init__(self, config: TinyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.lin = torch.nn.Linear(config.dim, config.inner.width)
+
+
+def test_config_round_trip_and_strictness(tmp_path):
+    cfg = TinyConfig(dim=5, inner=Inner(width=7, rates=(1, 2, 3)), opt=3)
+    save_config(cfg, tmp_path / "c.json")
+    assert load_config(TinyConfig, tmp_path / "c.json") == cfg
+    with pytest.raises(ConfigError, match="unknown keys"):
+        config_from_dict(TinyConfig, {"dimm": 3})
+    with pytest.raises(ConfigError, match="expected an integer"):
+        config_from_dict(TinyConfig, {"dim": "3"})
+    with pytest.raises(ConfigError, match="inner.width"):
+        config_from_dict(TinyConfig, {"inner": {"width": 1.5}})
+    assert config_from_dict(TinyConfig, {"scale": 2}).scale == 2.0
+    assert config_to_dict(cfg)["inner"]["rates"] == (1, 2, 3)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    m = Tiny(TinyConfig(dim=3))
+    m.save_pretrained(tmp_path / "ck")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "meta.json", "model.safetensors"]
+    m2 = Tiny.from_pretrained(tmp_path / "ck")
+    assert m2.config == m.config
+    assert torch.equal(m2.lin.weight, m.lin.weight)
+    assert not list((tmp_path / "ck").glob("*.tmp"))
+
+
+def test_checkpoint_errors(tmp_path):
+    d = tmp_path / "ck"
+    Tiny(TinyConfig()).save_pretrained(d)
+    # corrupted weights
+    (d / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupted"):
+        Tiny.from_pretrained(d)
+    # wrong kind
+    Tiny(TinyConfig()).save_pretrained(d)
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "kind": "vae"}))
+    with pytest.raises(CheckpointError, match="'vae' stage"):
+        Tiny.from_pretrained(d)
+    # future format version
+    (d / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(CheckpointError, match="format version 99"):
+        Tiny.from_pretrained(d)
+    (d / "meta.json").write_text(json.dumps(meta))
+    # config that does not match the weights
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "dim": 9}))
+    with pytest.raises(CheckpointError, match="does not match its config"):
+        Tiny.from_pretrained(d)
+    (d / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="missing config.json"):
+        Tiny.from_pretrained(d)
+    with pytest.raises(CheckpointError, match="not found"):
+        Tiny.from_pretrained(tmp_path / "nope")
+
+
+def test_audio_round_trip_and_errors(tmp_path):
+    x = 0.5 * torch.sin(torch.linspace(0, 2000, 24000))
+    save_audio(tmp_path / "a.wav", x, 24000)
+    y = read_audio(tmp_path / "a.wav")
+    assert y.shape == (24000,) and torch.allclose(x, y, atol=1e-4)
+    w = load_audio([tmp_path / "a.wav", tmp_path / "a.wav"], 16000)
+    assert isinstance(w, Waveform) and w.audio.shape == (2, 16000) and w.sample_rate == 16000
+    with pytest.raises(ValueError, match="one item"):
+        save_audio(tmp_path / "b.wav", w)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF0000WAVEjunk")
+    with pytest.raises(AudioError, match="cannot decode"):
+        read_audio(tmp_path / "bad.wav")
+    with pytest.raises(AudioError, match="not found"):
+        read_audio(tmp_path / "missing.wav")
+
+
+def test_manifest_and_resumable_extraction(tmp_path):
+    save_audio(tmp_path / "a.wav", torch.zeros(800), 16000)
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    lines = [{"id": f"u{i}", "audio": "a.wav", "text": "hi"} for i in range(5)] + [{"id": "bad", "audio": "bad.wav"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    utts = read_manifest(tmp_path / "m.jsonl")
+    assert [u.id for u in utts] == ["u0", "u1", "u2", "u3", "u4", "bad"]
+    assert utts[0].audio == str(tmp_path / "a.wav")
+
+    calls = []
+
+    def process(batch):
+        calls.append(len(batch))
+        return [torch.tensor([len(x)]) for x in batch]
+
+    out = tmp_path / "out"
+    stats = run_extraction(utts, lambda u: read_audio(u.audio), process, out, batch_size=2, shard_size=2)
+    assert stats == {"done": 5, "skipped": 0, "failed": 1}
+    assert "bad" in (out / "errors-r0.jsonl").read_text()
+    feats = load_shards(out)
+    assert sorted(feats) == ["u0", "u1", "u2", "u3", "u4"] and feats["u0"].tolist() == [800]
+    # resume: nothing left to do but the failed one
+    calls.clear()
+    stats = run_extraction(utts, lambda u: read_audio(u.audio), process, out, batch_size=2, shard_size=2)
+    assert stats == {"done": 0, "skipped": 5, "failed": 1} and calls == []
+
+    (tmp_path / "dup.jsonl").write_text('{"id": "a", "audio": "x"}\n{"id": "a", "audio": "y"}\n')
+    with pytest.raises(ManifestError, match="duplicate"):
+        read_manifest(tmp_path / "dup.jsonl")
+    (tmp_path / "wav.scp").write_text("k1 a.wav\n")
+    assert read_manifest(tmp_path / "wav.scp")[0].id == "k1"
+
+
+def test_extraction_retries_failed_batch_item_by_item(tmp_path):
+    save_audio(tmp_path / "a.wav", torch.zeros(100), 16000)
+    (tmp_path / "m.scp").write_text("\n".join(f"u{i} a.wav" for i in range(4)))
+    utts = read_manifest(tmp_path / "m.scp")
+
+    def process(batch):
+        if len(batch) > 1:
+            raise RuntimeError("boom")
+        return [torch.zeros(1)]
+
+    stats = run_extraction(utts, lambda u: read_audio(u.audio), process, tmp_path / "o", batch_size=4)
+    assert stats["done"] == 4
+
+
+def test_length_batch_sampler_respects_budget_and_ranks():
+    lengths = [5, 50, 7, 60, 8, 45, 6, 55, 9]
+    s = LengthBatchSampler(lengths, max_frames=120, shuffle=True, seed=1)
+    batches = list(s)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert max(lengths[i] for i in b) * len(b) <= 120
+    r0 = list(LengthBatchSampler(lengths, 120, rank=0, world_size=2))
+    r1 = list(LengthBatchSampler(lengths, 120, rank=1, world_size=2))
+    assert len(r0) == len(r1)
+    assert set(i for b in r0 + r1 for i in b) == set(range(len(lengths)))
