@@ -43,3 +43,26 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     )
     rc = args.func(args)
     return int(rc or 0)
+
+
+def add_config_command(sub: argparse._SubParsersAction, presets: dict[str, Callable[[], object]]) -> None:
+    """``config --preset NAME --out FILE``: write a preset config as JSON to edit and pass to ``train``."""
+    from .config import save_config
+
+    def fn(args: argparse.Namespace) -> int:
+        save_config(presets[args.preset](), args.out)
+        print(f"wrote {args.preset} config to {args.out}")
+        return 0
+
+    sp = add_command(sub, "config", "write a preset config (JSON) to edit and pass to `train --config`", fn)
+    sp.add_argument("--preset", choices=sorted(presets), default=sorted(presets)[0], help="which preset")
+    sp.add_argument("--out", required=True, help="output JSON path")
+
+
+def add_train_args(sp: argparse.ArgumentParser) -> None:
+    """Options shared by every ``train`` command."""
+    sp.add_argument("--config", required=True, help="config JSON (write one with the `config` command)")
+    sp.add_argument("--out", required=True, help="run folder: checkpoints, tensorboard logs; resumed if it exists")
+    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available; torchrun sets the rank)")
+    sp.add_argument("--max-steps", type=int, default=None, help="override train.max_steps from the config")
+    sp.add_argument("--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint")

@@ -253,3 +253,48 @@ def run_extraction(
             bar.update(len(batch))
     writer.flush()
     return stats
+
+
+class ReferencePicker:
+    """Speaker references for training: for utterance i, another utterance of the same speaker.
+
+    MiniMax-Speech trains the speaker encoder on a *different* utterance than the target; using the target
+    itself leaks its content ("semantic leakage"). Speakers with a single utterance take ``fallback``:
+    ``"self"`` uses the target itself (counted in ``self.num_self``, logged once), ``"drop"`` removes them
+    (see :attr:`usable`). Utterances without a speaker label count as single-utterance speakers.
+    """
+
+    def __init__(self, speakers: Sequence[str | None], fallback: str = "self", seed: int = 0) -> None:
+        if fallback not in ("self", "drop"):
+            raise ValueError(f"fallback must be 'self' or 'drop', got {fallback!r}")
+        self.by_spk: dict[str, list[int]] = {}
+        for i, s in enumerate(speakers):
+            if s is not None:
+                self.by_spk.setdefault(s, []).append(i)
+        self.speakers = list(speakers)
+        self.fallback = fallback
+        self.rng = random.Random(seed)
+        self.single = [i for i, s in enumerate(speakers) if s is None or len(self.by_spk[s]) < 2]
+        if self.single:
+            log.warning(
+                "%d utterance(s) have no other utterance of their speaker: %s",
+                len(self.single),
+                "they are their own reference (leakage risk)" if fallback == "self" else "dropped from training",
+            )
+
+    @property
+    def usable(self) -> list[int]:
+        """Indices that can be trained on under this fallback."""
+        bad = set(self.single) if self.fallback == "drop" else set()
+        return [i for i in range(len(self.speakers)) if i not in bad]
+
+    def __call__(self, i: int) -> int:
+        s = self.speakers[i]
+        pool = self.by_spk.get(s, []) if s is not None else []
+        if len(pool) < 2:
+            if self.fallback == "drop":
+                raise ValueError(f"utterance {i} has no other utterance of its speaker")
+            return i
+        j = self.rng.randrange(len(pool) - 1)
+        others = [k for k in pool if k != i]
+        return others[j]

@@ -1,2 +1,77 @@
-def main() -> None:
-    pass
+"""``mmspeech-flow``: config presets, training, and latent generation from extracted tokens."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from mmspeech_core import Latents, SpeechTokens, load_config
+from mmspeech_core.cli import add_config_command, add_command, add_train_args, make_parser, run
+from mmspeech_core.data import ShardWriter, load_shards, read_manifest
+
+from .config import FlowConfig, tiny_config
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .data import FlowDataset
+    from .train import train
+
+    cfg = load_config(FlowConfig, args.config)
+    if args.max_steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))
+    utts = read_manifest(args.manifest) if args.manifest else []
+    ds = FlowDataset.from_dirs(args.tokens, args.latents, cfg.model.ratio, utts, fallback=args.single_speaker_fallback)
+    train(cfg, ds, args.out, device=args.device, resume=not args.no_resume)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .model import FlowModel
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = FlowModel.from_pretrained(args.model, device=device)
+    c = model.config.model
+    tokens, latents = load_shards(args.tokens), load_shards(args.reference_latents)
+    ids = sorted(tokens)
+    ref = latents[args.reference_id] if args.reference_id else None
+    writer = ShardWriter(args.output_dir)
+    for k in range(0, len(ids), args.batch_size):
+        chunk = ids[k : k + args.batch_size]
+        refs = [ref if ref is not None else latents[i] for i in chunk]
+        spk = model.embed_speaker(Latents.from_list(refs, c.latent_rate))
+        out = model.generate(SpeechTokens.from_list([tokens[i] for i in chunk], c.token_rate), spk, seed=args.seed)
+        for i, x in zip(chunk, out.unbatch()):
+            writer.add(i, x)
+    writer.flush()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p, sub = make_parser("mmspeech-flow", "Stage 2: conditional flow matching from speech tokens to VAE latents.")
+    add_config_command(sub, {"base": FlowConfig, "tiny": tiny_config})
+    sp = add_command(sub, "train", "train a flow model on extracted tokens + latents", _train)
+    add_train_args(sp)
+    sp.add_argument("--tokens", required=True, help="token folder written by `mmspeech-tokenizer extract`")
+    sp.add_argument("--latents", required=True, help="latent folder written by `mmspeech-vae extract`")
+    sp.add_argument("--manifest", default=None, help="manifest with speaker labels (for speaker references)")
+    sp.add_argument(
+        "--single-speaker-fallback", choices=["self", "drop"], default="self",
+        help="what to do with utterances whose speaker has no other utterance to serve as reference",
+    )
+    sp = add_command(sub, "generate", "generate latents for every utterance of a token folder", _generate)
+    sp.add_argument("--model", required=True, help="pretrained flow folder")
+    sp.add_argument("--tokens", required=True, help="token folder (shards)")
+    sp.add_argument("--reference-latents", required=True, help="latent folder holding speaker references")
+    sp.add_argument("--reference-id", default=None, help="one reference id for all (default: each utterance's own)")
+    sp.add_argument("--output-dir", required=True, help="where generated latent shards go")
+    sp.add_argument("--batch-size", type=int, default=8, help="utterances per batch")
+    sp.add_argument("--seed", type=int, default=0, help="noise seed (item i of a batch uses seed+i)")
+    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)

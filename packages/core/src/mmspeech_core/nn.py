@@ -1,0 +1,148 @@
+"""Small neural building blocks shared by stages: rotary self-attention blocks (optionally AdaLN-modulated),
+chunk-aware attention masks, a masked learnable speaker encoder, and a log-mel front end."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .types import lengths_to_mask
+
+
+def chunk_attention_mask(valid: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    """(B, T) valid mask -> (B, T, T) bool attention mask (True = may attend).
+
+    ``chunk_size=None``: full attention over valid frames. Otherwise frame i attends to frames j with
+    ``j // chunk_size <= i // chunk_size`` (its own chunk and all earlier ones): outputs of a chunk never
+    depend on later chunks, which is what streaming needs. Padded query rows attend to themselves so
+    softmax never sees an all-masked row.
+    """
+    b, t = valid.shape
+    allow = valid[:, None, :].expand(b, t, t)
+    if chunk_size is not None:
+        idx = torch.arange(t, device=valid.device) // chunk_size
+        allow = allow & (idx[None, None, :] <= idx[None, :, None])
+    eye = torch.eye(t, dtype=torch.bool, device=valid.device)[None]
+    return allow | (eye & ~valid[:, :, None])
+
+
+def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Apply rotary position embedding. x: (B, H, T, Dh), Dh even."""
+    t, dh = x.shape[-2], x.shape[-1]
+    inv = 1.0 / (base ** (torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh))
+    ang = torch.arange(t, device=x.device, dtype=torch.float32)[:, None] * inv[None]  # (T, Dh/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads or (dim // heads) % 2:
+            raise ValueError(f"dim {dim} must split into {heads} heads of even size")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, D), attn_mask: (B, T, T) bool -> (B, T, D)."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = rotary(q), rotary(k)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask[:, None], dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block. With ``cond_dim`` it is a DiT block: LayerNorm scale/shift/gate from a global
+    conditioning vector (AdaLN-zero, so each block starts as identity)."""
+
+    def __init__(self, dim: int, heads: int, ff_mult: int = 4, dropout: float = 0.0, cond_dim: int | None = None):
+        super().__init__()
+        affine = cond_dim is None
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=affine)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=affine)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * dim, dim))
+        self.ada: nn.Module | None = None
+        if cond_dim is not None:
+            self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
+            nn.init.zeros_(self.ada[1].weight)
+            nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, D), attn_mask: (B, T, T), cond: (B, cond_dim) -> (B, T, D)."""
+        if self.ada is None:
+            x = x + self.attn(self.norm1(x), attn_mask)
+            return x + self.ff(self.norm2(x))
+        if cond is None:
+            raise ValueError("this block is conditioned: pass cond")
+        s1, b1, g1, s2, b2, g2 = self.ada(cond)[:, None].chunk(6, dim=-1)
+        x = x + g1 * self.attn(self.norm1(x) * (1 + s1) + b1, attn_mask)
+        return x + g2 * self.ff(self.norm2(x) * (1 + s2) + b2)
+
+
+class SpeakerEncoder(nn.Module):
+    """Learnable speaker encoder (MiniMax-Speech): variable-length, untranscribed reference features
+    -> one fixed vector. Masked self-attention then masked attentive-statistics pooling, so padding never
+    leaks into the vector (the seed implementation ignored its mask and pooled the first frame)."""
+
+    def __init__(self, in_dim: int, dim: int = 256, layers: int = 4, heads: int = 4, out_dim: int = 192) -> None:
+        super().__init__()
+        self.inp = nn.Conv1d(in_dim, dim, kernel_size=3, padding=1)
+        self.blocks = nn.ModuleList([TransformerBlock(dim, heads) for _ in range(layers)])
+        self.norm = nn.LayerNorm(dim)
+        self.att = nn.Linear(dim, 1)
+        self.proj = nn.Linear(2 * dim, out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """feats: (B, F, T), lengths: (B,) -> (B, out_dim), L2-normalised."""
+        if (lengths <= 0).any():
+            raise ValueError("speaker reference must have at least one frame")
+        valid = lengths_to_mask(lengths, feats.shape[-1])  # (B, T)
+        x = self.inp(feats * valid[:, None]).transpose(1, 2)  # (B, T, D)
+        mask = chunk_attention_mask(valid, None)
+        for blk in self.blocks:
+            x = blk(x, mask)
+        x = self.norm(x)
+        w = self.att(x).squeeze(-1).masked_fill(~valid, float("-inf")).softmax(-1)[..., None]  # (B, T, 1)
+        mean = (w * x).sum(1)
+        std = ((w * (x - mean[:, None]) ** 2).sum(1)).clamp_min(1e-6).sqrt()
+        return F.normalize(self.proj(torch.cat([mean, std], -1)), dim=-1)
+
+
+class LogMel(nn.Module):
+    """Log-mel front end for speaker references: (B, T) audio -> (B, n_mels, frames)."""
+
+    def __init__(self, sample_rate: int = 24000, n_fft: int = 1024, hop: int = 240, n_mels: int = 80) -> None:
+        super().__init__()
+        import torchaudio.functional as AF
+
+        self.n_fft, self.hop = n_fft, hop
+        fb = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate, norm="slaney", mel_scale="slaney")
+        self.register_buffer("fb", fb, persistent=False)  # (n_freq, n_mels)
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """(B,) sample counts -> (B,) frame counts (centre-padded STFT)."""
+        return num_samples // self.hop + 1
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(audio.float(), self.n_fft, self.hop, window=self.window, return_complex=True).abs()
+        mel = torch.einsum("bft,fm->bmt", spec, self.fb)
+        return torch.log(mel.clamp_min(1e-5))
+
+
+def sinusoidal(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """(B,) in [0, 1] -> (B, dim) time embedding."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    ang = scale * t.float()[:, None] * freqs[None]
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)

@@ -1,0 +1,70 @@
+"""Flow training data: extracted tokens + latents (+ speaker labels) -> aligned batches with references."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mmspeech_core import Latents, SpeechTokens
+from mmspeech_core.data import ReferencePicker, Utterance, load_shards
+
+
+def align(tokens: torch.Tensor, latents: torch.Tensor, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trim (N,) tokens and (C, T) latents so T == N·ratio exactly (extractors can disagree by a frame)."""
+    n = min(len(tokens), latents.shape[-1] // ratio)
+    return tokens[:n], latents[:, : n * ratio]
+
+
+class FlowDataset(torch.utils.data.Dataset):
+    """Items: ``(tokens (N,), latents (C, N·ratio), reference latents (C, T_ref))``."""
+
+    def __init__(
+        self,
+        tokens: dict[str, torch.Tensor],
+        latents: dict[str, torch.Tensor],
+        ratio: int,
+        speakers: dict[str, str | None] | None = None,
+        fallback: str = "self",
+        min_tokens: int = 1,
+        seed: int = 0,
+    ) -> None:
+        ids = sorted(set(tokens) & set(latents))
+        if not ids:
+            raise ValueError("no utterance has both tokens and latents")
+        self.items = []
+        for i in ids:
+            tk, lt = align(tokens[i].long(), latents[i].float(), ratio)
+            if len(tk) >= min_tokens:
+                self.items.append((i, tk, lt))
+        if not self.items:
+            raise ValueError(f"no utterance has at least {min_tokens} tokens")
+        speakers = speakers or {}
+        self.picker = ReferencePicker([speakers.get(i) for i, _, _ in self.items], fallback, seed)
+        self.index = self.picker.usable
+
+    @classmethod
+    def from_dirs(
+        cls, token_dir: str, latent_dir: str, ratio: int, utts: Sequence[Utterance] = (), **kw: Any
+    ) -> FlowDataset:
+        return cls(load_shards(token_dir), load_shards(latent_dir), ratio, {u.id: u.speaker for u in utts}, **kw)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def lengths(self) -> list[int]:
+        return [int(self.items[i][2].shape[-1]) for i in self.index]
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        i = self.index[k]
+        _, tk, lt = self.items[i]
+        return tk, lt, self.items[self.picker(i)][2]
+
+
+def collate(items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], token_rate: float, latent_rate: float) -> dict:
+    return {
+        "tokens": SpeechTokens.from_list([x[0] for x in items], frame_rate=token_rate),
+        "latents": Latents.from_list([x[1] for x in items], frame_rate=latent_rate),
+        "reference": Latents.from_list([x[2] for x in items], frame_rate=latent_rate),
+    }

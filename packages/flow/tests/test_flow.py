@@ -1,0 +1,218 @@
+import dataclasses
+
+import pytest
+import torch
+
+from mmspeech_core import Latents, SpeakerEmbedding, SpeechTokens
+from mmspeech_core.training import TrainConfig
+from mmspeech_flow.config import FlowConfig, FlowInferConfig, FlowLossConfig, FlowModelConfig, tiny_config
+from mmspeech_flow.data import FlowDataset, align, collate
+from mmspeech_flow.infer import time_grid
+from mmspeech_flow.losses import flow_matching_loss, immiscible_batch, immiscible_knn, masked_sq_dist
+from mmspeech_flow.model import FlowModel
+from mmspeech_flow.train import train
+
+
+def _batch(ratio=2, lengths=(6, 4), c=8, vocab=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    toks = [torch.randint(0, vocab, (n,), generator=g) for n in lengths]
+    lats = [torch.randn(c, n * ratio, generator=g) for n in lengths]
+    return {
+        "tokens": SpeechTokens.from_list(toks),
+        "latents": Latents.from_list(lats),
+        "reference": Latents.from_list(lats[::-1]),
+    }
+
+
+def test_ratio_comes_from_config_and_is_validated():
+    assert FlowModelConfig(token_rate=25, latent_rate=75).ratio == 3
+    with pytest.raises(ValueError, match="whole number"):
+        FlowModelConfig(token_rate=25, latent_rate=60)
+
+
+@pytest.mark.parametrize("ratio", [2, 3])
+def test_generate_shapes_and_padding(ratio):
+    torch.manual_seed(0)
+    m = FlowModel(tiny_config(latent_rate=25.0 * ratio)).eval()
+    b = _batch(ratio)
+    spk = m.embed_speaker(b["reference"])
+    assert spk.vectors.shape == (2, 16) and torch.allclose(spk.vectors.norm(dim=-1), torch.ones(2))
+    out = m.generate(b["tokens"], spk, seed=0, infer=FlowInferConfig(steps=3))
+    assert out.data.shape == (2, 8, 6 * ratio) and out.lengths.tolist() == [6 * ratio, 4 * ratio]
+    assert out.frame_rate == 25.0 * ratio
+    assert out.data[1, :, 4 * ratio :].abs().sum() == 0
+
+
+def test_batched_equals_unbatched():
+    torch.manual_seed(0)
+    m = FlowModel(tiny_config()).eval()
+    b = _batch()
+    spk = m.embed_speaker(b["reference"])
+    out = m.generate(b["tokens"], spk, seed=[5, 9], infer=FlowInferConfig(steps=4))
+    for i, s in enumerate([5, 9]):
+        one = m.generate(b["tokens"].select(i), SpeakerEmbedding(spk.vectors[i : i + 1]), seed=s, infer=FlowInferConfig(steps=4))
+        assert torch.allclose(one.data[0], out.unbatch()[i], atol=1e-5)
+        # speaker embedding of a padded batch item equals its unpadded embedding
+        alone = m.embed_speaker(b["reference"].select(i))
+        assert torch.allclose(alone.vectors[0], spk.vectors[i], atol=1e-5)
+
+
+def test_chunk_mode_is_causal_beyond_lookahead():
+    torch.manual_seed(0)
+    cfg = tiny_config(chunk_size=4, lookahead=2)
+    m = FlowModel(cfg).eval()
+    toks = torch.randint(0, 64, (14,))
+    spk = SpeakerEmbedding(torch.nn.functional.normalize(torch.randn(1, 16), dim=-1))
+    full = m.generate(SpeechTokens.from_list([toks]), spk, seed=3, chunked=True, infer=FlowInferConfig(steps=3))
+    # chunk 0 (tokens 0..3) needs tokens up to 3 + lookahead = 5: a 6-token prefix gives the same frames
+    pre = m.generate(SpeechTokens.from_list([toks[:6]]), spk, seed=3, chunked=True, infer=FlowInferConfig(steps=3))
+    r = cfg.model.ratio
+    assert torch.allclose(full.data[0, :, : 4 * r], pre.data[0, :, : 4 * r], atol=1e-5)
+    # while full attention lets later tokens change early frames
+    f2 = m.generate(SpeechTokens.from_list([toks]), spk, seed=3, chunked=False, infer=FlowInferConfig(steps=3))
+    p2 = m.generate(SpeechTokens.from_list([toks[:6]]), spk, seed=3, chunked=False, infer=FlowInferConfig(steps=3))
+    assert not torch.allclose(f2.data[0, :, : 4 * r], p2.data[0, :, : 4 * r], atol=1e-4)
+
+
+def test_one_shot_prompt_is_cut_from_output():
+    torch.manual_seed(0)
+    m = FlowModel(tiny_config()).eval()
+    b = _batch()
+    spk = m.embed_speaker(b["reference"])
+    pt = SpeechTokens.from_list([torch.randint(0, 64, (3,)), torch.randint(0, 64, (5,))])
+    pl = Latents.from_list([torch.randn(8, 7), torch.randn(8, 10)])  # item 0 has one latent frame too many
+    out = m.generate(b["tokens"], spk, prompt_tokens=pt, prompt_latents=pl, seed=0, infer=FlowInferConfig(steps=2))
+    assert out.lengths.tolist() == [12, 8]
+    with pytest.raises(ValueError, match="together"):
+        m.generate(b["tokens"], spk, prompt_tokens=pt)
+
+
+def test_bad_inputs_raise():
+    m = FlowModel(tiny_config()).eval()
+    spk = SpeakerEmbedding(torch.zeros(1, 16))
+    with pytest.raises(ValueError, match="25.0 Hz"):
+        m.generate(SpeechTokens.from_list([torch.tensor([1, 2])], frame_rate=50), spk)
+    with pytest.raises(ValueError, match="token ids"):
+        m.generate(SpeechTokens.from_list([torch.tensor([1, 999])]), spk)
+    with pytest.raises(ValueError, match="speaker vectors"):
+        m.generate(SpeechTokens.from_list([torch.tensor([1]), torch.tensor([2])]), spk)
+    with pytest.raises(ValueError, match="channels"):
+        m.embed_speaker(Latents.from_list([torch.zeros(3, 5)]))
+
+
+def test_solvers_agree_as_steps_grow():
+    torch.manual_seed(0)
+    m = FlowModel(tiny_config()).eval()
+    b = _batch()
+    spk = m.embed_speaker(b["reference"])
+    ref = m.generate(b["tokens"], spk, seed=1, infer=FlowInferConfig(solver="rk4", steps=64)).data
+
+    def err(solver, steps):
+        x = m.generate(b["tokens"], spk, seed=1, infer=FlowInferConfig(solver=solver, steps=steps)).data
+        return (x - ref).abs().max().item()
+
+    assert err("euler", 32) < err("euler", 4)
+    assert err("midpoint", 16) < err("euler", 16)
+    assert err("rk4", 16) < 1e-3
+    d = m.generate(b["tokens"], spk, seed=1, infer=FlowInferConfig(solver="dopri5", rtol=1e-6, atol=1e-6), return_nfe=True)
+    assert (d.data - ref).abs().max().item() < 1e-3 and d.nfe > 6
+
+
+def test_time_grid():
+    g = time_grid(10, "cosine")
+    assert g[0] == 0 and abs(g[-1] - 1) < 1e-6 and len(g) == 11
+    assert (g[1] - g[0]) < (g[-1] - g[-2])  # small steps near the noise end
+    with pytest.raises(ValueError):
+        time_grid(0, "linear")
+
+
+def test_immiscible_batch_assignment_reduces_cost_and_ignores_padding():
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 10)
+    mask = torch.ones(6, 10, dtype=torch.bool)
+    mask[0, 5:] = False
+    noise = torch.randn(6, 4, 10)
+    # brute-force masked distances match the vectorised formula
+    d = masked_sq_dist(x, noise, mask)
+    brute = torch.stack([torch.stack([(((x[i] - noise[j]) ** 2) * mask[i]).sum() for j in range(6)]) for i in range(6)])
+    assert torch.allclose(d, brute, atol=1e-4)
+    out = immiscible_batch(x, noise, mask)
+    assert sorted(map(tuple, out.flatten(1).tolist())) == sorted(map(tuple, noise.flatten(1).tolist()))  # a permutation
+    cost = lambda n: masked_sq_dist(x, n, mask).diagonal().clamp_min(0).sqrt().sum()
+    assert cost(out) <= cost(noise) + 1e-5
+    # padding must not matter: garbage in x's padded frames leaves the assignment unchanged
+    x2 = x.clone()
+    x2[0, :, 5:] = 100.0
+    assert torch.equal(immiscible_batch(x2, noise, mask), out)
+
+
+def test_immiscible_knn_picks_nearest_of_k():
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 10)
+    mask = torch.ones(8, 10, dtype=torch.bool)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    near = immiscible_knn(x, mask, k=8, generator=g1)
+    plain = torch.randn(8, 1, 4, 10, generator=g2)[:, 0]  # what k=1 would give
+    assert ((x - near) ** 2).sum() < ((x - plain) ** 2).sum()
+
+
+def test_loss_masks_prompt_and_padding_and_contrastive_sign():
+    torch.manual_seed(0)
+    m = FlowModel(tiny_config())
+    b = _batch()
+    x1, valid = b["latents"].data, b["latents"].mask()
+    mu = m.encoder(b["tokens"].tokens, b["tokens"].lengths, False)
+    spk = torch.randn(2, 16)
+    cfg = FlowLossConfig(prompt_prob=0.0, cfg_dropout=0.0)
+    torch.manual_seed(1)
+    base = flow_matching_loss(m.estimator, x1, valid, mu, spk, cfg)
+    x1b = x1.clone()
+    x1b[1, :, 8:] = 1e3  # padding frames of item 1
+    torch.manual_seed(1)
+    assert torch.allclose(flow_matching_loss(m.estimator, x1b, valid, mu, spk, cfg)["loss"], base["loss"])
+    torch.manual_seed(1)
+    c = flow_matching_loss(m.estimator, x1, valid, mu, spk, dataclasses.replace(cfg, contrastive_lambda=0.05))
+    assert torch.allclose(c["loss"], c["fm"] - 0.05 * c["contrastive"]) and c["contrastive"] > 0
+    for imm in ("batch", "knn"):
+        out = flow_matching_loss(m.estimator, x1, valid, mu, spk, dataclasses.replace(cfg, immiscible=imm))
+        assert torch.isfinite(out["loss"])
+
+
+def test_align_trims_to_ratio():
+    t, l = align(torch.arange(10), torch.zeros(4, 19), 2)
+    assert len(t) == 9 and l.shape == (4, 18)
+
+
+def _overfit_cfg(steps, **loss):
+    cfg = tiny_config()
+    return dataclasses.replace(
+        cfg,
+        loss=dataclasses.replace(cfg.loss, cfg_dropout=0.0, prompt_prob=0.0, **loss),
+        train=TrainConfig(lr=3e-3, warmup_steps=5, max_steps=steps, log_every=50, save_every=1000, num_workers=0, max_frames=1000, amp="none"),
+    )
+
+
+@pytest.mark.parametrize("loss", [dict(), dict(immiscible="batch", contrastive_lambda=0.05)])
+def test_training_overfits_a_tiny_set_and_resumes(tmp_path, loss):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    tokens = {f"u{i}": torch.randint(0, 64, (6,), generator=g) for i in range(2)}
+    # latents a deterministic function of tokens, so the flow can learn them
+    table = torch.randn(64, 8, generator=g)
+    latents = {k: table[v].T.repeat_interleave(2, dim=1) for k, v in tokens.items()}
+    ds = FlowDataset(tokens, latents, ratio=2, speakers={"u0": "a", "u1": "a"})
+    cfg = _overfit_cfg(150, **loss)
+    model, hist = train(cfg, ds, tmp_path / "run", device="cpu")
+    first, last = sum(h["fm"] for h in hist[:10]) / 10, sum(h["fm"] for h in hist[-10:]) / 10
+    assert last < 0.5 * first
+    model.eval()
+    batch = collate([ds[0], ds[1]], 25.0, 50.0)
+    spk = model.embed_speaker(batch["reference"])
+    out = model.generate(batch["tokens"], spk, seed=0, infer=FlowInferConfig(steps=10, cfg_rate=0.0))
+    err = ((out.data - batch["latents"].data) ** 2).mean() / (batch["latents"].data ** 2).mean()
+    assert err < 0.3
+    # resume: a second call with more steps continues from the saved step, not from zero
+    reloaded = FlowModel.from_pretrained(tmp_path / "run" / "checkpoint-00000150")
+    assert torch.equal(reloaded.state_dict()["estimator.out.weight"], model.state_dict()["estimator.out.weight"])
+    _, hist2 = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=155)), ds, tmp_path / "run", device="cpu")
+    assert len(hist2) == 5
