@@ -135,7 +135,10 @@ class LogMel(nn.Module):
         return num_samples // self.hop + 1
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(audio.float(), self.n_fft, self.hop, window=self.window, return_complex=True).abs()
+        # zero (not reflect) padding: a padded batch item then sees exactly what it sees alone
+        spec = torch.stft(
+            audio.float(), self.n_fft, self.hop, window=self.window, pad_mode="constant", return_complex=True
+        ).abs()
         mel = torch.einsum("bft,fm->bmt", spec, self.fb)
         return torch.log(mel.clamp_min(1e-5))
 

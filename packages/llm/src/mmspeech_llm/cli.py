@@ -1,2 +1,94 @@
-def main() -> None:
-    pass
+"""``mmspeech-llm``: config presets, BPE text tokenizer training, LM training, token generation."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from mmspeech_core import load_audio, load_config
+from mmspeech_core.cli import add_command, add_config_command, add_train_args, make_parser, run
+from mmspeech_core.data import load_shards, read_manifest
+
+from .config import LLMConfig, small_config, tiny_config
+
+
+def _train_bpe(args: argparse.Namespace) -> int:
+    from .text import TextTokenizer
+
+    texts = [u.text for u in read_manifest(args.manifest) if u.text]
+    if not texts:
+        raise SystemExit(f"{args.manifest} has no 'text' fields")
+    tok = TextTokenizer.train_bpe(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    tok.save(args.out)
+    print(f"text tokenizer with {tok.vocab_size} tokens saved to {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .data import LLMDataset
+    from .model import backbone_config_from_hf
+    from .text import TextTokenizer
+    from .train import train
+
+    cfg = load_config(LLMConfig, args.config)
+    if args.max_steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))
+    if args.qwen_pretrained:  # shape and vocab come from the pretrained folder's own config
+        b, vocab = backbone_config_from_hf(args.qwen_pretrained)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=b, text_vocab=vocab))
+    tok = TextTokenizer.from_pretrained(args.text_tokenizer)
+    ds = LLMDataset(read_manifest(args.manifest), load_shards(args.tokens), tok, cfg, args.single_speaker_fallback)
+    model, _ = train(cfg, ds, args.out, device=args.device, resume=not args.no_resume)
+    tok.save(Path(args.out) / "text_tokenizer")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .model import SpeechLM
+    from .text import TextTokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = SpeechLM.from_pretrained(args.model, device=device)
+    tok = TextTokenizer.from_pretrained(args.text_tokenizer)
+    spk = model.embed_speaker(load_audio(args.reference, model.config.model.spk_sample_rate))
+    out = model.generate([torch.tensor(tok.encode(args.text))], spk, seed=args.seed)
+    torch.save({"tokens": out.unbatch()[0], "frame_rate": out.frame_rate}, args.out)
+    print(f"{int(out.lengths[0])} speech tokens ({float(out.durations()[0]):.2f} s) -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p, sub = make_parser("mmspeech-llm", "Stage 1: autoregressive text -> speech-token LM with a learnable speaker encoder.")
+    add_config_command(sub, {"base": small_config, "tiny": tiny_config})
+    sp = add_command(sub, "train-bpe", "train a byte-level BPE text tokenizer on a manifest's transcripts", _train_bpe)
+    sp.add_argument("--manifest", required=True, help="JSONL manifest with 'text'")
+    sp.add_argument("--out", required=True, help="output tokenizer folder")
+    sp.add_argument("--vocab-size", type=int, default=4000, help="BPE vocabulary size")
+    sp.add_argument("--min-frequency", type=int, default=2, help="minimum pair frequency for a merge")
+    sp = add_command(sub, "train", "train the LM on a manifest (text, speaker, audio) + extracted tokens", _train)
+    add_train_args(sp)
+    sp.add_argument("--manifest", required=True, help="JSONL manifest with id, audio, text, speaker")
+    sp.add_argument("--tokens", required=True, help="token folder written by `mmspeech-tokenizer extract`")
+    sp.add_argument("--text-tokenizer", required=True, help="local HF tokenizer folder (or one from `train-bpe`)")
+    sp.add_argument("--qwen-pretrained", default=None, help="local Qwen2 folder to initialise the backbone from")
+    sp.add_argument(
+        "--single-speaker-fallback", choices=["self", "drop"], default="self",
+        help="utterances whose speaker has no other utterance: use themselves as reference (leaky) or drop them",
+    )
+    sp = add_command(sub, "generate", "generate speech tokens for one text and a reference recording", _generate)
+    sp.add_argument("--model", required=True, help="pretrained LM folder")
+    sp.add_argument("--text-tokenizer", required=True, help="text tokenizer folder")
+    sp.add_argument("--text", required=True, help="text to speak")
+    sp.add_argument("--reference", required=True, help="reference audio of the target voice (any rate; downmixed)")
+    sp.add_argument("--out", required=True, help="output .pt with the tokens")
+    sp.add_argument("--seed", type=int, default=0, help="sampling seed")
+    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)

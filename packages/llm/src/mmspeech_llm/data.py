@@ -1,0 +1,76 @@
+"""LLM training data: manifest (text, speaker, audio) + extracted speech tokens -> layout sequences with a
+speaker reference taken from another utterance of the same speaker."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mmspeech_core import Waveform
+from mmspeech_core.audio import read_audio
+from mmspeech_core.data import ReferencePicker, Utterance
+
+from .config import LLMConfig
+from .layout import pad, training_sequence
+from .text import TextTokenizer
+
+
+class LLMDataset(torch.utils.data.Dataset):
+    """Items: (layout Sequence, reference audio (T,) at the speaker encoder's rate)."""
+
+    def __init__(
+        self,
+        utts: Sequence[Utterance],
+        tokens: dict[str, torch.Tensor],
+        text_tokenizer: TextTokenizer,
+        cfg: LLMConfig,
+        fallback: str = "self",
+        seed: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.utts, self.text, self.speech = [], [], []
+        missing = 0
+        for u in utts:
+            if u.id not in tokens or not u.text:
+                missing += 1
+                continue
+            self.utts.append(u)
+            self.text.append(torch.tensor(text_tokenizer.encode(u.text), dtype=torch.long))
+            self.speech.append(tokens[u.id].long())
+        if not self.utts:
+            raise ValueError("no utterance has both a transcript and extracted tokens")
+        if max(int(t.max()) for t in self.text) >= cfg.model.text_vocab:
+            raise ValueError("text tokenizer vocabulary is larger than model.text_vocab")
+        self.missing = missing
+        self.picker = ReferencePicker([u.speaker for u in self.utts], fallback, seed)
+        self.index = self.picker.usable
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def lengths(self) -> list[int]:
+        return [len(self.text[i]) + len(self.speech[i]) + 3 for i in self.index]
+
+    def __getitem__(self, k: int) -> tuple[Any, torch.Tensor]:
+        i = self.index[k]
+        m, lay = self.cfg.model, self.cfg.layout
+        seq = training_sequence(
+            self.text[i], self.speech[i], m.eos, m.fill, lay.bistream_prob, lay.bistream_min_ratio,
+            lay.text_chunk, lay.speech_chunk, self.rng,
+        )
+        ref = read_audio(self.utts[self.picker(i)].audio, m.spk_sample_rate)
+        crop = int(lay.max_reference_s * m.spk_sample_rate)
+        if len(ref) > crop:
+            start = self.rng.randrange(len(ref) - crop + 1)
+            ref = ref[start : start + crop]
+        return seq, ref
+
+
+def collate(items: list[tuple[Any, torch.Tensor]], sample_rate: int) -> dict[str, Any]:
+    batch: dict[str, Any] = pad([s for s, _ in items])
+    batch["reference"] = Waveform.from_list([r for _, r in items], sample_rate)
+    return batch

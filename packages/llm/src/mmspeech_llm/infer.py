@@ -1,0 +1,49 @@
+"""Vectorised repetition-aware sampling: no per-candidate Python loop, no ``.item()`` per step."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import SamplingConfig
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """probs: (B, V) (unnormalised ok), u: (B,) in [0, 1) -> (B,) sampled indices."""
+    cdf = probs.cumsum(-1)
+    return (cdf < u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def sample_step(
+    logits: torch.Tensor,
+    history: torch.Tensor,
+    u_nucleus: torch.Tensor,
+    u_full: torch.Tensor,
+    cfg: SamplingConfig,
+    speech_vocab: int,
+    allow_eos: torch.Tensor | bool = True,
+) -> torch.Tensor:
+    """One decoding step for a batch.
+
+    logits: (B, V) over speech codes + specials; history: (B, W) last tokens (-1 = none); u_*: (B,) uniforms.
+    Nucleus (top-p within top-k) sample; if that token already occurs >= win·tau_r times in the window,
+    resample from the full distribution instead. EOS (id ``speech_vocab``) is masked where not ``allow_eos``;
+    other special ids are never sampled. Temperature 0 is greedy.
+    """
+    b, v = logits.shape
+    logits = logits.clone()
+    logits[:, speech_vocab + 1 :] = float("-inf")
+    allow = torch.as_tensor(allow_eos, device=logits.device).expand(b)
+    logits[:, speech_vocab] = torch.where(allow, logits[:, speech_vocab], torch.full_like(logits[:, 0], float("-inf")))
+    if cfg.temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / cfg.temperature, dim=-1)
+    sp, si = probs.sort(-1, descending=True)
+    k = min(cfg.top_k, v)
+    rank = torch.arange(v, device=logits.device)[None]
+    keep = (rank < k) & ((sp.cumsum(-1) - sp) < cfg.top_p)  # exclusive cumsum: the top token is always kept
+    nucleus = si.gather(-1, _inverse_cdf(sp * keep, u_nucleus)[:, None]).squeeze(-1)
+    w = history.shape[1]
+    repeats = (history == nucleus[:, None]).sum(-1)
+    too_often = repeats >= max(1, round(w * cfg.tau_r)) if w else torch.zeros_like(repeats, dtype=torch.bool)
+    full = _inverse_cdf(probs, u_full)
+    return torch.where(too_often, full, nucleus)

@@ -1,0 +1,220 @@
+"""Stage 1: text (+ speaker reference, + prompt) -> speech tokens, on a Qwen2 backbone (no text LM head)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmspeech_core import PretrainedMixin, SpeakerEmbedding, SpeechTokens, Waveform
+from mmspeech_core.nn import LogMel, SpeakerEncoder
+
+from . import __version__
+from .config import BackboneConfig, LLMConfig, SamplingConfig
+from .layout import IGNORE, SPEECH, SPK, TEXT, inference_prefix, pad
+
+
+def qwen2_config(b: BackboneConfig, vocab: int) -> Any:
+    from transformers import Qwen2Config
+
+    cfg = Qwen2Config(
+        vocab_size=vocab, hidden_size=b.hidden_size, num_hidden_layers=b.num_layers, num_attention_heads=b.num_heads,
+        num_key_value_heads=b.num_kv_heads, intermediate_size=b.intermediate_size, rope_theta=b.rope_theta,
+        max_position_embeddings=b.max_positions, tie_word_embeddings=False,
+    )
+    cfg._attn_implementation = b.attn_implementation
+    return cfg
+
+
+def backbone_config_from_hf(directory: str | Path) -> tuple[BackboneConfig, int]:
+    """Read a local Qwen2 folder's config.json -> (BackboneConfig, text vocab size). No download."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    rope = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 1e6)
+    b = BackboneConfig(
+        pretrained=str(directory), hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads, intermediate_size=c.intermediate_size,
+        rope_theta=float(rope), max_positions=c.max_position_embeddings,
+    )
+    return b, int(c.vocab_size)
+
+
+class SpeechLM(nn.Module, PretrainedMixin):
+    """Backbone-only Qwen2 + speech embedding/head + learnable speaker encoder.
+
+    The 151,936-wide text head of ``Qwen2ForCausalLM`` is never built: only speech tokens are predicted.
+    """
+
+    checkpoint_kind = "llm"
+    config_class = LLMConfig
+    package_version = __version__
+
+    def __init__(self, config: LLMConfig) -> None:
+        super().__init__()
+        from transformers import Qwen2Model
+
+        self.config = config
+        m = config.model
+        h = m.backbone.hidden_size
+        self.backbone = Qwen2Model(qwen2_config(m.backbone, m.text_vocab))
+        self.special = nn.Embedding(2, h)  # sos, task
+        self.speech_embed = nn.Embedding(m.head_size, h)
+        self.head = nn.Linear(h, m.head_size)
+        self.mel = LogMel(m.spk_sample_rate, n_mels=m.spk_mels)
+        self.speaker_encoder = SpeakerEncoder(m.spk_mels, m.spk_hidden, m.spk_layers, m.spk_heads, m.spk_dim)
+        self.spk_proj = nn.Linear(m.spk_dim, h)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def load_backbone(self, directory: str | Path) -> None:
+        """Initialise the backbone from a local Hugging Face Qwen2 folder (safetensors), shapes checked."""
+        from transformers import Qwen2Model
+
+        pre = Qwen2Model.from_pretrained(str(directory), local_files_only=True)
+        missing, unexpected = self.backbone.load_state_dict(pre.state_dict(), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"backbone at {directory} does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    # ---- speaker ---------------------------------------------------------------------------------
+    def embed_speaker(self, reference: Waveform) -> SpeakerEmbedding:
+        """Reference audio (any length, untranscribed) -> (B, spk_dim) unit vectors."""
+        sr = self.config.model.spk_sample_rate
+        ref = reference.resample(sr).to(self.device)
+        mel = self.mel(ref.audio)
+        return SpeakerEmbedding(self.speaker_encoder(mel, self.mel.frames(ref.lengths).clamp(max=mel.shape[-1])))
+
+    # ---- embeddings --------------------------------------------------------------------------------
+    def embed(self, kind: torch.Tensor, ids: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
+        """kind, ids: (B, L); spk: (B, spk_dim) -> (B, L, H)."""
+        text = self.backbone.embed_tokens(torch.where(kind == TEXT, ids, 0))
+        speech = self.speech_embed(torch.where(kind == SPEECH, ids, 0))
+        special = self.special(torch.where((kind != TEXT) & (kind != SPEECH) & (kind != SPK), ids, 0))
+        s = self.spk_proj(spk)[:, None].to(text.dtype)
+        k = kind[..., None]
+        return torch.where(k == TEXT, text, torch.where(k == SPEECH, speech, torch.where(k == SPK, s, special)))
+
+    def _hidden(self, emb: torch.Tensor, mask: torch.Tensor, cache: Any = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        if positions is None:
+            positions = (mask.long().cumsum(1) - 1).clamp_min(0)
+        out = self.backbone(inputs_embeds=emb, attention_mask=mask.long(), position_ids=positions, cache=cache, use_cache=cache is not None)
+        return out.last_hidden_state
+
+    # ---- training ----------------------------------------------------------------------------------
+    def training_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """batch: ``kind``/``ids``/``target``/``mask`` (B, L) from :func:`layout.pad` and ``reference`` Waveform."""
+        spk = self.embed_speaker(batch["reference"]).vectors
+        emb = self.embed(batch["kind"], batch["ids"], spk)
+        hidden = self._hidden(emb, batch["mask"])
+        sel = batch["target"] != IGNORE
+        logits = self.head(hidden[sel]).float()  # only predicted positions: no (B, L, V) tensor
+        target = batch["target"][sel]
+        loss = F.cross_entropy(logits, target)
+        acc = (logits.argmax(-1) == target).float().mean()
+        return {"loss": loss, "acc": acc.detach()}
+
+    # ---- inference ---------------------------------------------------------------------------------
+    def _check_text(self, ids: Sequence[torch.Tensor]) -> None:
+        v = self.config.model.text_vocab
+        for x in ids:
+            if len(x) == 0:
+                raise ValueError("text has no tokens")
+            if int(x.min()) < 0 or int(x.max()) >= v:
+                raise ValueError(f"text token ids must lie in [0, {v}) — does the tokenizer match this model?")
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        text: Sequence[torch.Tensor],
+        speaker: SpeakerEmbedding,
+        prompt_text: Sequence[torch.Tensor] | None = None,
+        prompt_speech: SpeechTokens | None = None,
+        sampling: SamplingConfig | None = None,
+        seed: int | Sequence[int] | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Decode step by step with a KV cache. Yields ``(tokens (B,), alive (B,) bool)`` per step; a row's
+        token is meaningful where ``alive`` (its EOS step yields alive=False). Batch rows are independent."""
+        from transformers import DynamicCache
+
+        from .infer import sample_step
+
+        cfg = sampling or self.config.sampling
+        m = self.config.model
+        b = len(text)
+        self._check_text(text)
+        if len(speaker) != b:
+            raise ValueError(f"{len(speaker)} speaker vectors for {b} texts")
+        if (prompt_text is None) != (prompt_speech is None):
+            raise ValueError("pass prompt_text and prompt_speech together (one-shot) or neither (zero-shot)")
+        prompts: list[torch.Tensor | None] = [None] * b
+        full_text = list(text)
+        if prompt_text is not None and prompt_speech is not None:
+            if len(prompt_text) != b or len(prompt_speech) != b:
+                raise ValueError("prompt batch size must match the text batch size")
+            self._check_text(prompt_text)
+            full_text = [torch.cat([p, t]) for p, t in zip(prompt_text, text)]
+            prompts = list(prompt_speech.unbatch())
+        dev = self.device
+        batch = {k: v.to(dev) for k, v in pad([inference_prefix(t, p) for t, p in zip(full_text, prompts)], left=True).items()}
+        text_len = torch.tensor([len(t) for t in text], device=dev)
+        min_len = (text_len.float() * cfg.min_len_ratio).long()
+        max_len = (text_len.float() * cfg.max_len_ratio).long().clamp_min(1)
+        steps = int(max_len.max())
+        seeds = [None] * b if seed is None else ([seed + i for i in range(b)] if isinstance(seed, int) else list(seed))
+        if len(seeds) != b:
+            raise ValueError(f"{len(seeds)} seeds for a batch of {b}")
+        # each row's random numbers come from its own generator: batched == unbatched for equal seeds
+        u = torch.stack([torch.rand(steps, 2, generator=torch.Generator().manual_seed(s) if s is not None else None) for s in seeds]).to(dev)
+
+        cache = DynamicCache()
+        spk = speaker.vectors.to(dev)
+        emb = self.embed(batch["kind"], batch["ids"], spk)
+        mask = batch["mask"]
+        positions = (mask.long().cumsum(1) - 1).clamp_min(0)
+        hidden = self._hidden(emb, mask, cache, positions)[:, -1]
+        pos = positions[:, -1:]
+        history = torch.full((b, cfg.win_size), -1, dtype=torch.long, device=dev)
+        alive = torch.ones(b, dtype=torch.bool, device=dev)
+        for step in range(steps):
+            logits = self.head(hidden).float()
+            tok = sample_step(logits, history, u[:, step, 0], u[:, step, 1], cfg, m.speech_vocab, allow_eos=step >= min_len)
+            ended = (tok == m.eos) | (step >= max_len)
+            now_alive = alive & ~ended
+            yield tok, now_alive
+            alive = now_alive
+            if not bool(alive.any()):
+                return
+            history = torch.cat([history[:, 1:], tok[:, None]], 1)
+            mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.bool, device=dev)], 1)
+            pos = pos + 1
+            e = self.speech_embed(tok.clamp(max=m.head_size - 1))[:, None]
+            hidden = self._hidden(e, mask, cache, pos)[:, -1]
+
+    def generate(
+        self,
+        text: Sequence[torch.Tensor],
+        speaker: SpeakerEmbedding,
+        prompt_text: Sequence[torch.Tensor] | None = None,
+        prompt_speech: SpeechTokens | None = None,
+        sampling: SamplingConfig | None = None,
+        seed: int | Sequence[int] | None = None,
+    ) -> SpeechTokens:
+        """Batched generation -> SpeechTokens (EOS excluded). ``text``: list of (N_i,) text-token tensors."""
+        outs: list[list[int]] = [[] for _ in text]
+        for tok, alive in self.stream(text, speaker, prompt_text, prompt_speech, sampling, seed):
+            for i in torch.nonzero(alive).flatten().tolist():
+                outs[i].append(int(tok[i]))
+        return SpeechTokens.from_list(
+            [torch.tensor(o, dtype=torch.long) for o in outs], self.config.model.token_rate, self.config.model.speech_vocab
+        )
+
+
+def with_sampling(cfg: LLMConfig, **kw: Any) -> LLMConfig:
+    return dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, **kw))

@@ -1,0 +1,75 @@
+"""Text tokenizer: any local Hugging Face tokenizer folder, or a byte-level BPE trained on the corpus."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class TextError(ValueError):
+    """Text that cannot be synthesised (empty, control characters, ...)."""
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, collapse whitespace; raise :class:`TextError` on empty text or control characters."""
+    if not isinstance(text, str):
+        raise TextError(f"text must be a string, got {type(text).__name__}")
+    text = " ".join(unicodedata.normalize("NFKC", text).split())
+    if not text:
+        raise TextError("text is empty")
+    bad = sorted({ch for ch in text if unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs")})
+    if bad:
+        raise TextError(f"text has unsupported characters: {[f'U+{ord(c):04X}' for c in bad]}")
+    return text
+
+
+class TextTokenizer:
+    """Thin wrapper over ``transformers.PreTrainedTokenizerFast`` (works offline on a local folder)."""
+
+    def __init__(self, hf_tokenizer: object) -> None:
+        self.tok = hf_tokenizer
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str]) -> TextTokenizer:
+        from transformers import AutoTokenizer
+
+        d = Path(directory)
+        if not d.is_dir():
+            raise FileNotFoundError(f"text tokenizer folder not found: {d}")
+        return cls(AutoTokenizer.from_pretrained(str(d), local_files_only=True))
+
+    @classmethod
+    def train_bpe(cls, texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2) -> TextTokenizer:
+        """Byte-level BPE from the corpus: any character encodes (bytes), no unknown tokens."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=["<|pad|>"],
+        )
+        tk.train_from_iterator((normalize_text(t) for t in texts), trainer)
+        return cls(PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<|pad|>"))
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        self.tok.save_pretrained(str(directory))  # type: ignore[attr-defined]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tok)  # type: ignore[arg-type]
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tok.encode(normalize_text(text), add_special_tokens=False)  # type: ignore[attr-defined]
+        if not ids:
+            raise TextError(f"text {text!r} encodes to no tokens")
+        return list(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)  # type: ignore[attr-defined, no-any-return]

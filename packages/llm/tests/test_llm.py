@@ -1,0 +1,195 @@
+import dataclasses
+
+import pytest
+import torch
+
+from mmspeech_core import SpeakerEmbedding, SpeechTokens, Waveform, save_audio
+from mmspeech_core.data import ReferencePicker, Utterance
+from mmspeech_core.training import TrainConfig
+from mmspeech_llm.config import SamplingConfig, tiny_config
+from mmspeech_llm.data import LLMDataset, collate
+from mmspeech_llm.infer import sample_step
+from mmspeech_llm.layout import IGNORE, SPEECH, SPK, TEXT, bistream, pad, unistream
+from mmspeech_llm.model import SpeechLM, backbone_config_from_hf, with_sampling
+from mmspeech_llm.text import TextError, TextTokenizer, normalize_text
+from mmspeech_llm.train import train
+
+GREEDY = SamplingConfig(temperature=0.0, min_len_ratio=0.0, max_len_ratio=20.0)
+
+
+def test_unistream_layout():
+    s = unistream(torch.tensor([7, 8]), torch.tensor([1, 2, 3]), eos=9)
+    assert s.kind.tolist() == [0, SPK, TEXT, TEXT, 0, SPEECH, SPEECH, SPEECH]
+    assert s.ids.tolist() == [0, 0, 7, 8, 1, 1, 2, 3]
+    assert s.target.tolist() == [IGNORE] * 4 + [1, 2, 3, 9]
+
+
+def test_bistream_layout():
+    text, speech = torch.arange(100, 105), torch.arange(0, 8)
+    s = bistream(text, speech, eos=50, fill=52, n_text=2, n_speech=3)
+    # [sos spk] [t0 t1 s0 s1 s2] [t2 t3 s3 s4 s5] [t4 task s6 s7]
+    assert s.ids.tolist() == [0, 0, 100, 101, 0, 1, 2, 102, 103, 3, 4, 5, 104, 1, 6, 7]
+    assert s.target.tolist() == [IGNORE, IGNORE, IGNORE, 0, 1, 2, 52, IGNORE, 3, 4, 5, 52, IGNORE, 6, 7, 50]
+    assert len(s.kind) == len(s.ids) == len(s.target)
+
+
+def test_sampling_rules():
+    v = 10  # speech vocab; head has eos=10, 11, fill=12
+    logits = torch.full((1, 13), -10.0)
+    logits[0, 10] = 10.0  # eos is the favourite
+    logits[0, 12] = 20.0  # fill even more, but never sampled
+    logits[0, 3] = 5.0
+    hist = torch.full((1, 10), -1)
+    cfg = SamplingConfig(top_k=1)
+    assert sample_step(logits, hist, torch.tensor([0.5]), torch.tensor([0.5]), cfg, v, allow_eos=True).item() == 10
+    assert sample_step(logits, hist, torch.tensor([0.5]), torch.tensor([0.5]), cfg, v, allow_eos=False).item() == 3
+    # token 3 already in the window -> resample from the full distribution (u_full=0 -> lowest id with mass)
+    hist[0, -1] = 3
+    out = sample_step(logits, hist, torch.tensor([0.5]), torch.tensor([0.0]), cfg, v, allow_eos=False)
+    assert out.item() == 0
+    # top-k: with k=2 only the two best can come out of the nucleus
+    logits2 = torch.tensor([[1.0, 2.0, 3.0, 0.0, 0, 0, 0, 0, 0, 0, -1e9, -1e9, -1e9]])
+    outs = {sample_step(logits2, torch.full((1, 0), -1), torch.rand(1), torch.rand(1), SamplingConfig(top_k=2, top_p=1.0), v).item() for _ in range(200)}
+    assert outs == {1, 2}
+    # vectorised over a batch: rows are independent
+    lb = torch.stack([logits2[0], logits2[0].flip(0)])
+    assert sample_step(lb, torch.full((2, 0), -1), torch.zeros(2), torch.zeros(2), SamplingConfig(temperature=0), v).tolist()[0] == 2
+
+
+def test_text_normalisation_and_bpe(tmp_path):
+    with pytest.raises(TextError, match="empty"):
+        normalize_text("   ")
+    with pytest.raises(TextError, match="U\\+0007"):
+        normalize_text("hi\x07")
+    tok = TextTokenizer.train_bpe(["hello world", "hello there", "world peace 你好"] * 5, vocab_size=300, min_frequency=1)
+    ids = tok.encode("hello 你好 ünïcode")  # unseen characters still encode (byte level)
+    assert tok.decode(ids) == "hello 你好 ünïcode"
+    tok.save(tmp_path / "tok")
+    assert TextTokenizer.from_pretrained(tmp_path / "tok").encode("hello world") == tok.encode("hello world")
+
+
+def test_speaker_encoder_ignores_padding():
+    torch.manual_seed(0)
+    m = SpeechLM(tiny_config()).eval()
+    a, b = torch.randn(24000), torch.randn(9000)
+    both = m.embed_speaker(Waveform.from_list([a, b], 24000)).vectors
+    alone = m.embed_speaker(Waveform.from_list([b], 24000)).vectors
+    assert torch.allclose(both[1], alone[0], atol=1e-5)
+    # 16 kHz input is resampled to the encoder's rate
+    assert m.embed_speaker(Waveform.from_list([a[:16000]], 16000)).vectors.shape == (1, 16)
+
+
+def test_batched_equals_unbatched_and_lengths():
+    torch.manual_seed(0)
+    m = SpeechLM(tiny_config()).eval()
+    spk = SpeakerEmbedding(torch.nn.functional.normalize(torch.randn(3, 16), dim=-1))
+    texts = [torch.randint(0, 300, (n,)) for n in (6, 2, 4)]
+    for sampling, seed in [(GREEDY, None), (SamplingConfig(min_len_ratio=1.0, max_len_ratio=5.0), 11)]:
+        batched = m.generate(texts, spk, sampling=sampling, seed=seed)
+        for i, t in enumerate(texts):
+            one = m.generate([t], SpeakerEmbedding(spk.vectors[i : i + 1]), sampling=sampling, seed=None if seed is None else seed + i)
+            assert one.unbatch()[0].tolist() == batched.unbatch()[i].tolist()
+    # min / max length ratios
+    out = m.generate(texts, spk, sampling=SamplingConfig(min_len_ratio=2.0, max_len_ratio=3.0), seed=0)
+    for n, t in zip(out.lengths.tolist(), texts):
+        assert 2 * len(t) <= n <= 3 * len(t)
+    assert int(out.tokens.max()) < 64
+
+
+def test_bad_inputs():
+    m = SpeechLM(tiny_config()).eval()
+    spk = SpeakerEmbedding(torch.zeros(1, 16))
+    with pytest.raises(ValueError, match="no tokens"):
+        m.generate([torch.zeros(0, dtype=torch.long)], spk)
+    with pytest.raises(ValueError, match="tokenizer match"):
+        m.generate([torch.tensor([5000])], spk)
+    with pytest.raises(ValueError, match="together"):
+        m.generate([torch.tensor([1])], spk, prompt_text=[torch.tensor([1])])
+
+
+def test_reference_picker_never_leaks():
+    picker = ReferencePicker(["a", "a", "b", "b", "b", "c", None], fallback="self")
+    for i in range(5):
+        j = picker(i)
+        assert j != i and picker.speakers[j] == picker.speakers[i]
+    assert picker(5) == 5 and picker(6) == 6 and picker.single == [5, 6]
+    drop = ReferencePicker(["a", "a", "c"], fallback="drop")
+    assert drop.usable == [0, 1]
+
+
+def _corpus(tmp_path, n=4):
+    g = torch.Generator().manual_seed(0)
+    utts, tokens = [], {}
+    for i in range(n):
+        p = tmp_path / f"u{i}.wav"
+        save_audio(p, 0.1 * torch.randn(4800 + 800 * i, generator=g), 24000)
+        utts.append(Utterance(f"u{i}", str(p), text=["hello world", "good day", "hi there friend", "nice"][i % 4], speaker=f"s{i % 2}"))
+        tokens[f"u{i}"] = torch.randint(0, 64, (8 + 2 * i,), generator=g)
+    return utts, tokens
+
+
+def test_dataset_uses_other_utterance_as_reference(tmp_path):
+    utts, tokens = _corpus(tmp_path)
+    tok = TextTokenizer.train_bpe([u.text for u in utts], vocab_size=280, min_frequency=1)
+    ds = LLMDataset(utts, tokens, tok, tiny_config())
+    for k in range(len(ds)):
+        _, ref = ds[k]
+        own = 4800 + 800 * k
+        assert len(ref) != own  # the reference is the other utterance of the same speaker
+        assert len(ref) == 4800 + 800 * ((k + 2) % 4)
+
+
+def test_overfit_tiny_batch_and_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    utts, tokens = _corpus(tmp_path)
+    tok = TextTokenizer.train_bpe([u.text for u in utts], vocab_size=280, min_frequency=1)
+    cfg = tiny_config(text_vocab=tok.vocab_size)
+    cfg = dataclasses.replace(
+        cfg,
+        layout=dataclasses.replace(cfg.layout, bistream_prob=0.0),
+        train=TrainConfig(lr=3e-3, warmup_steps=10, max_steps=150, log_every=50, save_every=1000, num_workers=0, max_frames=10_000, amp="none"),
+    )
+    ds = LLMDataset(utts, tokens, tok, cfg)
+    model, hist = train(cfg, ds, tmp_path / "run", device="cpu")
+    assert hist[-1]["loss"] < 0.2 * hist[0]["loss"]
+    model.eval()
+    batch = collate([ds[k] for k in range(len(ds))], 24000)
+    spk = model.embed_speaker(batch["reference"])
+    texts = [ds.text[i] for i in ds.index]
+    out = model.generate(texts, spk, sampling=GREEDY)
+    for k, i in enumerate(ds.index):
+        assert out.unbatch()[k].tolist() == ds.speech[i].tolist()
+    re = SpeechLM.from_pretrained(tmp_path / "run" / "checkpoint-00000150")
+    assert re.generate(texts[:1], SpeakerEmbedding(spk.vectors[:1]), sampling=GREEDY).unbatch()[0].tolist() == ds.speech[ds.index[0]].tolist()
+    # one-shot: prompt text + prompt speech continue the same way
+    i0, i1 = ds.index[0], ds.index[1]
+    os_out = model.generate([ds.text[i1]], SpeakerEmbedding(spk.vectors[1:2]), prompt_text=[ds.text[i0]],
+                            prompt_speech=SpeechTokens.from_list([ds.speech[i0]]),
+                            sampling=dataclasses.replace(GREEDY, min_len_ratio=1.0, max_len_ratio=2.0))
+    # min/max lengths count the target text only, not the prompt text
+    assert len(ds.text[i1]) <= os_out.lengths[0] <= 2 * len(ds.text[i1])
+
+
+def test_load_backbone_from_local_hf_folder(tmp_path):
+    from transformers import Qwen2Model
+
+    from mmspeech_llm.model import qwen2_config
+
+    cfg = tiny_config()
+    hf = Qwen2Model(qwen2_config(cfg.model.backbone, cfg.model.text_vocab))
+    hf.save_pretrained(tmp_path / "qwen")
+    b, vocab = backbone_config_from_hf(tmp_path / "qwen")
+    assert vocab == 300 and b.hidden_size == 64 and b.num_kv_heads == 2
+    m = SpeechLM(cfg)
+    m.load_backbone(tmp_path / "qwen")
+    assert torch.equal(m.backbone.embed_tokens.weight, hf.embed_tokens.weight)
+
+
+def test_stream_yields_the_same_tokens_as_generate():
+    torch.manual_seed(0)
+    m = SpeechLM(tiny_config()).eval()
+    spk = SpeakerEmbedding(torch.nn.functional.normalize(torch.randn(1, 16), dim=-1))
+    t = [torch.randint(0, 300, (4,))]
+    streamed = [int(tok[0]) for tok, alive in m.stream(t, spk, sampling=GREEDY) if alive[0]]
+    assert streamed == m.generate(t, spk, sampling=GREEDY).unbatch()[0].tolist()
+    assert with_sampling(m.config, top_k=3).sampling.top_k == 3
