@@ -182,6 +182,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                **self.extra_state(),
             }
             atomic_torch_save(state, d / "train_state.pt")
             atomic_write_text(self.out / "latest", d.name + "\n")
@@ -191,6 +192,13 @@ class Trainer:
         if self.dist.world_size > 1:
             dist.barrier()
         return d
+
+    def extra_state(self) -> dict[str, Any]:
+        """Subclasses add state of their own (a discriminator and its optimiser, say)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
 
     def latest_checkpoint(self) -> Path | None:
         p = self.out / "latest"
@@ -210,6 +218,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        self.load_extra_state(state)
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         random.setstate(state["rng"]["python"])

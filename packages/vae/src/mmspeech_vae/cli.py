@@ -1,2 +1,81 @@
-def main() -> None:
-    pass
+"""``mmspeech-vae``: config presets, GAN training, latent extraction, statistics, reconstruction."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from mmspeech_core import load_audio, load_config, save_audio
+from mmspeech_core.cli import add_command, add_config_command, add_extraction_args, add_train_args, make_parser, run
+from mmspeech_core.data import read_manifest
+from mmspeech_core.training import init_distributed
+
+from .config import VAEConfig, tiny_config
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = load_config(VAEConfig, args.config)
+    if args.max_steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))
+    train(cfg, read_manifest(args.manifest), args.out, device=args.device, resume=not args.no_resume)
+    return 0
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from .infer import extract_latents
+    from .model import DACVAE
+
+    info = init_distributed(args.device)
+    model = DACVAE.from_pretrained(args.model, device=info.device)
+    stats = extract_latents(model, read_manifest(args.manifest), args.output_dir, args.batch_size, args.shard_size,
+                            info.rank, info.world_size)
+    print(f"rank {info.rank}: {stats}")
+    return 1 if stats["failed"] and args.strict else 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .infer import latent_stats
+
+    s = latent_stats(args.latents, args.out)
+    print(f"{int(s['frames'][0])} frames; mean |mu| {sum(map(abs, s['mean'])) / len(s['mean']):.3f} -> {args.out}")
+    return 0
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    from .model import DACVAE
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = DACVAE.from_pretrained(args.model, device=device)
+    wav = load_audio(args.input, model.sample_rate)
+    save_audio(args.output, model.decode(model.encode(wav)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p, sub = make_parser("mmspeech-vae", "DAC-VAE: 24 kHz audio <-> continuous latents.")
+    add_config_command(sub, {"base": VAEConfig, "tiny": tiny_config})
+    sp = add_command(sub, "train", "train the VAE (mel + GAN + KL) on a manifest's audio", _train)
+    add_train_args(sp)
+    sp.add_argument("--manifest", required=True, help="JSONL manifest or wav.scp of training audio")
+    sp = add_command(sub, "extract", "extract posterior-mean latents for a manifest (torchrun for multi-GPU)", _extract)
+    add_extraction_args(sp)
+    sp.add_argument("--model", required=True, help="pretrained VAE folder")
+    sp.add_argument("--strict", action="store_true", help="exit 1 if any utterance failed (they are always logged)")
+    sp = add_command(sub, "stats", "per-channel mean/std of an extracted latent folder", _stats)
+    sp.add_argument("--latents", required=True, help="latent folder")
+    sp.add_argument("--out", required=True, help="output JSON")
+    sp = add_command(sub, "reconstruct", "encode and decode one file", _reconstruct)
+    sp.add_argument("--model", required=True, help="pretrained VAE folder")
+    sp.add_argument("--input", required=True, help="input audio (any rate)")
+    sp.add_argument("--output", required=True, help="output wav (model rate)")
+    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)

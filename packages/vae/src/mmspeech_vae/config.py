@@ -1,0 +1,71 @@
+"""DAC-VAE configs (config.json next to the weights)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mmspeech_core.training import TrainConfig
+
+
+@dataclass
+class VAEModelConfig:
+    sample_rate: int = 24000
+    encoder_dim: int = 64
+    encoder_rates: tuple[int, ...] = (2, 4, 6, 10)  # product = hop = 480 -> 50 Hz (2x the 25 Hz tokens)
+    latent_dim: int = 64
+    decoder_dim: int = 1536
+    decoder_rates: tuple[int, ...] = (10, 6, 4, 2)
+    logvar_min: float = -30.0
+    logvar_max: float = 20.0
+
+    def __post_init__(self) -> None:
+        if math.prod(self.encoder_rates) != math.prod(self.decoder_rates):
+            raise ValueError(
+                f"encoder rates {self.encoder_rates} and decoder rates {self.decoder_rates} must have the same product"
+            )
+        if self.sample_rate % self.hop:
+            raise ValueError(f"sample_rate {self.sample_rate} is not a multiple of hop {self.hop}")
+        if self.decoder_dim % 2 ** len(self.decoder_rates):
+            raise ValueError("decoder_dim must be divisible by 2 ** len(decoder_rates)")
+
+    @property
+    def hop(self) -> int:
+        return math.prod(self.encoder_rates)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop
+
+
+@dataclass
+class VAELossConfig:
+    mel_weight: float = 15.0
+    feature_weight: float = 2.0
+    adv_weight: float = 1.0
+    kl_weight: float = 0.1  # final weight, reached after kl_warmup_steps (starts at kl_start)
+    kl_start: float = 1e-4
+    kl_warmup_steps: int = 20_000
+    mel_windows: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+    mel_bins: tuple[int, ...] = (5, 10, 20, 40, 80, 160, 320)
+    disc_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    disc_fft_sizes: tuple[int, ...] = (2048, 1024, 512)
+    disc_start_step: int = 0  # steps of reconstruction-only warm-up before the GAN joins
+    segment_s: float = 0.38  # training crop (rounded to a multiple of hop)
+
+
+@dataclass
+class VAEConfig:
+    model: VAEModelConfig = field(default_factory=VAEModelConfig)
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, betas=(0.8, 0.99), weight_decay=0.0, max_batch=16))
+
+
+def tiny_config() -> VAEConfig:
+    """A small config for tests and the CPU quickstart (hop 480, 8 latent channels)."""
+    return VAEConfig(
+        model=VAEModelConfig(encoder_dim=8, encoder_rates=(2, 4, 6, 10), latent_dim=8, decoder_dim=64, decoder_rates=(10, 6, 4, 2)),
+        loss=VAELossConfig(
+            mel_windows=(64, 256, 1024), mel_bins=(10, 40, 80), disc_periods=(2, 3), disc_fft_sizes=(512,), kl_warmup_steps=10
+        ),
+    )

@@ -1,0 +1,111 @@
+"""DAC-VAE GAN training on the core Trainer: generator step (mel, adversarial, feature matching, KL),
+discriminator step, both resumable; tensorboard scalars, audio and mel images."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmspeech_core.data import Utterance
+from mmspeech_core.training import DistInfo, Trainer, autocast, init_distributed, move_to, set_seed, warmup_cosine
+
+from .config import VAEConfig
+from .data import CropDataset
+from .losses import VAELosses, kl_weight
+from .model import DACVAE
+
+
+class VAETrainer(Trainer):
+    def __init__(self, model: DACVAE, cfg: VAEConfig, out_dir: str | Path, dist_info: DistInfo | None = None) -> None:
+        super().__init__(model, cfg.train, out_dir, dist_info)
+        self.vcfg = cfg
+        self.losses = VAELosses(cfg.loss, cfg.model.sample_rate).to(self.dist.device)
+        self.disc: nn.Module = self.losses.discriminator
+        if self.dist.world_size > 1:
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            self.disc = nn.parallel.DistributedDataParallel(self.disc, device_ids=ids)
+            self.losses.gan.discriminator = self.disc
+        t = cfg.train
+        self.opt_d = torch.optim.AdamW(self.losses.discriminator.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda s: warmup_cosine(s, t.warmup_steps, t.max_steps))
+        self.last: dict[str, torch.Tensor] = {}
+        self.on_log = self._log_media
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"discriminator": self.losses.discriminator.state_dict(), "opt_d": self.opt_d.state_dict(), "sched_d": self.sched_d.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.losses.discriminator.load_state_dict(state["discriminator"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_d.load_state_dict(state["sched_d"])
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        lc = self.vcfg.loss
+        real = move_to(batch, self.dist.device)  # (B, T)
+        self.loss_module.train()
+        use_gan = self.step >= lc.disc_start_step
+        with autocast(self.dist.device, self.cfg.amp):
+            out = self.loss_module(real)
+        fake = out["recon"].float()
+        metrics: dict[str, float] = {}
+        if use_gan:  # discriminator step on detached reconstructions
+            d_loss = self.losses.discriminator_loss(fake.detach(), real)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            nn.utils.clip_grad_norm_(self.losses.discriminator.parameters(), 10.0)
+            self.opt_d.step()
+            self.sched_d.step()
+            metrics["disc"] = float(d_loss.detach())
+        mel = self.losses.mel_loss(fake, real)
+        kw = kl_weight(self.step, lc)
+        loss = lc.mel_weight * mel + kw * out["kl"]
+        if use_gan:
+            adv, feat = self.losses.generator_losses(fake, real)
+            loss = loss + lc.adv_weight * adv + lc.feature_weight * feat
+            metrics.update(adv=float(adv.detach()), feature=float(feat.detach()))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite generator loss at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.last = {"real": real[0].detach(), "fake": fake[0].detach()}
+        metrics.update(loss=float(loss.detach()), mel=float(mel.detach()), kl=float(out["kl"].detach()), kl_weight=kw,
+                       grad_norm=float(gnorm), lr=self.scheduler.get_last_lr()[0])
+        return metrics
+
+    def _log_media(self, writer: Any, step: int) -> None:
+        if not self.last:
+            return
+        sr = self.vcfg.model.sample_rate
+        for k, x in self.last.items():
+            writer.add_audio(f"audio/{k}", x.float().clamp(-1, 1).cpu(), step, sample_rate=sr)
+            spec = torch.stft(x.float().cpu(), 1024, 256, window=torch.hann_window(1024), return_complex=True).abs()
+            img = spec.clamp_min(1e-5).log().flip(0)
+            writer.add_image(f"mel/{k}", ((img - img.min()) / (img.max() - img.min() + 1e-8))[None], step)
+
+
+def train(
+    cfg: VAEConfig, utts: list[Utterance], out_dir: str | Path, device: str | None = None, resume: bool = True
+) -> tuple[DACVAE, list[dict[str, float]]]:
+    info = init_distributed(device)
+    set_seed(cfg.train.seed + info.rank)
+    hop = cfg.model.hop
+    segment = max(hop, int(cfg.loss.segment_s * cfg.model.sample_rate) // hop * hop)
+    ds = CropDataset(utts, cfg.model.sample_rate, segment, seed=cfg.train.seed + info.rank)
+    sampler = torch.utils.data.DistributedSampler(ds, info.world_size, info.rank, seed=cfg.train.seed) if info.world_size > 1 else None
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=cfg.train.max_batch, shuffle=sampler is None, sampler=sampler,
+        num_workers=cfg.train.num_workers, drop_last=len(ds) >= cfg.train.max_batch,
+    )
+    model = DACVAE(cfg)
+    model.config = dataclasses.replace(model.config, train=cfg.train)
+    trainer = VAETrainer(model, cfg, out_dir, info)
+    history = trainer.fit(loader, set_epoch=sampler.set_epoch if sampler else None, resume=resume)
+    return model, history

@@ -1,0 +1,136 @@
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import s3tokenizer
+from mmspeech_core import Latents, Waveform, read_audio, save_audio
+from mmspeech_core.data import Utterance, load_shards, read_manifest
+from mmspeech_core.training import TrainConfig
+from mmspeech_vae.config import VAEConfig, VAEModelConfig, tiny_config
+from mmspeech_vae.infer import extract_latents, latent_stats
+from mmspeech_vae.losses import kl_weight
+from mmspeech_vae.model import DACVAE
+from mmspeech_vae.train import train
+
+ASSETS = Path(s3tokenizer.__file__).parent / "assets"
+WAVS = sorted(ASSETS.glob("*.wav"))
+
+
+def _tiny_model(**kw):
+    cfg = tiny_config()
+    return DACVAE(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **kw)))
+
+
+@pytest.mark.parametrize("rates", [(2, 4, 6, 10), (2, 4, 5, 8)])  # hop 480 (50 Hz) and 320 (75 Hz)
+def test_exact_lengths_for_any_hop(rates):
+    torch.manual_seed(0)
+    m = _tiny_model(encoder_rates=rates, decoder_rates=rates[::-1]).eval()
+    hop = m.hop
+    assert m.frame_rate == 24000 / hop
+    wav = Waveform.from_list([torch.randn(5 * 24000), torch.randn(hop * 7 + 1)], 24000)
+    lat = m.encode(wav)
+    assert lat.lengths.tolist() == [5 * 24000 // hop, 8] and lat.channels == 8
+    out = m.decode(lat)
+    assert out.lengths.tolist() == [5 * 24000, 8 * hop]  # frames × hop exactly (dac alone loses samples)
+    assert out.audio.shape == (2, 5 * 24000)
+
+
+def test_batched_equals_unbatched_and_resampling():
+    torch.manual_seed(0)
+    m = _tiny_model().eval()
+    a, b = torch.randn(24000), torch.randn(9000)
+    both = m.encode(Waveform.from_list([a, b], 24000))
+    alone = m.encode(Waveform.from_list([b], 24000))
+    assert torch.allclose(both.unbatch()[1], alone.unbatch()[0], atol=1e-5)
+    dec = m.decode(both)
+    assert torch.allclose(dec.unbatch()[1], m.decode(alone).unbatch()[0], atol=1e-5)
+    sixteen = m.encode(Waveform.from_list([a[:16000]], 16000))  # resampled to 24 kHz first
+    assert sixteen.lengths.tolist() == [50]
+
+
+def test_bad_inputs():
+    m = _tiny_model().eval()
+    with pytest.raises(ValueError, match="channels"):
+        m.decode(Latents.from_list([torch.zeros(3, 4)]))
+    with pytest.raises(ValueError, match="Hz"):
+        m.decode(Latents.from_list([torch.zeros(8, 4)], frame_rate=75))
+    with pytest.raises(ValueError, match="same product"):
+        VAEModelConfig(encoder_rates=(2, 4), decoder_rates=(4, 4))
+    with pytest.raises(ValueError, match="multiple of hop"):
+        m.posterior(torch.zeros(1, 100))
+
+
+def test_kl_is_the_gaussian_kl_and_warms_up():
+    m = _tiny_model()
+    out = m(torch.randn(2, 4800))
+    mean, logvar = out["mean"], out["logvar"]
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, (0.5 * logvar).exp()), torch.distributions.Normal(0.0, 1.0)
+    ).mean()
+    assert torch.allclose(out["kl"], ref, atol=1e-5)
+    lc = tiny_config().loss
+    assert kl_weight(0, lc) == lc.kl_start and kl_weight(10**6, lc) == lc.kl_weight
+    assert lc.kl_start < kl_weight(lc.kl_warmup_steps // 2, lc) < lc.kl_weight
+
+
+def test_snake_alpha_keeps_dac_init():
+    # the seed re-initialised Snake alpha with Xavier; dac initialises it to ones
+    m = _tiny_model()
+    alphas = [p for n, p in m.named_parameters() if n.endswith("alpha")]
+    assert alphas and all(torch.equal(a, torch.ones_like(a)) for a in alphas)
+
+
+def _cfg(steps, **loss):
+    cfg = tiny_config()
+    return dataclasses.replace(
+        cfg,
+        loss=dataclasses.replace(cfg.loss, **loss),
+        train=TrainConfig(lr=2e-3, betas=(0.8, 0.99), warmup_steps=2, max_steps=steps, log_every=5, save_every=1000, num_workers=0, max_batch=2, amp="none"),
+    )
+
+
+def test_overfit_one_clip_then_resume_with_gan(tmp_path):
+    torch.manual_seed(0)
+    clip = read_audio(WAVS[0], 24000)[:9600]  # 0.4 s of real speech
+    save_audio(tmp_path / "clip.wav", clip, 24000)
+    utts = [Utterance("a", str(tmp_path / "clip.wav"))]
+    cfg = _cfg(60, disc_start_step=10**6, segment_s=0.4)  # reconstruction only: fast and deterministic
+    model, hist = train(cfg, utts, tmp_path / "run", device="cpu")
+    first, last = hist[0]["mel"], sum(h["mel"] for h in hist[-5:]) / 5
+    assert last < 0.6 * first
+    assert "disc" not in hist[0]
+    # GAN phase: resume from step 60 with the discriminator on, and its state is checkpointed
+    cfg2 = _cfg(63, disc_start_step=0, segment_s=0.4)
+    model2, hist2 = train(cfg2, utts, tmp_path / "run", device="cpu")
+    assert len(hist2) == 3 and all("disc" in h and "adv" in h for h in hist2)
+    state = torch.load(tmp_path / "run" / "checkpoint-00000063" / "train_state.pt", weights_only=False)
+    assert "discriminator" in state and state["step"] == 63
+    re = DACVAE.from_pretrained(tmp_path / "run" / "checkpoint-00000063")
+    assert torch.equal(re.state_dict()["encoder.block.0.bias"], model2.state_dict()["encoder.block.0.bias"])
+
+
+def test_extract_and_stats(tmp_path):
+    torch.manual_seed(0)
+    m = _tiny_model().eval()
+    m.save_pretrained(tmp_path / "vae")
+    (tmp_path / "bad.wav").write_bytes(b"nope")
+    lines = [json.dumps({"id": w.stem, "audio": str(w)}) for w in WAVS] + [json.dumps({"id": "bad", "audio": "bad.wav"})]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines))
+    from mmspeech_vae.cli import main
+
+    assert main(["extract", "--model", str(tmp_path / "vae"), "--manifest", str(tmp_path / "m.jsonl"),
+                 "--output-dir", str(tmp_path / "lat"), "--device", "cpu"]) == 0
+    feats = load_shards(tmp_path / "lat")
+    assert sorted(feats) == sorted(w.stem for w in WAVS)
+    for w in WAVS:
+        n = len(read_audio(w, 24000))
+        assert feats[w.stem].shape == (8, -(-n // 480))
+    assert "bad" in (tmp_path / "lat" / "errors-r0.jsonl").read_text()
+    s = latent_stats(tmp_path / "lat", tmp_path / "stats.json")
+    assert len(s["mean"]) == 8 and json.loads((tmp_path / "stats.json").read_text())["frames"][0] == sum(f.shape[-1] for f in feats.values())
+    # resumable: a second run does nothing new
+    stats = extract_latents(m, read_manifest(tmp_path / "m.jsonl"), tmp_path / "lat")
+    assert stats["done"] == 0 and stats["skipped"] == 2
