@@ -1,2 +1,79 @@
-def main() -> None:
-    pass
+"""``mmspeech-tokenizer``: extract speech tokens (S3Tokenizer v2 or a trained FSQ tokenizer), convert the
+official ONNX file, train the CTC-supervised FSQ tokenizer."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from mmspeech_core import load_config
+from mmspeech_core.cli import add_command, add_config_command, add_extraction_args, add_train_args, make_parser, run
+from mmspeech_core.data import read_manifest
+from mmspeech_core.training import init_distributed
+
+from .config import FSQModelConfig, FSQTokenizerConfig
+
+
+def load_tokenizer(path: str, device: str = "cpu"):  # type: ignore[no-untyped-def]
+    """A folder from `train` (FSQ) or anything :meth:`S3SpeechTokenizer.from_pretrained` reads."""
+    import json
+
+    from .model import FSQTokenizer
+    from .s3 import S3SpeechTokenizer
+
+    meta = Path(path) / "meta.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("kind") == FSQTokenizer.checkpoint_kind:
+        return FSQTokenizer.from_pretrained(path, device=device)
+    return S3SpeechTokenizer.from_pretrained(path, device=device)
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from .infer import extract_tokens
+
+    info = init_distributed(args.device)
+    tok = load_tokenizer(args.model, str(info.device))
+    stats = extract_tokens(tok, read_manifest(args.manifest), args.output_dir, args.batch_size, args.shard_size,
+                           info.rank, info.world_size)
+    print(f"rank {info.rank}: {stats}")
+    return 1 if stats["failed"] and args.strict else 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .s3 import S3SpeechTokenizer
+
+    S3SpeechTokenizer.from_pretrained(args.onnx).save_pretrained(args.out)
+    print(f"converted {args.onnx} -> {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = load_config(FSQTokenizerConfig, args.config)
+    if args.max_steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))
+    train(cfg, read_manifest(args.manifest), args.out, device=args.device, resume=not args.no_resume)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p, sub = make_parser("mmspeech-tokenizer", "Speech tokens at 25 Hz: S3Tokenizer v2 or a trainable CTC-supervised FSQ tokenizer.")
+    sp = add_command(sub, "extract", "tokenize every utterance of a manifest (sharded, resumable; torchrun for multi-GPU)", _extract)
+    add_extraction_args(sp)
+    sp.add_argument("--model", required=True, help="speech_tokenizer_v2.onnx, a converted .pt, or a tokenizer folder")
+    sp.add_argument("--strict", action="store_true", help="exit 1 if any utterance failed (they are always logged)")
+    sp = add_command(sub, "convert", "convert the official speech_tokenizer_v2.onnx into a safetensors folder", _convert)
+    sp.add_argument("--onnx", required=True, help="local path of speech_tokenizer_v2.onnx")
+    sp.add_argument("--out", required=True, help="output folder")
+    add_config_command(sub, {"base": FSQTokenizerConfig, "tiny": lambda: FSQTokenizerConfig(
+        model=FSQModelConfig(dim=64, heads=2, encoder_layers=1, decoder_layers=1))})
+    sp = add_command(sub, "train", "train the CTC-supervised FSQ tokenizer on a transcribed manifest", _train)
+    add_train_args(sp)
+    sp.add_argument("--manifest", required=True, help="JSONL manifest with id, audio, text")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)

@@ -1,0 +1,72 @@
+"""Tokenizer features (Whisper-style log-mels at 16 kHz) and CTC training data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mmspeech_core import Waveform
+from mmspeech_core.audio import read_audio
+from mmspeech_core.data import Utterance
+
+SAMPLE_RATE = 16000
+
+
+def log_mels(wav: Waveform, n_mels: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveform (any rate) -> (B, n_mels, T) padded log-mels at 100 Hz and (B,) lengths.
+
+    Computed per item: the mel clamp (max − 8) is relative to each item's own maximum, so a padded batch
+    item gets exactly the features it would get alone.
+    """
+    from s3tokenizer.utils import log_mel_spectrogram
+
+    if bool((wav.durations() < 0.04).any()):
+        raise ValueError("audio too short to tokenize: needs at least 40 ms")
+    wav = wav.resample(SAMPLE_RATE)
+    mels = [log_mel_spectrogram(x.to(device), n_mels=n_mels) for x in wav.unbatch()]
+    lengths = torch.tensor([m.shape[-1] for m in mels], device=device)
+    out = torch.zeros(len(mels), n_mels, int(lengths.max()), device=device)
+    for i, m in enumerate(mels):
+        out[i, :, : m.shape[-1]] = m
+    return out, lengths
+
+
+class CTCDataset(torch.utils.data.Dataset):
+    """(mel (n_mels, T), labels (S,)) per transcribed utterance; characters outside ``vocab`` are an error."""
+
+    def __init__(self, utts: Sequence[Utterance], vocab: list[str], n_mels: int) -> None:
+        self.index = {ch: i for i, ch in enumerate(vocab) if ch}
+        self.utts = [u for u in utts if u.text]
+        if not self.utts:
+            raise ValueError("no transcribed utterance in the manifest")
+        for u in self.utts:
+            unknown = sorted(set(u.text or "") - set(self.index))
+            if unknown:
+                raise ValueError(f"{u.id}: characters {unknown} are not in the CTC vocabulary")
+        self.n_mels = n_mels
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def lengths(self) -> list[int]:
+        from mmspeech_core.audio import audio_info
+
+        return [int(audio_info(u.audio)[2] * 100) for u in self.utts]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.utts[i]
+        mel, _ = log_mels(Waveform.from_list([read_audio(u.audio, SAMPLE_RATE)], SAMPLE_RATE), self.n_mels)
+        return mel[0], torch.tensor([self.index[c] for c in u.text or ""], dtype=torch.long)
+
+
+def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    mel_len = torch.tensor([m.shape[-1] for m, _ in items])
+    lab_len = torch.tensor([len(lab) for _, lab in items])
+    mel = torch.zeros(len(items), items[0][0].shape[0], int(mel_len.max()))
+    labels = torch.zeros(len(items), int(lab_len.max()), dtype=torch.long)
+    for i, (m, lab) in enumerate(items):
+        mel[i, :, : m.shape[-1]] = m
+        labels[i, : len(lab)] = lab
+    return {"mel": mel, "mel_lengths": mel_len, "labels": labels, "label_lengths": lab_len}
