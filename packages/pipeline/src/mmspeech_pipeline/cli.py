@@ -1,2 +1,152 @@
-def main() -> None:
-    pass
+"""``mmspeech``: synthesis, voices, bundles, data preparation, evaluation and the CPU quickstart.
+
+The stage recipes chain as (each command has --help):
+
+    mmspeech prepare --root corpus/ --out data/train.jsonl
+    mmspeech-tokenizer extract --model speech_tokenizer_v2.onnx --manifest data/train.jsonl --output-dir feats/tokens
+    mmspeech-vae train --config vae.json --manifest data/train.jsonl --out runs/vae
+    mmspeech-vae extract --model runs/vae/checkpoint-XXXX --manifest data/train.jsonl --output-dir feats/latents
+    mmspeech-llm train --config llm.json --manifest data/train.jsonl --tokens feats/tokens --text-tokenizer TOK --out runs/llm
+    mmspeech-flow train --config flow.json --tokens feats/tokens --latents feats/latents --manifest data/train.jsonl --out runs/flow
+    mmspeech bundle --out bundle --tokenizer ... --text-tokenizer ... --llm ... --flow ... --vae ...
+    mmspeech evaluate --bundle bundle --manifest data/test.jsonl --out eval/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+from mmspeech_core import save_audio
+from mmspeech_core.cli import add_command, make_parser, run
+
+
+def _tts(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .tts import TTS
+
+    return TTS.from_pretrained(args.bundle, device=args.device)
+
+
+def _voice_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--bundle", required=True, help="bundle folder (see `mmspeech bundle`)")
+    sp.add_argument("--reference", default=None, help="reference recording of the target voice (1-30 s, mono)")
+    sp.add_argument("--reference-text", default=None, help="transcript of the reference: switches to one-shot")
+    sp.add_argument("--voice", default=None, help="a voice preset file (from `mmspeech voice`) instead of --reference")
+    sp.add_argument("--seed", type=int, default=0, help="sampling and noise seed")
+    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+
+
+def _get_voice(tts, args):  # type: ignore[no-untyped-def]
+    from .tts import Voice
+
+    if args.voice:
+        return Voice.load(args.voice)
+    if not args.reference:
+        raise SystemExit("give --reference or --voice")
+    return tts.make_voice(args.reference, args.reference_text)
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    tts = _tts(args)
+    text = args.text if args.text is not None else open(args.text_file).read()
+    wav = tts.synthesize(text, voice=_get_voice(tts, args), seed=args.seed)
+    save_audio(args.out, wav)
+    print(f"{float(wav.durations()[0]):.2f} s at {wav.sample_rate} Hz -> {args.out}")
+    return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    import torch
+
+    tts = _tts(args)
+    chunks = []
+    for c in tts.stream(args.text, _get_voice(tts, args), seed=args.seed):
+        chunks.append(c.audio)
+        print(f"chunk {c.index}: {len(c.audio) / c.sample_rate:.2f} s audio at t={c.elapsed_s:.3f} s")
+    save_audio(args.out, torch.cat(chunks), tts.sample_rate)
+    return 0
+
+
+def _voice(args: argparse.Namespace) -> int:
+    tts = _tts(args)
+    _get_voice(tts, args).save(args.out)
+    print(f"voice preset -> {args.out}")
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from .bundle import write_bundle
+    from .tts import TTS
+
+    d = write_bundle(args.out, tokenizer=args.tokenizer, text_tokenizer=args.text_tokenizer, llm=args.llm, flow=args.flow, vae=args.vae)
+    TTS.from_pretrained(d, device="cpu")  # fail now, not at first synthesis, if the parts do not fit
+    print(f"bundle -> {d}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare
+
+    prepare(args.root, args.out, args.transcripts, args.min_seconds, args.max_seconds)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    print(json.dumps(evaluate(_tts(args), args.manifest, args.out, args.asr_model, args.sv_model, args.seed), indent=2))
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import run_quickstart
+
+    report = run_quickstart(args.out, fast=args.fast, seed=args.seed)
+    print(json.dumps({k: report[k] for k in ("seconds", "loss_first_last", "outputs")}, indent=2))
+    print(f"report: {args.out}/report.md")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p, sub = make_parser("mmspeech", "Zero-shot TTS (MiniMax-Speech architecture): synthesis and recipes.")
+    sp = add_command(sub, "synthesize", "text -> 24 kHz wav in the voice of a reference recording", _synthesize)
+    _voice_args(sp)
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text", help="text to speak (long text is split at sentences)")
+    g.add_argument("--text-file", help="file holding the text to speak")
+    sp.add_argument("--out", required=True, help="output wav")
+    sp = add_command(sub, "stream", "synthesise while generating; prints each chunk's arrival time", _stream)
+    _voice_args(sp)
+    sp.add_argument("--text", required=True, help="text to speak")
+    sp.add_argument("--out", required=True, help="output wav (all chunks)")
+    sp = add_command(sub, "voice", "save a voice preset (speaker vectors + one-shot prompt) to reuse", _voice)
+    _voice_args(sp)
+    sp.add_argument("--out", required=True, help="output .safetensors")
+    sp = add_command(sub, "bundle", "assemble trained stage folders into one bundle (checked for fit)", _bundle)
+    for part in ("tokenizer", "text-tokenizer", "llm", "flow", "vae"):
+        sp.add_argument(f"--{part}", required=True, help=f"{part} folder")
+    sp.add_argument("--out", required=True, help="bundle folder")
+    sp = add_command(sub, "prepare", "folder of recordings (speaker = parent folder) -> JSONL manifest", _prepare)
+    sp.add_argument("--root", required=True, help="corpus folder")
+    sp.add_argument("--out", required=True, help="output manifest .jsonl")
+    sp.add_argument("--transcripts", default=None, help="TSV 'stem<TAB>text' (else <stem>.txt/.lab beside the audio)")
+    sp.add_argument("--min-seconds", type=float, default=0.5, help="shorter files are skipped (and logged)")
+    sp.add_argument("--max-seconds", type=float, default=30.0, help="longer files are skipped (and logged)")
+    sp = add_command(sub, "evaluate", "synthesise a test manifest; RTF, speaker similarity, WER with local models", _evaluate)
+    sp.add_argument("--bundle", required=True, help="bundle folder")
+    sp.add_argument("--manifest", required=True, help="JSONL: id, text, audio (reference)[, reference_text]")
+    sp.add_argument("--out", required=True, help="output folder (wavs, results.jsonl, summary.json)")
+    sp.add_argument("--asr-model", default=None, help="local ASR model folder (e.g. whisper-large-v3) for WER")
+    sp.add_argument("--sv-model", default=None, help="local WavLM x-vector folder for SIM (else a proxy)")
+    sp.add_argument("--seed", type=int, default=0, help="seed")
+    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    sp = add_command(sub, "quickstart", "CPU, no downloads: build a tiny corpus, train every stage, synthesise, report", _quickstart)
+    sp.add_argument("--out", default="quickstart", help="output folder")
+    sp.add_argument("--fast", action="store_true", help="~10x fewer steps (a smoke test)")
+    sp.add_argument("--seed", type=int, default=0, help="seed")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)

@@ -1,0 +1,268 @@
+"""End-to-end zero-shot / one-shot TTS composed from the stage packages.
+
+text ─► LLM (speaker vector from the reference) ─► speech tokens ─► flow (speaker + prompt latents) ─► latents
+─► VAE decoder ─► 24 kHz audio. Long text is split into sentences and synthesised as one batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmspeech_core import CheckpointError, Latents, SpeakerEmbedding, SpeechTokens, Waveform
+from mmspeech_core.checkpoint import load_state_dict, save_state_dict
+from mmspeech_flow.config import FlowInferConfig
+from mmspeech_flow.model import FlowModel
+from mmspeech_llm.config import SamplingConfig
+from mmspeech_llm.model import SpeechLM
+from mmspeech_llm.text import TextTokenizer
+from mmspeech_vae.model import DACVAE
+
+from .bundle import check_bundle
+from .reference import ReferencePolicy, load_reference
+from .text import split_sentences
+
+log = logging.getLogger(__name__)
+VOICE_VERSION = "1"
+
+
+@dataclass
+class Voice:
+    """Everything a reference recording contributes, cached so it is computed once (a voice preset)."""
+
+    llm_speaker: torch.Tensor  # (D_llm,)
+    flow_speaker: torch.Tensor  # (D_flow,)
+    prompt_text: torch.Tensor | None = None  # (N,) text ids — one-shot only
+    prompt_tokens: torch.Tensor | None = None  # (P,) speech tokens — one-shot only
+    prompt_latents: torch.Tensor | None = None  # (C, P·ratio) — one-shot only
+
+    @property
+    def one_shot(self) -> bool:
+        return self.prompt_text is not None
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        tensors = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        save_state_dict(tensors, Path(path), metadata={"kind": "mmspeech-voice", "version": VOICE_VERSION})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Voice:
+        t = load_state_dict(Path(path))
+        if "llm_speaker" not in t or "flow_speaker" not in t:
+            raise CheckpointError(f"{path} is not a voice preset")
+        return cls(**t)
+
+
+@dataclass
+class StreamChunk:
+    audio: torch.Tensor  # (T,) at sample_rate
+    sample_rate: int
+    index: int
+    elapsed_s: float  # since the call started: chunk 0's is the first-chunk latency
+    final: bool
+
+
+class TTS:
+    def __init__(
+        self, tokenizer: Any, text_tokenizer: TextTokenizer, llm: SpeechLM, flow: FlowModel, vae: DACVAE,
+        reference_policy: ReferencePolicy | None = None,
+    ) -> None:
+        self.tokenizer, self.text_tokenizer, self.llm, self.flow, self.vae = tokenizer, text_tokenizer, llm.eval(), flow.eval(), vae.eval()
+        self.policy = reference_policy or ReferencePolicy()
+        self.check_compatible()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.vae.sample_rate
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], device: str | None = None) -> TTS:
+        from mmspeech_tokenizer.cli import load_tokenizer
+
+        d = check_bundle(directory)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(
+            load_tokenizer(str(d / "tokenizer"), device),
+            TextTokenizer.from_pretrained(d / "text_tokenizer"),
+            SpeechLM.from_pretrained(d / "llm", device),
+            FlowModel.from_pretrained(d / "flow", device),
+            DACVAE.from_pretrained(d / "vae", device),
+        )
+
+    def check_compatible(self) -> None:
+        """Stages trained separately must agree on vocabularies, rates and widths."""
+        lm, fm, vc = self.llm.config.model, self.flow.config.model, self.vae.config.model
+        problems = []
+        if lm.speech_vocab != fm.vocab_size:
+            problems.append(f"llm speech_vocab {lm.speech_vocab} != flow vocab_size {fm.vocab_size}")
+        if self.tokenizer.vocab_size != fm.vocab_size:
+            problems.append(f"tokenizer codebook {self.tokenizer.vocab_size} != flow vocab_size {fm.vocab_size}")
+        if abs(lm.token_rate - fm.token_rate) > 1e-6 or abs(self.tokenizer.frame_rate - fm.token_rate) > 1e-6:
+            problems.append(f"token rates differ: tokenizer {self.tokenizer.frame_rate}, llm {lm.token_rate}, flow {fm.token_rate}")
+        if abs(fm.latent_rate - vc.frame_rate) > 1e-6:
+            problems.append(f"flow latent_rate {fm.latent_rate} != vae frame rate {vc.frame_rate}")
+        if fm.latent_dim != vc.latent_dim or fm.spk_in_dim != vc.latent_dim:
+            problems.append(f"flow latent_dim {fm.latent_dim} / spk_in_dim {fm.spk_in_dim} != vae latent_dim {vc.latent_dim}")
+        if self.text_tokenizer.vocab_size > lm.text_vocab:
+            problems.append(f"text tokenizer has {self.text_tokenizer.vocab_size} tokens, llm text_vocab is {lm.text_vocab}")
+        if problems:
+            raise CheckpointError("bundle parts do not fit together: " + "; ".join(problems))
+
+    # ---- voices -----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def make_voice(self, reference: str | os.PathLike[str] | Waveform, reference_text: str | None = None) -> Voice:
+        """Zero-shot voice (speaker vectors only) or, with the reference's transcript, a one-shot voice."""
+        wav = load_reference(reference, self.sample_rate, self.policy)
+        ref_lat = self.vae.encode(wav)
+        voice = Voice(
+            llm_speaker=self.llm.embed_speaker(wav).vectors[0].cpu(),
+            flow_speaker=self.flow.embed_speaker(ref_lat).vectors[0].cpu(),
+        )
+        if reference_text is not None:
+            voice.prompt_text = torch.tensor(self.text_tokenizer.encode(reference_text))
+            voice.prompt_tokens = self.tokenizer.encode(wav).unbatch()[0].cpu()
+            voice.prompt_latents = ref_lat.unbatch()[0].cpu()
+        return voice
+
+    # ---- synthesis --------------------------------------------------------------------------------
+    def _tokens(self, texts: list[str], voices: list[Voice], sampling: SamplingConfig | None, seeds: list[int]) -> SpeechTokens:
+        ids = [torch.tensor(self.text_tokenizer.encode(t)) for t in texts]
+        spk = SpeakerEmbedding(torch.stack([v.llm_speaker for v in voices]))
+        if voices[0].one_shot:
+            return self.llm.generate(
+                ids, spk, [v.prompt_text for v in voices],  # type: ignore[misc]
+                SpeechTokens.from_list([v.prompt_tokens for v in voices], self.llm.config.model.token_rate),  # type: ignore[misc]
+                sampling, seeds,
+            )
+        return self.llm.generate(ids, spk, sampling=sampling, seed=seeds)
+
+    def _latents(self, tokens: SpeechTokens, voices: list[Voice], infer: FlowInferConfig | None, seeds: list[int], chunked: bool = False) -> Latents:
+        spk = SpeakerEmbedding(torch.stack([v.flow_speaker for v in voices]))
+        pt = pl = None
+        if voices[0].one_shot:
+            pt = SpeechTokens.from_list([v.prompt_tokens for v in voices], tokens.frame_rate)  # type: ignore[misc]
+            pl = Latents.from_list([v.prompt_latents for v in voices], self.flow.config.model.latent_rate)  # type: ignore[misc]
+        return self.flow.generate(tokens, spk, pt, pl, infer=infer, seed=seeds, chunked=chunked)
+
+    @torch.inference_mode()
+    def synthesize_batch(
+        self,
+        texts: Sequence[str],
+        voices: Sequence[Voice],
+        seed: int = 0,
+        sampling: SamplingConfig | None = None,
+        flow_infer: FlowInferConfig | None = None,
+        pause_s: float = 0.15,
+        max_sentence_chars: int = 200,
+    ) -> Waveform:
+        """Many texts, one voice each, in one batch per stage. Item i's result does not depend on its batch-mates."""
+        if len(texts) != len(voices):
+            raise ValueError(f"{len(texts)} texts for {len(voices)} voices")
+        if len({v.one_shot for v in voices}) > 1:
+            raise ValueError("mix of one-shot and zero-shot voices in one batch: synthesise them separately")
+        jobs = [(i, s) for i, t in enumerate(texts) for s in split_sentences(t, max_sentence_chars)]
+        sent_voices = [voices[i] for i, _ in jobs]
+        # seeds follow (text index, sentence index): independent of what else is in the batch
+        counts: dict[int, int] = {}
+        seeds = []
+        for i, _ in jobs:
+            seeds.append(seed + 1000 * i + counts.get(i, 0))
+            counts[i] = counts.get(i, 0) + 1
+        tokens = self._tokens([s for _, s in jobs], sent_voices, sampling, seeds)
+        empty = [k for k, n in enumerate(tokens.lengths.tolist()) if n == 0]
+        if empty:
+            raise RuntimeError(f"the LM produced no speech for sentence(s) {[jobs[k][1] for k in empty]}")
+        wavs = self.vae.decode(self._latents(tokens, sent_voices, flow_infer, seeds)).unbatch()
+        pause = torch.zeros(int(pause_s * self.sample_rate), device=wavs[0].device)
+        out: list[list[torch.Tensor]] = [[] for _ in texts]
+        for (i, _), w in zip(jobs, wavs):
+            out[i] += [pause, w] if out[i] else [w]
+        return Waveform.from_list([torch.cat(x).cpu() for x in out], self.sample_rate)
+
+    def synthesize(
+        self,
+        text: str,
+        reference: str | os.PathLike[str] | Waveform | None = None,
+        reference_text: str | None = None,
+        voice: Voice | None = None,
+        seed: int = 0,
+        **kw: Any,
+    ) -> Waveform:
+        """One text -> Waveform (1, T) at 24 kHz. Give a ``reference`` recording (+ its transcript for one-shot)
+        or a prepared ``voice``."""
+        if voice is None:
+            if reference is None:
+                raise ValueError("give a reference recording or a voice")
+            voice = self.make_voice(reference, reference_text)
+        return self.synthesize_batch([text], [voice], seed=seed, **kw)
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        text: str,
+        voice: Voice,
+        seed: int = 0,
+        sampling: SamplingConfig | None = None,
+        flow_infer: FlowInferConfig | None = None,
+        chunk_tokens: int | None = None,
+        decode_context: int = 8,
+    ) -> Iterator[StreamChunk]:
+        """Yield audio while the LM is still generating: every ``chunk_tokens`` (default the flow's chunk size)
+        final tokens, the flow re-runs in chunk-causal mode (earlier frames never change), and the VAE decodes
+        the new frames with ``decode_context`` frames of left context (right context held back until final)."""
+        t0 = time.perf_counter()
+        fm = self.flow.config.model
+        chunk = chunk_tokens or fm.chunk_size
+        index = 0
+        sentences = split_sentences(text)
+        for si, sent in enumerate(sentences):
+            s_seed = seed + si
+            ids = [torch.tensor(self.text_tokenizer.encode(sent))]
+            spk = SpeakerEmbedding(voice.llm_speaker[None])
+            prompt_args: tuple[Any, Any] = (None, None)
+            n_prompt = 0
+            if voice.one_shot:
+                assert voice.prompt_tokens is not None
+                n_prompt = len(voice.prompt_tokens)
+                prompt_args = ([voice.prompt_text], SpeechTokens.from_list([voice.prompt_tokens], fm.token_rate))
+            toks: list[int] = []
+            emitted = 0  # latent frames already sent
+            done_tokens = 0
+            for tok, alive in self.llm.stream(ids, spk, *prompt_args, sampling=sampling, seed=[s_seed]):
+                if bool(alive[0]):
+                    toks.append(int(tok[0]))
+                # tokens whose flow frames are final: whole chunks (counted from the prompt start) + lookahead
+                final = ((n_prompt + len(toks) - fm.lookahead) // fm.chunk_size) * fm.chunk_size - n_prompt
+                if bool(alive[0]) and final - done_tokens >= chunk:
+                    audio, emitted = self._stream_audio(toks, voice, flow_infer, s_seed, final, emitted, decode_context, last=False)
+                    done_tokens = final
+                    if audio.numel():
+                        yield StreamChunk(audio.cpu(), self.sample_rate, index, time.perf_counter() - t0, False)
+                        index += 1
+            if not toks:
+                raise RuntimeError(f"the LM produced no speech for {sent!r}")
+            audio, _ = self._stream_audio(toks, voice, flow_infer, s_seed, len(toks), emitted, decode_context, last=True)
+            yield StreamChunk(audio.cpu(), self.sample_rate, index, time.perf_counter() - t0, si == len(sentences) - 1)
+            index += 1
+
+    def _stream_audio(
+        self, toks: list[int], voice: Voice, infer: FlowInferConfig | None, seed: int, upto: int, emitted: int,
+        ctx: int, last: bool,
+    ) -> tuple[torch.Tensor, int]:
+        r = self.flow.config.model.ratio
+        lat = self._latents(SpeechTokens.from_list([torch.tensor(toks)], self.flow.config.model.token_rate), [voice], infer, [seed], chunked=True)
+        z = lat.unbatch()[0][:, : upto * r]
+        end = z.shape[-1] if last else max(emitted, z.shape[-1] - ctx)  # hold back frames lacking right context
+        if end <= emitted:
+            return torch.zeros(0), emitted
+        start = max(0, emitted - ctx)
+        wav = self.vae.decode(Latents.from_list([z[:, start:end]], lat.frame_rate)).unbatch()[0]
+        hop = self.vae.hop
+        return wav[(emitted - start) * hop :], end
