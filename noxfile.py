@@ -15,7 +15,12 @@ PACKAGES = ["core", "tokenizer", "vae", "llm", "flow", "pipeline"]
 
 def _sync(session: nox.Session, *args: str) -> None:
     session.run_install(
-        "uv", "sync", "--locked", "--group", "dev", *args,
+        "uv",
+        "sync",
+        "--locked",
+        "--group",
+        "dev",
+        *args,
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
 

@@ -3,7 +3,6 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-
 from mmspeech_core import AudioError, CheckpointError, ConfigError, PretrainedMixin, Waveform
 from mmspeech_core.audio import load_audio, read_audio, save_audio
 from mmspeech_core.config import config_from_dict, config_to_dict, load_config, save_config
@@ -52,7 +51,11 @@ def test_config_round_trip_and_strictness(tmp_path):
 def test_checkpoint_round_trip(tmp_path):
     m = Tiny(TinyConfig(dim=3))
     m.save_pretrained(tmp_path / "ck")
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "meta.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "config.json",
+        "meta.json",
+        "model.safetensors",
+    ]
     m2 = Tiny.from_pretrained(tmp_path / "ck")
     assert m2.config == m.config
     assert torch.equal(m2.lin.weight, m.lin.weight)
@@ -108,7 +111,9 @@ def test_audio_round_trip_and_errors(tmp_path):
 def test_manifest_and_resumable_extraction(tmp_path):
     save_audio(tmp_path / "a.wav", torch.zeros(800), 16000)
     (tmp_path / "bad.wav").write_bytes(b"not audio")
-    lines = [{"id": f"u{i}", "audio": "a.wav", "text": "hi"} for i in range(5)] + [{"id": "bad", "audio": "bad.wav"}]
+    lines = [{"id": f"u{i}", "audio": "a.wav", "text": "hi"} for i in range(5)] + [
+        {"id": "bad", "audio": "bad.wav"}
+    ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     utts = read_manifest(tmp_path / "m.jsonl")
     assert [u.id for u in utts] == ["u0", "u1", "u2", "u3", "u4", "bad"]

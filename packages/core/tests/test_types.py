@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from mmspeech_core import Latents, SpeakerEmbedding, SpeechTokens, Waveform, lengths_to_mask
 
 
@@ -28,7 +27,10 @@ def test_select_trims_to_longest_selected():
         (dict(tokens=torch.zeros(2, 3, dtype=torch.long), lengths=torch.tensor([3])), r"shape \(2,\)"),
         (dict(tokens=torch.zeros(1, 3, dtype=torch.long), lengths=torch.tensor([3.0])), "integer"),
         (dict(tokens=torch.full((1, 3), 9), lengths=torch.tensor([3]), vocab_size=9), r"\[0, 9\)"),
-        (dict(tokens=torch.zeros(1, 3, dtype=torch.long), lengths=torch.tensor([3]), frame_rate=0), "frame_rate"),
+        (
+            dict(tokens=torch.zeros(1, 3, dtype=torch.long), lengths=torch.tensor([3]), frame_rate=0),
+            "frame_rate",
+        ),
     ],
 )
 def test_speech_tokens_rejects_bad_input(kwargs, msg):

@@ -2,10 +2,9 @@ import dataclasses
 
 import pytest
 import torch
-
 from mmspeech_core import Latents, SpeakerEmbedding, SpeechTokens
 from mmspeech_core.training import TrainConfig
-from mmspeech_flow.config import FlowConfig, FlowInferConfig, FlowLossConfig, FlowModelConfig, tiny_config
+from mmspeech_flow.config import FlowInferConfig, FlowLossConfig, FlowModelConfig, tiny_config
 from mmspeech_flow.data import FlowDataset, align, collate
 from mmspeech_flow.infer import time_grid
 from mmspeech_flow.losses import flow_matching_loss, immiscible_batch, immiscible_knn, masked_sq_dist
@@ -50,7 +49,12 @@ def test_batched_equals_unbatched():
     spk = m.embed_speaker(b["reference"])
     out = m.generate(b["tokens"], spk, seed=[5, 9], infer=FlowInferConfig(steps=4))
     for i, s in enumerate([5, 9]):
-        one = m.generate(b["tokens"].select(i), SpeakerEmbedding(spk.vectors[i : i + 1]), seed=s, infer=FlowInferConfig(steps=4))
+        one = m.generate(
+            b["tokens"].select(i),
+            SpeakerEmbedding(spk.vectors[i : i + 1]),
+            seed=s,
+            infer=FlowInferConfig(steps=4),
+        )
         assert torch.allclose(one.data[0], out.unbatch()[i], atol=1e-5)
         # speaker embedding of a padded batch item equals its unpadded embedding
         alone = m.embed_speaker(b["reference"].select(i))
@@ -63,14 +67,22 @@ def test_chunk_mode_is_causal_beyond_lookahead():
     m = FlowModel(cfg).eval()
     toks = torch.randint(0, 64, (14,))
     spk = SpeakerEmbedding(torch.nn.functional.normalize(torch.randn(1, 16), dim=-1))
-    full = m.generate(SpeechTokens.from_list([toks]), spk, seed=3, chunked=True, infer=FlowInferConfig(steps=3))
+    full = m.generate(
+        SpeechTokens.from_list([toks]), spk, seed=3, chunked=True, infer=FlowInferConfig(steps=3)
+    )
     # chunk 0 (tokens 0..3) needs tokens up to 3 + lookahead = 5: a 6-token prefix gives the same frames
-    pre = m.generate(SpeechTokens.from_list([toks[:6]]), spk, seed=3, chunked=True, infer=FlowInferConfig(steps=3))
+    pre = m.generate(
+        SpeechTokens.from_list([toks[:6]]), spk, seed=3, chunked=True, infer=FlowInferConfig(steps=3)
+    )
     r = cfg.model.ratio
     assert torch.allclose(full.data[0, :, : 4 * r], pre.data[0, :, : 4 * r], atol=1e-5)
     # while full attention lets later tokens change early frames
-    f2 = m.generate(SpeechTokens.from_list([toks]), spk, seed=3, chunked=False, infer=FlowInferConfig(steps=3))
-    p2 = m.generate(SpeechTokens.from_list([toks[:6]]), spk, seed=3, chunked=False, infer=FlowInferConfig(steps=3))
+    f2 = m.generate(
+        SpeechTokens.from_list([toks]), spk, seed=3, chunked=False, infer=FlowInferConfig(steps=3)
+    )
+    p2 = m.generate(
+        SpeechTokens.from_list([toks[:6]]), spk, seed=3, chunked=False, infer=FlowInferConfig(steps=3)
+    )
     assert not torch.allclose(f2.data[0, :, : 4 * r], p2.data[0, :, : 4 * r], atol=1e-4)
 
 
@@ -81,7 +93,9 @@ def test_one_shot_prompt_is_cut_from_output():
     spk = m.embed_speaker(b["reference"])
     pt = SpeechTokens.from_list([torch.randint(0, 64, (3,)), torch.randint(0, 64, (5,))])
     pl = Latents.from_list([torch.randn(8, 7), torch.randn(8, 10)])  # item 0 has one latent frame too many
-    out = m.generate(b["tokens"], spk, prompt_tokens=pt, prompt_latents=pl, seed=0, infer=FlowInferConfig(steps=2))
+    out = m.generate(
+        b["tokens"], spk, prompt_tokens=pt, prompt_latents=pl, seed=0, infer=FlowInferConfig(steps=2)
+    )
     assert out.lengths.tolist() == [12, 8]
     with pytest.raises(ValueError, match="together"):
         m.generate(b["tokens"], spk, prompt_tokens=pt)
@@ -114,7 +128,13 @@ def test_solvers_agree_as_steps_grow():
     assert err("euler", 32) < err("euler", 4)
     assert err("midpoint", 16) < err("euler", 16)
     assert err("rk4", 16) < 1e-3
-    d = m.generate(b["tokens"], spk, seed=1, infer=FlowInferConfig(solver="dopri5", rtol=1e-6, atol=1e-6), return_nfe=True)
+    d = m.generate(
+        b["tokens"],
+        spk,
+        seed=1,
+        infer=FlowInferConfig(solver="dopri5", rtol=1e-6, atol=1e-6),
+        return_nfe=True,
+    )
     assert (d.data - ref).abs().max().item() < 1e-3 and d.nfe > 6
 
 
@@ -134,11 +154,18 @@ def test_immiscible_batch_assignment_reduces_cost_and_ignores_padding():
     noise = torch.randn(6, 4, 10)
     # brute-force masked distances match the vectorised formula
     d = masked_sq_dist(x, noise, mask)
-    brute = torch.stack([torch.stack([(((x[i] - noise[j]) ** 2) * mask[i]).sum() for j in range(6)]) for i in range(6)])
+    brute = torch.stack(
+        [torch.stack([(((x[i] - noise[j]) ** 2) * mask[i]).sum() for j in range(6)]) for i in range(6)]
+    )
     assert torch.allclose(d, brute, atol=1e-4)
     out = immiscible_batch(x, noise, mask)
-    assert sorted(map(tuple, out.flatten(1).tolist())) == sorted(map(tuple, noise.flatten(1).tolist()))  # a permutation
-    cost = lambda n: masked_sq_dist(x, n, mask).diagonal().clamp_min(0).sqrt().sum()
+    assert sorted(map(tuple, out.flatten(1).tolist())) == sorted(
+        map(tuple, noise.flatten(1).tolist())
+    )  # a permutation
+
+    def cost(n):
+        return masked_sq_dist(x, n, mask).diagonal().clamp_min(0).sqrt().sum()
+
     assert cost(out) <= cost(noise) + 1e-5
     # padding must not matter: garbage in x's padded frames leaves the assignment unchanged
     x2 = x.clone()
@@ -179,8 +206,8 @@ def test_loss_masks_prompt_and_padding_and_contrastive_sign():
 
 
 def test_align_trims_to_ratio():
-    t, l = align(torch.arange(10), torch.zeros(4, 19), 2)
-    assert len(t) == 9 and l.shape == (4, 18)
+    tok, lat = align(torch.arange(10), torch.zeros(4, 19), 2)
+    assert len(tok) == 9 and lat.shape == (4, 18)
 
 
 def _overfit_cfg(steps, **loss):
@@ -188,7 +215,16 @@ def _overfit_cfg(steps, **loss):
     return dataclasses.replace(
         cfg,
         loss=dataclasses.replace(cfg.loss, cfg_dropout=0.0, prompt_prob=0.0, **loss),
-        train=TrainConfig(lr=3e-3, warmup_steps=5, max_steps=steps, log_every=50, save_every=1000, num_workers=0, max_frames=1000, amp="none"),
+        train=TrainConfig(
+            lr=3e-3,
+            warmup_steps=5,
+            max_steps=steps,
+            log_every=50,
+            save_every=1000,
+            num_workers=0,
+            max_frames=1000,
+            amp="none",
+        ),
     )
 
 
@@ -213,6 +249,13 @@ def test_training_overfits_a_tiny_set_and_resumes(tmp_path, loss):
     assert err < 0.3
     # resume: a second call with more steps continues from the saved step, not from zero
     reloaded = FlowModel.from_pretrained(tmp_path / "run" / "checkpoint-00000150")
-    assert torch.equal(reloaded.state_dict()["estimator.out.weight"], model.state_dict()["estimator.out.weight"])
-    _, hist2 = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=155)), ds, tmp_path / "run", device="cpu")
+    assert torch.equal(
+        reloaded.state_dict()["estimator.out.weight"], model.state_dict()["estimator.out.weight"]
+    )
+    _, hist2 = train(
+        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=155)),
+        ds,
+        tmp_path / "run",
+        device="cpu",
+    )
     assert len(hist2) == 5

@@ -2,14 +2,13 @@ import dataclasses
 
 import pytest
 import torch
-
 from mmspeech_core import SpeakerEmbedding, SpeechTokens, Waveform, save_audio
 from mmspeech_core.data import ReferencePicker, Utterance
 from mmspeech_core.training import TrainConfig
 from mmspeech_llm.config import SamplingConfig, tiny_config
 from mmspeech_llm.data import LLMDataset, collate
 from mmspeech_llm.infer import sample_step
-from mmspeech_llm.layout import IGNORE, SPEECH, SPK, TEXT, bistream, pad, unistream
+from mmspeech_llm.layout import IGNORE, SPEECH, SPK, TEXT, bistream, unistream
 from mmspeech_llm.model import SpeechLM, backbone_config_from_hf, with_sampling
 from mmspeech_llm.text import TextError, TextTokenizer, normalize_text
 from mmspeech_llm.train import train
@@ -41,19 +40,40 @@ def test_sampling_rules():
     logits[0, 3] = 5.0
     hist = torch.full((1, 10), -1)
     cfg = SamplingConfig(top_k=1)
-    assert sample_step(logits, hist, torch.tensor([0.5]), torch.tensor([0.5]), cfg, v, allow_eos=True).item() == 10
-    assert sample_step(logits, hist, torch.tensor([0.5]), torch.tensor([0.5]), cfg, v, allow_eos=False).item() == 3
+    assert (
+        sample_step(logits, hist, torch.tensor([0.5]), torch.tensor([0.5]), cfg, v, allow_eos=True).item()
+        == 10
+    )
+    assert (
+        sample_step(logits, hist, torch.tensor([0.5]), torch.tensor([0.5]), cfg, v, allow_eos=False).item()
+        == 3
+    )
     # token 3 already in the window -> resample from the full distribution (u_full=0 -> lowest id with mass)
     hist[0, -1] = 3
     out = sample_step(logits, hist, torch.tensor([0.5]), torch.tensor([0.0]), cfg, v, allow_eos=False)
     assert out.item() == 0
     # top-k: with k=2 only the two best can come out of the nucleus
     logits2 = torch.tensor([[1.0, 2.0, 3.0, 0.0, 0, 0, 0, 0, 0, 0, -1e9, -1e9, -1e9]])
-    outs = {sample_step(logits2, torch.full((1, 0), -1), torch.rand(1), torch.rand(1), SamplingConfig(top_k=2, top_p=1.0), v).item() for _ in range(200)}
+    outs = {
+        sample_step(
+            logits2,
+            torch.full((1, 0), -1),
+            torch.rand(1),
+            torch.rand(1),
+            SamplingConfig(top_k=2, top_p=1.0),
+            v,
+        ).item()
+        for _ in range(200)
+    }
     assert outs == {1, 2}
     # vectorised over a batch: rows are independent
     lb = torch.stack([logits2[0], logits2[0].flip(0)])
-    assert sample_step(lb, torch.full((2, 0), -1), torch.zeros(2), torch.zeros(2), SamplingConfig(temperature=0), v).tolist()[0] == 2
+    assert (
+        sample_step(
+            lb, torch.full((2, 0), -1), torch.zeros(2), torch.zeros(2), SamplingConfig(temperature=0), v
+        ).tolist()[0]
+        == 2
+    )
 
 
 def test_text_normalisation_and_bpe(tmp_path):
@@ -61,7 +81,9 @@ def test_text_normalisation_and_bpe(tmp_path):
         normalize_text("   ")
     with pytest.raises(TextError, match="U\\+0007"):
         normalize_text("hi\x07")
-    tok = TextTokenizer.train_bpe(["hello world", "hello there", "world peace 你好"] * 5, vocab_size=300, min_frequency=1)
+    tok = TextTokenizer.train_bpe(
+        ["hello world", "hello there", "world peace 你好"] * 5, vocab_size=300, min_frequency=1
+    )
     ids = tok.encode("hello 你好 ünïcode")  # unseen characters still encode (byte level)
     assert tok.decode(ids) == "hello 你好 ünïcode"
     tok.save(tmp_path / "tok")
@@ -87,7 +109,12 @@ def test_batched_equals_unbatched_and_lengths():
     for sampling, seed in [(GREEDY, None), (SamplingConfig(min_len_ratio=1.0, max_len_ratio=5.0), 11)]:
         batched = m.generate(texts, spk, sampling=sampling, seed=seed)
         for i, t in enumerate(texts):
-            one = m.generate([t], SpeakerEmbedding(spk.vectors[i : i + 1]), sampling=sampling, seed=None if seed is None else seed + i)
+            one = m.generate(
+                [t],
+                SpeakerEmbedding(spk.vectors[i : i + 1]),
+                sampling=sampling,
+                seed=None if seed is None else seed + i,
+            )
             assert one.unbatch()[0].tolist() == batched.unbatch()[i].tolist()
     # min / max length ratios
     out = m.generate(texts, spk, sampling=SamplingConfig(min_len_ratio=2.0, max_len_ratio=3.0), seed=0)
@@ -123,7 +150,14 @@ def _corpus(tmp_path, n=4):
     for i in range(n):
         p = tmp_path / f"u{i}.wav"
         save_audio(p, 0.1 * torch.randn(4800 + 800 * i, generator=g), 24000)
-        utts.append(Utterance(f"u{i}", str(p), text=["hello world", "good day", "hi there friend", "nice"][i % 4], speaker=f"s{i % 2}"))
+        utts.append(
+            Utterance(
+                f"u{i}",
+                str(p),
+                text=["hello world", "good day", "hi there friend", "nice"][i % 4],
+                speaker=f"s{i % 2}",
+            )
+        )
         tokens[f"u{i}"] = torch.randint(0, 64, (8 + 2 * i,), generator=g)
     return utts, tokens
 
@@ -147,7 +181,16 @@ def test_overfit_tiny_batch_and_checkpoint(tmp_path):
     cfg = dataclasses.replace(
         cfg,
         layout=dataclasses.replace(cfg.layout, bistream_prob=0.0),
-        train=TrainConfig(lr=3e-3, warmup_steps=10, max_steps=150, log_every=50, save_every=1000, num_workers=0, max_frames=10_000, amp="none"),
+        train=TrainConfig(
+            lr=3e-3,
+            warmup_steps=10,
+            max_steps=150,
+            log_every=50,
+            save_every=1000,
+            num_workers=0,
+            max_frames=10_000,
+            amp="none",
+        ),
     )
     ds = LLMDataset(utts, tokens, tok, cfg)
     model, hist = train(cfg, ds, tmp_path / "run", device="cpu")
@@ -160,20 +203,26 @@ def test_overfit_tiny_batch_and_checkpoint(tmp_path):
     for k, i in enumerate(ds.index):
         assert out.unbatch()[k].tolist() == ds.speech[i].tolist()
     re = SpeechLM.from_pretrained(tmp_path / "run" / "checkpoint-00000150")
-    assert re.generate(texts[:1], SpeakerEmbedding(spk.vectors[:1]), sampling=GREEDY).unbatch()[0].tolist() == ds.speech[ds.index[0]].tolist()
+    assert (
+        re.generate(texts[:1], SpeakerEmbedding(spk.vectors[:1]), sampling=GREEDY).unbatch()[0].tolist()
+        == ds.speech[ds.index[0]].tolist()
+    )
     # one-shot: prompt text + prompt speech continue the same way
     i0, i1 = ds.index[0], ds.index[1]
-    os_out = model.generate([ds.text[i1]], SpeakerEmbedding(spk.vectors[1:2]), prompt_text=[ds.text[i0]],
-                            prompt_speech=SpeechTokens.from_list([ds.speech[i0]]),
-                            sampling=dataclasses.replace(GREEDY, min_len_ratio=1.0, max_len_ratio=2.0))
+    os_out = model.generate(
+        [ds.text[i1]],
+        SpeakerEmbedding(spk.vectors[1:2]),
+        prompt_text=[ds.text[i0]],
+        prompt_speech=SpeechTokens.from_list([ds.speech[i0]]),
+        sampling=dataclasses.replace(GREEDY, min_len_ratio=1.0, max_len_ratio=2.0),
+    )
     # min/max lengths count the target text only, not the prompt text
     assert len(ds.text[i1]) <= os_out.lengths[0] <= 2 * len(ds.text[i1])
 
 
 def test_load_backbone_from_local_hf_folder(tmp_path):
-    from transformers import Qwen2Model
-
     from mmspeech_llm.model import qwen2_config
+    from transformers import Qwen2Model
 
     cfg = tiny_config()
     hf = Qwen2Model(qwen2_config(cfg.model.backbone, cfg.model.text_vocab))

@@ -1,51 +1,26 @@
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from mmspeech_core import CheckpointError, read_audio, save_audio
-from mmspeech_flow.config import tiny_config as flow_tiny
-from mmspeech_flow.model import FlowModel
-from mmspeech_llm.config import tiny_config as llm_tiny
-from mmspeech_llm.model import SpeechLM
-from mmspeech_llm.text import TextError, TextTokenizer
+from mmspeech_llm.text import TextError
 from mmspeech_pipeline.bundle import write_bundle
 from mmspeech_pipeline.cli import main
 from mmspeech_pipeline.reference import ReferenceAudioError
 from mmspeech_pipeline.text import split_sentences
 from mmspeech_pipeline.tts import TTS, Voice
-from mmspeech_tokenizer.config import S3Config
 from mmspeech_tokenizer.infer import sample_wavs
-from mmspeech_tokenizer.s3 import S3SpeechTokenizer
-from mmspeech_vae.config import tiny_config as vae_tiny
-from mmspeech_vae.model import DACVAE
 
 TEXTS = ["hello there, this is a test.", "good morning to you all!", "how are you today?"]
 REF = sample_wavs()[0]
 
 
-def _parts(tmp, flow_latent=8):
-    torch.manual_seed(0)
-    S3SpeechTokenizer.random_init(S3Config(n_audio_state=128, n_audio_head=2, n_audio_layer=1)).save_pretrained(tmp / "tok")
-    tt = TextTokenizer.train_bpe(TEXTS * 3, vocab_size=300, min_frequency=1)
-    tt.save(tmp / "text")
-    lcfg = llm_tiny(text_vocab=tt.vocab_size, speech_vocab=6561)
-    lcfg = dataclasses.replace(lcfg, sampling=dataclasses.replace(lcfg.sampling, min_len_ratio=1.0, max_len_ratio=3.0))
-    SpeechLM(lcfg).save_pretrained(tmp / "llm")
-    fcfg = flow_tiny(vocab_size=6561, latent_dim=flow_latent, spk_in_dim=flow_latent)
-    fcfg = dataclasses.replace(fcfg, infer=dataclasses.replace(fcfg.infer, steps=3))
-    FlowModel(fcfg).save_pretrained(tmp / "flow")
-    DACVAE(vae_tiny()).save_pretrained(tmp / "vae")
-    return dict(tokenizer=tmp / "tok", text_tokenizer=tmp / "text", llm=tmp / "llm", flow=tmp / "flow", vae=tmp / "vae")
-
-
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def bundle(tmp_path_factory, make_parts):
     tmp = tmp_path_factory.mktemp("parts")
-    return write_bundle(tmp / "bundle", **_parts(tmp))
+    return write_bundle(tmp / "bundle", **make_parts(tmp))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +30,10 @@ def tts(bundle):
 
 def test_split_sentences():
     assert split_sentences("Hello there.  How are you? Fine!") == ["Hello there.", "How are you?", "Fine!"]
-    assert split_sentences("你好。今天天气很好！") == ["你好。", "今天天气很好!"]  # NFKC folds full-width "！"
+    assert split_sentences("你好。今天天气很好！") == [
+        "你好。",
+        "今天天气很好!",
+    ]  # NFKC folds full-width "！"
     long = "word, " * 100
     parts = split_sentences(long, max_chars=50)
     assert all(len(p) <= 50 for p in parts) and " ".join(parts).replace("  ", " ").count("word") == 100
@@ -99,7 +77,10 @@ def test_voice_preset_round_trip(tts, tmp_path):
     voice = tts.make_voice(REF, reference_text="hello there")
     voice.save(tmp_path / "v.safetensors")
     loaded = Voice.load(tmp_path / "v.safetensors")
-    assert torch.equal(tts.synthesize("good morning.", voice=loaded).audio, tts.synthesize("good morning.", voice=voice).audio)
+    assert torch.equal(
+        tts.synthesize("good morning.", voice=loaded).audio,
+        tts.synthesize("good morning.", voice=voice).audio,
+    )
     save_audio(tmp_path / "x.wav", torch.zeros(10), 16000)
     with pytest.raises(CheckpointError):
         Voice.load(tmp_path / "x.wav")
@@ -140,8 +121,8 @@ def test_bad_inputs(tts, tmp_path):
         tts.synthesize("hello")
 
 
-def test_bundle_errors(tmp_path):
-    parts = _parts(tmp_path)
+def test_bundle_errors(tmp_path, make_parts):
+    parts = make_parts(tmp_path)
     with pytest.raises(CheckpointError, match="missing"):
         write_bundle(tmp_path / "b", **{k: v for k, v in parts.items() if k != "vae"})
     b = write_bundle(tmp_path / "b", **parts)
@@ -151,7 +132,7 @@ def test_bundle_errors(tmp_path):
     # a flow for 16-channel latents does not fit an 8-channel VAE
     other = tmp_path / "other"
     other.mkdir()
-    bad = _parts(other, flow_latent=16)
+    bad = make_parts(other, flow_latent=16)
     b2 = write_bundle(tmp_path / "b2", **{**parts, "flow": bad["flow"]})
     with pytest.raises(CheckpointError, match="do not fit"):
         TTS.from_pretrained(b2, device="cpu")
@@ -159,11 +140,59 @@ def test_bundle_errors(tmp_path):
 
 def test_cli_synthesize_voice_prepare_evaluate(bundle, tmp_path):
     out = tmp_path / "o.wav"
-    assert main(["synthesize", "--bundle", str(bundle), "--reference", str(REF), "--text", "hello there.", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "synthesize",
+                "--bundle",
+                str(bundle),
+                "--reference",
+                str(REF),
+                "--text",
+                "hello there.",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert sf.info(out).samplerate == 24000
-    assert main(["voice", "--bundle", str(bundle), "--reference", str(REF), "--out", str(tmp_path / "v.safetensors"), "--device", "cpu"]) == 0
-    assert main(["synthesize", "--bundle", str(bundle), "--voice", str(tmp_path / "v.safetensors"), "--text", "hello there.",
-                 "--out", str(tmp_path / "o2.wav"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "voice",
+                "--bundle",
+                str(bundle),
+                "--reference",
+                str(REF),
+                "--out",
+                str(tmp_path / "v.safetensors"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "synthesize",
+                "--bundle",
+                str(bundle),
+                "--voice",
+                str(tmp_path / "v.safetensors"),
+                "--text",
+                "hello there.",
+                "--out",
+                str(tmp_path / "o2.wav"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert np.array_equal(sf.read(out)[0], sf.read(tmp_path / "o2.wav")[0])
     # prepare: speaker from folder names, text from .txt, bad and too-short files logged and skipped
     corpus = tmp_path / "corpus"
@@ -175,9 +204,29 @@ def test_cli_synthesize_voice_prepare_evaluate(bundle, tmp_path):
     (corpus / "bob" / "broken.wav").write_bytes(b"xx")
     assert main(["prepare", "--root", str(corpus), "--out", str(tmp_path / "m.jsonl")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
-    assert [(r["id"], r["speaker"], r["text"]) for r in rows] == [("alice_u1", "alice", "hello there"), ("bob_u1", "bob", "hello there")]
-    (tmp_path / "test.jsonl").write_text(json.dumps({"id": "t1", "text": "good morning.", "audio": str(REF)}) + "\n")
-    assert main(["evaluate", "--bundle", str(bundle), "--manifest", str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "ev"), "--device", "cpu"]) == 0
+    assert [(r["id"], r["speaker"], r["text"]) for r in rows] == [
+        ("alice_u1", "alice", "hello there"),
+        ("bob_u1", "bob", "hello there"),
+    ]
+    (tmp_path / "test.jsonl").write_text(
+        json.dumps({"id": "t1", "text": "good morning.", "audio": str(REF)}) + "\n"
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                str(bundle),
+                "--manifest",
+                str(tmp_path / "test.jsonl"),
+                "--out",
+                str(tmp_path / "ev"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["n"] == 1 and summary["rtf"] > 0 and -1 <= summary["sim_proxy"] <= 1
 
@@ -186,7 +235,15 @@ def test_quickstart_fast(tmp_path):
     from mmspeech_pipeline.quickstart import run_quickstart
 
     report = run_quickstart(tmp_path / "qs", fast=True)
-    for name in ("zero_shot.wav", "one_shot.wav", "streamed.wav", "report.md", "report.json", "losses.png", "spectrograms.png"):
+    for name in (
+        "zero_shot.wav",
+        "one_shot.wav",
+        "streamed.wav",
+        "report.md",
+        "report.json",
+        "losses.png",
+        "spectrograms.png",
+    ):
         assert (tmp_path / "qs" / name).is_file(), name
     assert sf.info(tmp_path / "qs" / "zero_shot.wav").samplerate == 24000
     first, last = report["loss_first_last"]["flow"]

@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-
 from mmspeech_core import CheckpointError, Waveform, load_audio, read_audio, save_audio
 from mmspeech_core.data import Utterance, load_shards, read_manifest
 from mmspeech_core.training import TrainConfig
@@ -76,8 +75,19 @@ def test_extract_cli_sharded_resumable_and_logs_bad_audio(s3, tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF....")
     lines = [{"id": w.stem, "audio": str(w)} for w in WAVS] + [{"id": "bad", "audio": "bad.wav"}]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    args = ["extract", "--model", str(tmp_path / "tok"), "--manifest", str(tmp_path / "m.jsonl"),
-            "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--shard-size", "1"]
+    args = [
+        "extract",
+        "--model",
+        str(tmp_path / "tok"),
+        "--manifest",
+        str(tmp_path / "m.jsonl"),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--shard-size",
+        "1",
+    ]
     assert main(args) == 0
     assert main(args + ["--strict"]) == 1  # the bad file is still failing, and strict says so
     feats = load_shards(tmp_path / "out")
@@ -85,7 +95,9 @@ def test_extract_cli_sharded_resumable_and_logs_bad_audio(s3, tmp_path):
     assert len(list((tmp_path / "out").glob("shard-*.safetensors"))) == 2
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors-r0.jsonl").read_text().splitlines()]
     assert {e["id"] for e in errors} == {"bad"}
-    stats = extract_tokens(load_tokenizer(str(tmp_path / "tok")), read_manifest(tmp_path / "m.jsonl"), tmp_path / "out")
+    stats = extract_tokens(
+        load_tokenizer(str(tmp_path / "tok")), read_manifest(tmp_path / "m.jsonl"), tmp_path / "out"
+    )
     assert stats["skipped"] == 2 and stats["done"] == 0
 
 
@@ -106,7 +118,19 @@ def test_fsq_tokenizer_ctc_loss_falls_and_encodes(tmp_path):
     torch.manual_seed(0)
     utts = [Utterance(w.stem, str(w), text=t) for w, t in zip(WAVS, ["abcab", "cabba"])]
     cfg = tiny_fsq_config(build_vocab([u.text for u in utts]))
-    cfg = dataclasses.replace(cfg, train=TrainConfig(lr=2e-3, warmup_steps=5, max_steps=40, log_every=20, save_every=100, num_workers=0, max_frames=10_000, amp="none"))
+    cfg = dataclasses.replace(
+        cfg,
+        train=TrainConfig(
+            lr=2e-3,
+            warmup_steps=5,
+            max_steps=40,
+            log_every=20,
+            save_every=100,
+            num_workers=0,
+            max_frames=10_000,
+            amp="none",
+        ),
+    )
     model, hist = train(cfg, utts, tmp_path / "run", device="cpu")
     assert sum(h["loss"] for h in hist[-5:]) / 5 < 0.5 * sum(h["loss"] for h in hist[:5]) / 5
     wav = load_audio(WAVS, 16000)

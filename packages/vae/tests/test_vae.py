@@ -3,13 +3,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-
 import s3tokenizer
+import torch
 from mmspeech_core import Latents, Waveform, read_audio, save_audio
 from mmspeech_core.data import Utterance, load_shards, read_manifest
 from mmspeech_core.training import TrainConfig
-from mmspeech_vae.config import VAEConfig, VAEModelConfig, tiny_config
+from mmspeech_vae.config import VAEModelConfig, tiny_config
 from mmspeech_vae.infer import extract_latents, latent_stats
 from mmspeech_vae.losses import kl_weight
 from mmspeech_vae.model import DACVAE
@@ -88,7 +87,17 @@ def _cfg(steps, **loss):
     return dataclasses.replace(
         cfg,
         loss=dataclasses.replace(cfg.loss, **loss),
-        train=TrainConfig(lr=2e-3, betas=(0.8, 0.99), warmup_steps=2, max_steps=steps, log_every=5, save_every=1000, num_workers=0, max_batch=2, amp="none"),
+        train=TrainConfig(
+            lr=2e-3,
+            betas=(0.8, 0.99),
+            warmup_steps=2,
+            max_steps=steps,
+            log_every=5,
+            save_every=1000,
+            num_workers=0,
+            max_batch=2,
+            amp="none",
+        ),
     )
 
 
@@ -117,12 +126,28 @@ def test_extract_and_stats(tmp_path):
     m = _tiny_model().eval()
     m.save_pretrained(tmp_path / "vae")
     (tmp_path / "bad.wav").write_bytes(b"nope")
-    lines = [json.dumps({"id": w.stem, "audio": str(w)}) for w in WAVS] + [json.dumps({"id": "bad", "audio": "bad.wav"})]
+    lines = [json.dumps({"id": w.stem, "audio": str(w)}) for w in WAVS] + [
+        json.dumps({"id": "bad", "audio": "bad.wav"})
+    ]
     (tmp_path / "m.jsonl").write_text("\n".join(lines))
     from mmspeech_vae.cli import main
 
-    assert main(["extract", "--model", str(tmp_path / "vae"), "--manifest", str(tmp_path / "m.jsonl"),
-                 "--output-dir", str(tmp_path / "lat"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--model",
+                str(tmp_path / "vae"),
+                "--manifest",
+                str(tmp_path / "m.jsonl"),
+                "--output-dir",
+                str(tmp_path / "lat"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     feats = load_shards(tmp_path / "lat")
     assert sorted(feats) == sorted(w.stem for w in WAVS)
     for w in WAVS:
@@ -130,7 +155,9 @@ def test_extract_and_stats(tmp_path):
         assert feats[w.stem].shape == (8, -(-n // 480))
     assert "bad" in (tmp_path / "lat" / "errors-r0.jsonl").read_text()
     s = latent_stats(tmp_path / "lat", tmp_path / "stats.json")
-    assert len(s["mean"]) == 8 and json.loads((tmp_path / "stats.json").read_text())["frames"][0] == sum(f.shape[-1] for f in feats.values())
+    assert len(s["mean"]) == 8 and json.loads((tmp_path / "stats.json").read_text())["frames"][0] == sum(
+        f.shape[-1] for f in feats.values()
+    )
     # resumable: a second run does nothing new
     stats = extract_latents(m, read_manifest(tmp_path / "m.jsonl"), tmp_path / "lat")
     assert stats["done"] == 0 and stats["skipped"] == 2

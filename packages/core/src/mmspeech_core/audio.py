@@ -25,7 +25,9 @@ def resample(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     return AF.resample(x, orig_sr, new_sr)
 
 
-def read_audio(path: str | os.PathLike[str], sample_rate: int | None = None, mono: bool = True) -> torch.Tensor:
+def read_audio(
+    path: str | os.PathLike[str], sample_rate: int | None = None, mono: bool = True
+) -> torch.Tensor:
     """Read a file -> (T,) float32 mono (or (C, T) with mono=False), resampled to ``sample_rate`` if given.
 
     Returns the tensor only; see :func:`load_audio` for a :class:`Waveform`.
@@ -62,7 +64,9 @@ def load_audio(paths: str | os.PathLike[str] | list[str | os.PathLike[str]], sam
     return Waveform.from_list([read_audio(p, sample_rate) for p in items], sample_rate)
 
 
-def save_audio(path: str | os.PathLike[str], wav: Waveform | torch.Tensor, sample_rate: int | None = None) -> None:
+def save_audio(
+    path: str | os.PathLike[str], wav: Waveform | torch.Tensor, sample_rate: int | None = None
+) -> None:
     """Write one item (B must be 1 for a Waveform) as 16-bit PCM WAV, atomically."""
     if isinstance(wav, Waveform):
         if wav.batch_size != 1:

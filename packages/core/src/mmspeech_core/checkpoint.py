@@ -58,7 +58,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_state_dict(
+    state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     """safetensors save, atomic; tied / shared tensors are cloned so safetensors accepts them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     seen: dict[int, str] = {}
@@ -147,10 +149,13 @@ class PretrainedMixin:
 
     def save_pretrained(self, directory: str | Path) -> Path:
         assert isinstance(self, torch.nn.Module)
-        return save_pretrained_dir(directory, self.checkpoint_kind, self.config, self.state_dict(), self.package_version)
+        return save_pretrained_dir(
+            directory, self.checkpoint_kind, self.config, self.state_dict(), self.package_version
+        )
 
     @classmethod
     def from_pretrained(cls: type[M], directory: str | Path, device: str | torch.device = "cpu") -> M:
+        config: Any
         config, state = load_pretrained_dir(directory, cls.checkpoint_kind, cls.config_class, device)
         model = cls(config)  # type: ignore[call-arg]
         assert isinstance(model, torch.nn.Module)

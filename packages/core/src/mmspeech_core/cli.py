@@ -29,7 +29,9 @@ def add_command(
 
 def add_extraction_args(sp: argparse.ArgumentParser) -> None:
     """Options shared by the token / latent extraction commands."""
-    sp.add_argument("--manifest", required=True, help="JSONL manifest (id, audio[, text, speaker]) or Kaldi wav.scp")
+    sp.add_argument(
+        "--manifest", required=True, help="JSONL manifest (id, audio[, text, speaker]) or Kaldi wav.scp"
+    )
     sp.add_argument("--output-dir", required=True, help="folder for shard-*.safetensors + index/errors files")
     sp.add_argument("--batch-size", type=int, default=16, help="utterances per forward pass")
     sp.add_argument("--shard-size", type=int, default=1000, help="utterances per output shard")
@@ -39,7 +41,8 @@ def add_extraction_args(sp: argparse.ArgumentParser) -> None:
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     rc = args.func(args)
     return int(rc or 0)
@@ -62,7 +65,13 @@ def add_config_command(sub: argparse._SubParsersAction, presets: dict[str, Calla
 def add_train_args(sp: argparse.ArgumentParser) -> None:
     """Options shared by every ``train`` command."""
     sp.add_argument("--config", required=True, help="config JSON (write one with the `config` command)")
-    sp.add_argument("--out", required=True, help="run folder: checkpoints, tensorboard logs; resumed if it exists")
-    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available; torchrun sets the rank)")
+    sp.add_argument(
+        "--out", required=True, help="run folder: checkpoints, tensorboard logs; resumed if it exists"
+    )
+    sp.add_argument(
+        "--device", default=None, help="cpu / cuda (default: cuda when available; torchrun sets the rank)"
+    )
     sp.add_argument("--max-steps", type=int, default=None, help="override train.max_steps from the config")
-    sp.add_argument("--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint")
+    sp.add_argument(
+        "--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint"
+    )

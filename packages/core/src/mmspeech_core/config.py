@@ -45,7 +45,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected an object for {tp.__name__}, got {type(value).__name__}")
+            raise ConfigError(
+                f"{where}: expected an object for {getattr(tp, '__name__', tp)}, got {type(value).__name__}"
+            )
         return config_from_dict(tp, value, where)  # type: ignore[arg-type]
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

@@ -122,7 +122,9 @@ class LengthBatchSampler(torch.utils.data.Sampler[list[int]]):
         if self.shuffle:
             rng.shuffle(batches)
         per_rank = math.ceil(len(batches) / self.world_size)
-        batches = (batches * (1 + per_rank * self.world_size // max(len(batches), 1)))[: per_rank * self.world_size]
+        batches = (batches * (1 + per_rank * self.world_size // max(len(batches), 1)))[
+            : per_rank * self.world_size
+        ]
         return batches[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -227,8 +229,8 @@ def run_extraction(
                 writer.error(items[0][0].id, f"{type(e).__name__}: {e}")
                 stats["failed"] += 1
                 return
-            for it in items:
-                run_batch([it])
+            for one in items:
+                run_batch([one])
             return
         for (it, _), o in zip(items, outs):
             writer.add(it.id, o)
@@ -279,7 +281,9 @@ class ReferencePicker:
             log.warning(
                 "%d utterance(s) have no other utterance of their speaker: %s",
                 len(self.single),
-                "they are their own reference (leakage risk)" if fallback == "self" else "dropped from training",
+                "they are their own reference (leakage risk)"
+                if fallback == "self"
+                else "dropped from training",
             )
 
     @property

@@ -63,20 +63,26 @@ class TransformerBlock(nn.Module):
     """Pre-norm block. With ``cond_dim`` it is a DiT block: LayerNorm scale/shift/gate from a global
     conditioning vector (AdaLN-zero, so each block starts as identity)."""
 
-    def __init__(self, dim: int, heads: int, ff_mult: int = 4, dropout: float = 0.0, cond_dim: int | None = None):
+    def __init__(
+        self, dim: int, heads: int, ff_mult: int = 4, dropout: float = 0.0, cond_dim: int | None = None
+    ):
         super().__init__()
         affine = cond_dim is None
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=affine)
         self.attn = Attention(dim, heads, dropout)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=affine)
-        self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * dim, dim))
+        self.ff = nn.Sequential(
+            nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * dim, dim)
+        )
         self.ada: nn.Module | None = None
         if cond_dim is not None:
             self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
-            nn.init.zeros_(self.ada[1].weight)
-            nn.init.zeros_(self.ada[1].bias)
+            nn.init.zeros_(self.ada[1].weight)  # type: ignore[index, union-attr, arg-type]
+            nn.init.zeros_(self.ada[1].bias)  # type: ignore[index, union-attr, arg-type]
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: (B, T, D), attn_mask: (B, T, T), cond: (B, cond_dim) -> (B, T, D)."""
         if self.ada is None:
             x = x + self.attn(self.norm1(x), attn_mask)
@@ -93,7 +99,9 @@ class SpeakerEncoder(nn.Module):
     -> one fixed vector. Masked self-attention then masked attentive-statistics pooling, so padding never
     leaks into the vector (the seed implementation ignored its mask and pooled the first frame)."""
 
-    def __init__(self, in_dim: int, dim: int = 256, layers: int = 4, heads: int = 4, out_dim: int = 192) -> None:
+    def __init__(
+        self, in_dim: int, dim: int = 256, layers: int = 4, heads: int = 4, out_dim: int = 192
+    ) -> None:
         super().__init__()
         self.inp = nn.Conv1d(in_dim, dim, kernel_size=3, padding=1)
         self.blocks = nn.ModuleList([TransformerBlock(dim, heads) for _ in range(layers)])
@@ -126,7 +134,9 @@ class LogMel(nn.Module):
         import torchaudio.functional as AF
 
         self.n_fft, self.hop = n_fft, hop
-        fb = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate, norm="slaney", mel_scale="slaney")
+        fb = AF.melscale_fbanks(
+            n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate, norm="slaney", mel_scale="slaney"
+        )
         self.register_buffer("fb", fb, persistent=False)  # (n_freq, n_mels)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
@@ -137,7 +147,12 @@ class LogMel(nn.Module):
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         # zero (not reflect) padding: a padded batch item then sees exactly what it sees alone
         spec = torch.stft(
-            audio.float(), self.n_fft, self.hop, window=self.window, pad_mode="constant", return_complex=True
+            audio.float(),
+            self.n_fft,
+            self.hop,
+            window=self.window,  # type: ignore[arg-type]
+            pad_mode="constant",
+            return_complex=True,
         ).abs()
         mel = torch.einsum("bft,fm->bmt", spec, self.fb)
         return torch.log(mel.clamp_min(1e-5))

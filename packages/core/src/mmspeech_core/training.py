@@ -157,7 +157,9 @@ class Trainer:
                 self.loss_module, device_ids=ids, find_unused_parameters=True
             )
         trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.max_steps)
         )
@@ -212,7 +214,9 @@ class Trainer:
 
         self.model.load_state_dict(load_state_dict(directory / "model.safetensors", self.dist.device))
         try:
-            state = torch.load(directory / "train_state.pt", map_location=self.dist.device, weights_only=False)
+            state = torch.load(
+                directory / "train_state.pt", map_location=self.dist.device, weights_only=False
+            )
         except Exception as e:
             raise CheckpointError(f"cannot read training state in {directory}: {e}") from e
         self.optimizer.load_state_dict(state["optimizer"])
@@ -243,7 +247,7 @@ class Trainer:
         self.step += 1
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["grad_norm"] = float(gnorm)
-        out["lr"] = self.scheduler.get_last_lr()[0]
+        out["lr"] = float(self.scheduler.get_last_lr()[0])
         return out
 
     def fit(

@@ -91,7 +91,9 @@ class _Padded:
         out = items[0].new_full(shape, pad_value)
         for i, x in enumerate(items):
             if x.shape[:-1] != items[0].shape[:-1]:
-                raise ValueError(f"item {i} has leading shape {tuple(x.shape[:-1])}, expected {tuple(items[0].shape[:-1])}")
+                raise ValueError(
+                    f"item {i} has leading shape {tuple(x.shape[:-1])}, expected {tuple(items[0].shape[:-1])}"
+                )
             out[i, ..., : x.shape[-1]] = x
         return out, lengths
 
@@ -130,10 +132,16 @@ class SpeechTokens(_Padded):
 
     @classmethod
     def from_list(
-        cls, items: Sequence[torch.Tensor], frame_rate: float = 25.0, vocab_size: int | None = None, pad_id: int = 0
+        cls,
+        items: Sequence[torch.Tensor],
+        frame_rate: float = 25.0,
+        vocab_size: int | None = None,
+        pad_id: int = 0,
     ) -> SpeechTokens:
         tokens, lengths = cls._pad([torch.as_tensor(x, dtype=torch.long) for x in items], pad_id)
-        return cls(lengths=lengths, tokens=tokens, frame_rate=frame_rate, vocab_size=vocab_size, pad_id=pad_id)
+        return cls(
+            lengths=lengths, tokens=tokens, frame_rate=frame_rate, vocab_size=vocab_size, pad_id=pad_id
+        )
 
     def durations(self) -> torch.Tensor:
         """(B,) seconds."""
@@ -225,7 +233,9 @@ class Waveform(_Padded):
 
         if sample_rate == self.sample_rate:
             return self
-        return Waveform.from_list([resample(x, self.sample_rate, sample_rate) for x in self.unbatch()], sample_rate)
+        return Waveform.from_list(
+            [resample(x, self.sample_rate, sample_rate) for x in self.unbatch()], sample_rate
+        )
 
 
 @dataclass(frozen=True)
@@ -236,9 +246,13 @@ class SpeakerEmbedding:
 
     def __post_init__(self) -> None:
         if not isinstance(self.vectors, torch.Tensor):
-            raise TypeError(f"SpeakerEmbedding.vectors must be a torch.Tensor, got {type(self.vectors).__name__}")
+            raise TypeError(
+                f"SpeakerEmbedding.vectors must be a torch.Tensor, got {type(self.vectors).__name__}"
+            )
         if self.vectors.dim() != 2:
-            raise ValueError(f"SpeakerEmbedding.vectors must be (B, D), got shape {tuple(self.vectors.shape)}")
+            raise ValueError(
+                f"SpeakerEmbedding.vectors must be (B, D), got shape {tuple(self.vectors.shape)}"
+            )
         if not self.vectors.dtype.is_floating_point:
             raise ValueError(f"SpeakerEmbedding.vectors must be floating point, got {self.vectors.dtype}")
 

@@ -7,9 +7,8 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
-
 from mmspeech_core import Latents, SpeechTokens, load_config
-from mmspeech_core.cli import add_config_command, add_command, add_train_args, make_parser, run
+from mmspeech_core.cli import add_command, add_config_command, add_train_args, make_parser, run
 from mmspeech_core.data import ShardWriter, load_shards, read_manifest
 
 from .config import FlowConfig, tiny_config
@@ -23,7 +22,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))
     utts = read_manifest(args.manifest) if args.manifest else []
-    ds = FlowDataset.from_dirs(args.tokens, args.latents, cfg.model.ratio, utts, fallback=args.single_speaker_fallback)
+    ds = FlowDataset.from_dirs(
+        args.tokens, args.latents, cfg.model.ratio, utts, fallback=args.single_speaker_fallback
+    )
     train(cfg, ds, args.out, device=args.device, resume=not args.no_resume)
     return 0
 
@@ -42,7 +43,9 @@ def _generate(args: argparse.Namespace) -> int:
         chunk = ids[k : k + args.batch_size]
         refs = [ref if ref is not None else latents[i] for i in chunk]
         spk = model.embed_speaker(Latents.from_list(refs, c.latent_rate))
-        out = model.generate(SpeechTokens.from_list([tokens[i] for i in chunk], c.token_rate), spk, seed=args.seed)
+        out = model.generate(
+            SpeechTokens.from_list([tokens[i] for i in chunk], c.token_rate), spk, seed=args.seed
+        )
         for i, x in zip(chunk, out.unbatch()):
             writer.add(i, x)
     writer.flush()
@@ -50,7 +53,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p, sub = make_parser("mmspeech-flow", "Stage 2: conditional flow matching from speech tokens to VAE latents.")
+    p, sub = make_parser(
+        "mmspeech-flow", "Stage 2: conditional flow matching from speech tokens to VAE latents."
+    )
     add_config_command(sub, {"base": FlowConfig, "tiny": tiny_config})
     sp = add_command(sub, "train", "train a flow model on extracted tokens + latents", _train)
     add_train_args(sp)
@@ -58,14 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--latents", required=True, help="latent folder written by `mmspeech-vae extract`")
     sp.add_argument("--manifest", default=None, help="manifest with speaker labels (for speaker references)")
     sp.add_argument(
-        "--single-speaker-fallback", choices=["self", "drop"], default="self",
+        "--single-speaker-fallback",
+        choices=["self", "drop"],
+        default="self",
         help="what to do with utterances whose speaker has no other utterance to serve as reference",
     )
     sp = add_command(sub, "generate", "generate latents for every utterance of a token folder", _generate)
     sp.add_argument("--model", required=True, help="pretrained flow folder")
     sp.add_argument("--tokens", required=True, help="token folder (shards)")
     sp.add_argument("--reference-latents", required=True, help="latent folder holding speaker references")
-    sp.add_argument("--reference-id", default=None, help="one reference id for all (default: each utterance's own)")
+    sp.add_argument(
+        "--reference-id", default=None, help="one reference id for all (default: each utterance's own)"
+    )
     sp.add_argument("--output-dir", required=True, help="where generated latent shards go")
     sp.add_argument("--batch-size", type=int, default=8, help="utterances per batch")
     sp.add_argument("--seed", type=int, default=0, help="noise seed (item i of a batch uses seed+i)")

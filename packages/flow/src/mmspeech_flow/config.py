@@ -73,9 +73,19 @@ class FlowConfig:
 
 def tiny_config(**model_overrides: object) -> FlowConfig:
     """A few-thousand-parameter config for tests and the CPU quickstart."""
-    m = dict(
-        vocab_size=64, latent_dim=8, spk_in_dim=8, spk_dim=16, spk_layers=1, dim=32, heads=2, ff_mult=2,
-        encoder_layers=1, encoder_post_layers=1, estimator_layers=2, chunk_size=4,
+    m: dict[str, object] = dict(
+        vocab_size=64,
+        latent_dim=8,
+        spk_in_dim=8,
+        spk_dim=16,
+        spk_layers=1,
+        dim=32,
+        heads=2,
+        ff_mult=2,
+        encoder_layers=1,
+        encoder_post_layers=1,
+        estimator_layers=2,
+        chunk_size=4,
     )
     m.update(model_overrides)
     return FlowConfig(model=FlowModelConfig(**m))  # type: ignore[arg-type]

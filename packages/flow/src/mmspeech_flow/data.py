@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
 from mmspeech_core import Latents, SpeechTokens
 from mmspeech_core.data import ReferencePicker, Utterance, load_shards
 
@@ -48,7 +47,9 @@ class FlowDataset(torch.utils.data.Dataset):
     def from_dirs(
         cls, token_dir: str, latent_dir: str, ratio: int, utts: Sequence[Utterance] = (), **kw: Any
     ) -> FlowDataset:
-        return cls(load_shards(token_dir), load_shards(latent_dir), ratio, {u.id: u.speaker for u in utts}, **kw)
+        return cls(
+            load_shards(token_dir), load_shards(latent_dir), ratio, {u.id: u.speaker for u in utts}, **kw
+        )
 
     def __len__(self) -> int:
         return len(self.index)
@@ -62,7 +63,9 @@ class FlowDataset(torch.utils.data.Dataset):
         return tk, lt, self.items[self.picker(i)][2]
 
 
-def collate(items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], token_rate: float, latent_rate: float) -> dict:
+def collate(
+    items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], token_rate: float, latent_rate: float
+) -> dict:
     return {
         "tokens": SpeechTokens.from_list([x[0] for x in items], frame_rate=token_rate),
         "latents": Latents.from_list([x[1] for x in items], frame_rate=latent_rate),

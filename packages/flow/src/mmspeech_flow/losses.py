@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 
 import torch
+from mmspeech_core import lengths_to_mask
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-
-from mmspeech_core import lengths_to_mask
 
 from .config import FlowLossConfig
 
@@ -34,7 +33,9 @@ def immiscible_batch(x: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -
     return noise[torch.as_tensor(cols, device=noise.device)]
 
 
-def immiscible_knn(x: torch.Tensor, mask: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def immiscible_knn(
+    x: torch.Tensor, mask: torch.Tensor, k: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """For each item draw ``k`` noises and keep the nearest (over its valid frames). Returns (B, C, T)."""
     b, c, t = x.shape
     cand = torch.randn(b, k, c, t, device=x.device, dtype=x.dtype, generator=generator)

@@ -7,10 +7,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from mmspeech_core import Latents, PretrainedMixin, SpeakerEmbedding, SpeechTokens, lengths_to_mask
 from mmspeech_core.nn import SpeakerEncoder, TransformerBlock, chunk_attention_mask, sinusoidal
+from torch import nn
 
 from . import __version__
 from .config import FlowConfig, FlowInferConfig, FlowModelConfig
@@ -25,7 +24,9 @@ class TokenEncoder(nn.Module):
         self.c = c
         self.embed = nn.Embedding(c.vocab_size, c.dim)
         self.lookahead = nn.Conv1d(c.dim, c.dim, kernel_size=c.lookahead + 1) if c.lookahead > 0 else None
-        self.pre = nn.ModuleList([TransformerBlock(c.dim, c.heads, c.ff_mult, c.dropout) for _ in range(c.encoder_layers)])
+        self.pre = nn.ModuleList(
+            [TransformerBlock(c.dim, c.heads, c.ff_mult, c.dropout) for _ in range(c.encoder_layers)]
+        )
         self.up_conv = nn.Conv1d(c.dim, c.dim, kernel_size=2 * c.ratio + 1)
         self.post = nn.ModuleList(
             [TransformerBlock(c.dim, c.heads, c.ff_mult, c.dropout) for _ in range(c.encoder_post_layers)]
@@ -66,13 +67,16 @@ class Estimator(nn.Module):
         self.time = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.spk = nn.Linear(c.spk_dim, c.dim)
         self.blocks = nn.ModuleList(
-            [TransformerBlock(c.dim, c.heads, c.ff_mult, c.dropout, cond_dim=c.dim) for _ in range(c.estimator_layers)]
+            [
+                TransformerBlock(c.dim, c.heads, c.ff_mult, c.dropout, cond_dim=c.dim)
+                for _ in range(c.estimator_layers)
+            ]
         )
         self.norm = nn.LayerNorm(c.dim, elementwise_affine=False)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 2 * c.dim))
         self.out = nn.Linear(c.dim, c.latent_dim)
-        nn.init.zeros_(self.final_ada[1].weight)
-        nn.init.zeros_(self.final_ada[1].bias)
+        nn.init.zeros_(self.final_ada[1].weight)  # type: ignore[index, union-attr, arg-type]
+        nn.init.zeros_(self.final_ada[1].bias)  # type: ignore[index, union-attr, arg-type]
 
     def forward(
         self,
@@ -108,7 +112,9 @@ class FlowModel(nn.Module, PretrainedMixin):
         c = config.model
         self.encoder = TokenEncoder(c)
         self.estimator = Estimator(c)
-        self.speaker_encoder = SpeakerEncoder(c.spk_in_dim, c.dim // 2, c.spk_layers, max(1, c.heads // 2), c.spk_dim)
+        self.speaker_encoder = SpeakerEncoder(
+            c.spk_in_dim, c.dim // 2, c.spk_layers, max(1, c.heads // 2), c.spk_dim
+        )
 
     @property
     def device(self) -> torch.device:
@@ -118,14 +124,18 @@ class FlowModel(nn.Module, PretrainedMixin):
     def embed_speaker(self, reference: Latents) -> SpeakerEmbedding:
         """Reference utterance latents (B, C, T) of the target speaker -> (B, spk_dim) unit vectors."""
         if reference.channels != self.config.model.spk_in_dim:
-            raise ValueError(f"reference has {reference.channels} channels, expected {self.config.model.spk_in_dim}")
+            raise ValueError(
+                f"reference has {reference.channels} channels, expected {self.config.model.spk_in_dim}"
+            )
         ref = reference.to(self.device)
         return SpeakerEmbedding(self.speaker_encoder(ref.data, ref.lengths))
 
     def _check_tokens(self, tokens: SpeechTokens) -> None:
         c = self.config.model
         if abs(tokens.frame_rate - c.token_rate) > 1e-6:
-            raise ValueError(f"tokens are at {tokens.frame_rate} Hz, this flow model expects {c.token_rate} Hz")
+            raise ValueError(
+                f"tokens are at {tokens.frame_rate} Hz, this flow model expects {c.token_rate} Hz"
+            )
         valid = tokens.tokens[tokens.mask()]
         if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= c.vocab_size):
             raise ValueError(f"token ids must lie in [0, {c.vocab_size})")
@@ -141,7 +151,9 @@ class FlowModel(nn.Module, PretrainedMixin):
         mu = self.encoder(tokens.tokens, tokens.lengths, chunked)
         spk = self.speaker_encoder(batch["reference"].data, batch["reference"].lengths)
         x1 = latents.data[..., : mu.shape[-1]]
-        if x1.shape[-1] != mu.shape[-1] or not torch.equal(latents.lengths, tokens.lengths * self.config.model.ratio):
+        if x1.shape[-1] != mu.shape[-1] or not torch.equal(
+            latents.lengths, tokens.lengths * self.config.model.ratio
+        ):
             raise ValueError("latent lengths must equal token lengths × ratio (use mmspeech_flow.data.align)")
         return flow_matching_loss(self.estimator, x1, latents.mask(), mu, spk, self.config.loss, chunked)
 
@@ -178,13 +190,17 @@ class FlowModel(nn.Module, PretrainedMixin):
         prompt_frames = [0] * len(items)
         conds: list[torch.Tensor] = [torch.zeros(c.latent_dim, 0, device=dev) for _ in items]
         if (prompt_tokens is None) != (prompt_latents is None):
-            raise ValueError("pass prompt_tokens and prompt_latents together (one-shot) or neither (zero-shot)")
+            raise ValueError(
+                "pass prompt_tokens and prompt_latents together (one-shot) or neither (zero-shot)"
+            )
         if prompt_tokens is not None and prompt_latents is not None:
             self._check_tokens(prompt_tokens)
             if len(prompt_tokens) != len(tokens) or len(prompt_latents) != len(tokens):
                 raise ValueError("prompt batch size must match the token batch size")
             if prompt_latents.channels != c.latent_dim:
-                raise ValueError(f"prompt latents have {prompt_latents.channels} channels, expected {c.latent_dim}")
+                raise ValueError(
+                    f"prompt latents have {prompt_latents.channels} channels, expected {c.latent_dim}"
+                )
             for i, (pt, pl) in enumerate(zip(prompt_tokens.unbatch(), prompt_latents.unbatch())):
                 n = min(len(pt), pl.shape[-1] // c.ratio)  # the two extractors may disagree by a frame
                 items[i] = torch.cat([pt[:n].to(dev), items[i]])
@@ -198,7 +214,11 @@ class FlowModel(nn.Module, PretrainedMixin):
         cond = torch.zeros_like(mu)
         for i, cd in enumerate(conds):
             cond[i, :, : cd.shape[-1]] = cd
-        seeds = [None] * b if seed is None else ([seed + i for i in range(b)] if isinstance(seed, int) else list(seed))
+        seeds = (
+            [None] * b
+            if seed is None
+            else ([seed + i for i in range(b)] if isinstance(seed, int) else list(seed))
+        )
         if len(seeds) != b:
             raise ValueError(f"{len(seeds)} seeds for a batch of {b}")
         noise = torch.stack([_noise(t, c.latent_dim, s) for s in seeds]).to(dev, mu.dtype)  # (B, C, T)
@@ -209,9 +229,13 @@ class FlowModel(nn.Module, PretrainedMixin):
             if w == 0:
                 return self.estimator(x, valid, mu, tt.expand(b), spk, cond, chunked)
             v = self.estimator(  # one call on (cond, uncond) stacked on the batch axis
-                torch.cat([x, x]), torch.cat([valid, valid]), torch.cat([mu, torch.zeros_like(mu)]),
-                tt.expand(2 * b), torch.cat([spk, torch.zeros_like(spk)]),
-                torch.cat([cond, torch.zeros_like(cond)]), chunked,
+                torch.cat([x, x]),
+                torch.cat([valid, valid]),
+                torch.cat([mu, torch.zeros_like(mu)]),
+                tt.expand(2 * b),
+                torch.cat([spk, torch.zeros_like(spk)]),
+                torch.cat([cond, torch.zeros_like(cond)]),
+                chunked,
             )
             vc, vu = v.chunk(2)
             return (1 + w) * vc - w * vu

@@ -7,7 +7,6 @@ import functools
 from pathlib import Path
 
 import torch
-
 from mmspeech_core.data import LengthBatchSampler
 from mmspeech_core.training import Trainer, init_distributed, set_seed
 
@@ -16,14 +15,18 @@ from .data import FlowDataset, collate
 from .model import FlowModel
 
 
-def make_loader(ds: FlowDataset, cfg: FlowConfig, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
+def make_loader(
+    ds: FlowDataset, cfg: FlowConfig, rank: int = 0, world: int = 1
+) -> torch.utils.data.DataLoader:
     t = cfg.train
     sampler = LengthBatchSampler(ds.lengths(), t.max_frames, t.max_batch, True, t.seed, rank, world)
     return torch.utils.data.DataLoader(
         ds,
         batch_sampler=sampler,
         num_workers=t.num_workers,
-        collate_fn=functools.partial(collate, token_rate=cfg.model.token_rate, latent_rate=cfg.model.latent_rate),
+        collate_fn=functools.partial(
+            collate, token_rate=cfg.model.token_rate, latent_rate=cfg.model.latent_rate
+        ),
     )
 
 

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-
 from mmspeech_core import load_audio, load_config
 from mmspeech_core.cli import add_command, add_config_command, add_train_args, make_parser, run
 from mmspeech_core.data import load_shards, read_manifest
@@ -41,7 +40,9 @@ def _train(args: argparse.Namespace) -> int:
         b, vocab = backbone_config_from_hf(args.qwen_pretrained)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=b, text_vocab=vocab))
     tok = TextTokenizer.from_pretrained(args.text_tokenizer)
-    ds = LLMDataset(read_manifest(args.manifest), load_shards(args.tokens), tok, cfg, args.single_speaker_fallback)
+    ds = LLMDataset(
+        read_manifest(args.manifest), load_shards(args.tokens), tok, cfg, args.single_speaker_fallback
+    )
     model, _ = train(cfg, ds, args.out, device=args.device, resume=not args.no_resume)
     tok.save(Path(args.out) / "text_tokenizer")
     return 0
@@ -62,28 +63,44 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p, sub = make_parser("mmspeech-llm", "Stage 1: autoregressive text -> speech-token LM with a learnable speaker encoder.")
+    p, sub = make_parser(
+        "mmspeech-llm", "Stage 1: autoregressive text -> speech-token LM with a learnable speaker encoder."
+    )
     add_config_command(sub, {"base": small_config, "tiny": tiny_config})
-    sp = add_command(sub, "train-bpe", "train a byte-level BPE text tokenizer on a manifest's transcripts", _train_bpe)
+    sp = add_command(
+        sub, "train-bpe", "train a byte-level BPE text tokenizer on a manifest's transcripts", _train_bpe
+    )
     sp.add_argument("--manifest", required=True, help="JSONL manifest with 'text'")
     sp.add_argument("--out", required=True, help="output tokenizer folder")
     sp.add_argument("--vocab-size", type=int, default=4000, help="BPE vocabulary size")
     sp.add_argument("--min-frequency", type=int, default=2, help="minimum pair frequency for a merge")
-    sp = add_command(sub, "train", "train the LM on a manifest (text, speaker, audio) + extracted tokens", _train)
+    sp = add_command(
+        sub, "train", "train the LM on a manifest (text, speaker, audio) + extracted tokens", _train
+    )
     add_train_args(sp)
     sp.add_argument("--manifest", required=True, help="JSONL manifest with id, audio, text, speaker")
     sp.add_argument("--tokens", required=True, help="token folder written by `mmspeech-tokenizer extract`")
-    sp.add_argument("--text-tokenizer", required=True, help="local HF tokenizer folder (or one from `train-bpe`)")
-    sp.add_argument("--qwen-pretrained", default=None, help="local Qwen2 folder to initialise the backbone from")
     sp.add_argument(
-        "--single-speaker-fallback", choices=["self", "drop"], default="self",
+        "--text-tokenizer", required=True, help="local HF tokenizer folder (or one from `train-bpe`)"
+    )
+    sp.add_argument(
+        "--qwen-pretrained", default=None, help="local Qwen2 folder to initialise the backbone from"
+    )
+    sp.add_argument(
+        "--single-speaker-fallback",
+        choices=["self", "drop"],
+        default="self",
         help="utterances whose speaker has no other utterance: use themselves as reference (leaky) or drop them",
     )
-    sp = add_command(sub, "generate", "generate speech tokens for one text and a reference recording", _generate)
+    sp = add_command(
+        sub, "generate", "generate speech tokens for one text and a reference recording", _generate
+    )
     sp.add_argument("--model", required=True, help="pretrained LM folder")
     sp.add_argument("--text-tokenizer", required=True, help="text tokenizer folder")
     sp.add_argument("--text", required=True, help="text to speak")
-    sp.add_argument("--reference", required=True, help="reference audio of the target voice (any rate; downmixed)")
+    sp.add_argument(
+        "--reference", required=True, help="reference audio of the target voice (any rate; downmixed)"
+    )
     sp.add_argument("--out", required=True, help="output .pt with the tokens")
     sp.add_argument("--seed", type=int, default=0, help="sampling seed")
     sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")

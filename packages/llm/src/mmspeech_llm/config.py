@@ -88,8 +88,18 @@ def tiny_config(text_vocab: int = 300, speech_vocab: int = 64) -> LLMConfig:
         model=LLMModelConfig(
             speech_vocab=speech_vocab,
             text_vocab=text_vocab,
-            backbone=BackboneConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, max_positions=2048),
-            spk_hidden=32, spk_layers=1, spk_heads=2, spk_dim=16,
+            backbone=BackboneConfig(
+                hidden_size=64,
+                num_layers=2,
+                num_heads=4,
+                num_kv_heads=2,
+                intermediate_size=128,
+                max_positions=2048,
+            ),
+            spk_hidden=32,
+            spk_layers=1,
+            spk_heads=2,
+            spk_dim=16,
         )
     )
 

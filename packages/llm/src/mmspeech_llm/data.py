@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
 from mmspeech_core import Waveform
 from mmspeech_core.audio import read_audio
 from mmspeech_core.data import ReferencePicker, Utterance
@@ -59,8 +58,15 @@ class LLMDataset(torch.utils.data.Dataset):
         i = self.index[k]
         m, lay = self.cfg.model, self.cfg.layout
         seq = training_sequence(
-            self.text[i], self.speech[i], m.eos, m.fill, lay.bistream_prob, lay.bistream_min_ratio,
-            lay.text_chunk, lay.speech_chunk, self.rng,
+            self.text[i],
+            self.speech[i],
+            m.eos,
+            m.fill,
+            lay.bistream_prob,
+            lay.bistream_min_ratio,
+            lay.text_chunk,
+            lay.speech_chunk,
+            self.rng,
         )
         ref = read_audio(self.utts[self.picker(i)].audio, m.spk_sample_rate)
         crop = int(lay.max_reference_s * m.spk_sample_rate)

@@ -33,7 +33,9 @@ def sample_step(
     logits = logits.clone()
     logits[:, speech_vocab + 1 :] = float("-inf")
     allow = torch.as_tensor(allow_eos, device=logits.device).expand(b)
-    logits[:, speech_vocab] = torch.where(allow, logits[:, speech_vocab], torch.full_like(logits[:, 0], float("-inf")))
+    logits[:, speech_vocab] = torch.where(
+        allow, logits[:, speech_vocab], torch.full_like(logits[:, 0], float("-inf"))
+    )
     if cfg.temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / cfg.temperature, dim=-1)

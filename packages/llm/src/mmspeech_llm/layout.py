@@ -51,7 +51,9 @@ def unistream(text: torch.Tensor, speech: torch.Tensor, eos: int) -> Sequence:
     return Sequence(kind, ids, target)
 
 
-def bistream(text: torch.Tensor, speech: torch.Tensor, eos: int, fill: int, n_text: int = 5, n_speech: int = 15) -> Sequence:
+def bistream(
+    text: torch.Tensor, speech: torch.Tensor, eos: int, fill: int, n_text: int = 5, n_speech: int = 15
+) -> Sequence:
     parts: list[tuple[int, torch.Tensor | list[int]]] = [(SPECIAL, [SOS]), (SPK, [0])]
     targets = [_ignore(2)]
     j = 0
@@ -69,8 +71,15 @@ def bistream(text: torch.Tensor, speech: torch.Tensor, eos: int, fill: int, n_te
 
 
 def training_sequence(
-    text: torch.Tensor, speech: torch.Tensor, eos: int, fill: int, bistream_prob: float, min_ratio: float,
-    n_text: int = 5, n_speech: int = 15, rng: random.Random | None = None,
+    text: torch.Tensor,
+    speech: torch.Tensor,
+    eos: int,
+    fill: int,
+    bistream_prob: float,
+    min_ratio: float,
+    n_text: int = 5,
+    n_speech: int = 15,
+    rng: random.Random | None = None,
 ) -> Sequence:
     """Unistream, or bistream with probability ``bistream_prob`` when speech/text > ``min_ratio``."""
     rng = rng or random.Random()

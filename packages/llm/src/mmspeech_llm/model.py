@@ -9,10 +9,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from mmspeech_core import PretrainedMixin, SpeakerEmbedding, SpeechTokens, Waveform
 from mmspeech_core.nn import LogMel, SpeakerEncoder
+from torch import nn
 
 from . import __version__
 from .config import BackboneConfig, LLMConfig, SamplingConfig
@@ -23,9 +22,15 @@ def qwen2_config(b: BackboneConfig, vocab: int) -> Any:
     from transformers import Qwen2Config
 
     cfg = Qwen2Config(
-        vocab_size=vocab, hidden_size=b.hidden_size, num_hidden_layers=b.num_layers, num_attention_heads=b.num_heads,
-        num_key_value_heads=b.num_kv_heads, intermediate_size=b.intermediate_size, rope_theta=b.rope_theta,
-        max_position_embeddings=b.max_positions, tie_word_embeddings=False,
+        vocab_size=vocab,
+        hidden_size=b.hidden_size,
+        num_hidden_layers=b.num_layers,
+        num_attention_heads=b.num_heads,
+        num_key_value_heads=b.num_kv_heads,
+        intermediate_size=b.intermediate_size,
+        rope_parameters={"rope_type": "default", "rope_theta": b.rope_theta},
+        max_position_embeddings=b.max_positions,
+        tie_word_embeddings=False,
     )
     cfg._attn_implementation = b.attn_implementation
     return cfg
@@ -36,11 +41,18 @@ def backbone_config_from_hf(directory: str | Path) -> tuple[BackboneConfig, int]
     from transformers import AutoConfig
 
     c = AutoConfig.from_pretrained(str(directory), local_files_only=True)
-    rope = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 1e6)
+    rope = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get(
+        "rope_theta", 1e6
+    )
     b = BackboneConfig(
-        pretrained=str(directory), hidden_size=c.hidden_size, num_layers=c.num_hidden_layers,
-        num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads, intermediate_size=c.intermediate_size,
-        rope_theta=float(rope), max_positions=c.max_position_embeddings,
+        pretrained=str(directory),
+        hidden_size=c.hidden_size,
+        num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads,
+        num_kv_heads=c.num_key_value_heads,
+        intermediate_size=c.intermediate_size,
+        rope_theta=float(rope),
+        max_positions=c.max_position_embeddings,
     )
     return b, int(c.vocab_size)
 
@@ -81,7 +93,9 @@ class SpeechLM(nn.Module, PretrainedMixin):
         pre = Qwen2Model.from_pretrained(str(directory), local_files_only=True)
         missing, unexpected = self.backbone.load_state_dict(pre.state_dict(), strict=False)
         if missing or unexpected:
-            raise ValueError(f"backbone at {directory} does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"backbone at {directory} does not match: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
 
     # ---- speaker ---------------------------------------------------------------------------------
     def embed_speaker(self, reference: Waveform) -> SpeakerEmbedding:
@@ -89,7 +103,9 @@ class SpeechLM(nn.Module, PretrainedMixin):
         sr = self.config.model.spk_sample_rate
         ref = reference.resample(sr).to(self.device)
         mel = self.mel(ref.audio)
-        return SpeakerEmbedding(self.speaker_encoder(mel, self.mel.frames(ref.lengths).clamp(max=mel.shape[-1])))
+        return SpeakerEmbedding(
+            self.speaker_encoder(mel, self.mel.frames(ref.lengths).clamp(max=mel.shape[-1]))
+        )
 
     # ---- embeddings --------------------------------------------------------------------------------
     def embed(self, kind: torch.Tensor, ids: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
@@ -99,12 +115,22 @@ class SpeechLM(nn.Module, PretrainedMixin):
         special = self.special(torch.where((kind != TEXT) & (kind != SPEECH) & (kind != SPK), ids, 0))
         s = self.spk_proj(spk)[:, None].to(text.dtype)
         k = kind[..., None]
-        return torch.where(k == TEXT, text, torch.where(k == SPEECH, speech, torch.where(k == SPK, s, special)))
+        return torch.where(
+            k == TEXT, text, torch.where(k == SPEECH, speech, torch.where(k == SPK, s, special))
+        )
 
-    def _hidden(self, emb: torch.Tensor, mask: torch.Tensor, cache: Any = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def _hidden(
+        self, emb: torch.Tensor, mask: torch.Tensor, cache: Any = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if positions is None:
             positions = (mask.long().cumsum(1) - 1).clamp_min(0)
-        out = self.backbone(inputs_embeds=emb, attention_mask=mask.long(), position_ids=positions, cache=cache, use_cache=cache is not None)
+        out = self.backbone(
+            inputs_embeds=emb,
+            attention_mask=mask.long(),
+            position_ids=positions,
+            cache=cache,
+            use_cache=cache is not None,
+        )
         return out.last_hidden_state
 
     # ---- training ----------------------------------------------------------------------------------
@@ -127,7 +153,9 @@ class SpeechLM(nn.Module, PretrainedMixin):
             if len(x) == 0:
                 raise ValueError("text has no tokens")
             if int(x.min()) < 0 or int(x.max()) >= v:
-                raise ValueError(f"text token ids must lie in [0, {v}) — does the tokenizer match this model?")
+                raise ValueError(
+                    f"text token ids must lie in [0, {v}) — does the tokenizer match this model?"
+                )
 
     @torch.inference_mode()
     def stream(
@@ -162,16 +190,28 @@ class SpeechLM(nn.Module, PretrainedMixin):
             full_text = [torch.cat([p, t]) for p, t in zip(prompt_text, text)]
             prompts = list(prompt_speech.unbatch())
         dev = self.device
-        batch = {k: v.to(dev) for k, v in pad([inference_prefix(t, p) for t, p in zip(full_text, prompts)], left=True).items()}
+        batch = {
+            k: v.to(dev)
+            for k, v in pad([inference_prefix(t, p) for t, p in zip(full_text, prompts)], left=True).items()
+        }
         text_len = torch.tensor([len(t) for t in text], device=dev)
         min_len = (text_len.float() * cfg.min_len_ratio).long()
         max_len = (text_len.float() * cfg.max_len_ratio).long().clamp_min(1)
         steps = int(max_len.max())
-        seeds = [None] * b if seed is None else ([seed + i for i in range(b)] if isinstance(seed, int) else list(seed))
+        seeds = (
+            [None] * b
+            if seed is None
+            else ([seed + i for i in range(b)] if isinstance(seed, int) else list(seed))
+        )
         if len(seeds) != b:
             raise ValueError(f"{len(seeds)} seeds for a batch of {b}")
         # each row's random numbers come from its own generator: batched == unbatched for equal seeds
-        u = torch.stack([torch.rand(steps, 2, generator=torch.Generator().manual_seed(s) if s is not None else None) for s in seeds]).to(dev)
+        u = torch.stack(
+            [
+                torch.rand(steps, 2, generator=torch.Generator().manual_seed(s) if s is not None else None)
+                for s in seeds
+            ]
+        ).to(dev)
 
         cache = DynamicCache()
         spk = speaker.vectors.to(dev)
@@ -184,7 +224,9 @@ class SpeechLM(nn.Module, PretrainedMixin):
         alive = torch.ones(b, dtype=torch.bool, device=dev)
         for step in range(steps):
             logits = self.head(hidden).float()
-            tok = sample_step(logits, history, u[:, step, 0], u[:, step, 1], cfg, m.speech_vocab, allow_eos=step >= min_len)
+            tok = sample_step(
+                logits, history, u[:, step, 0], u[:, step, 1], cfg, m.speech_vocab, allow_eos=step >= min_len
+            )
             ended = (tok == m.eos) | (step >= max_len)
             now_alive = alive & ~ended
             yield tok, now_alive
@@ -212,7 +254,9 @@ class SpeechLM(nn.Module, PretrainedMixin):
             for i in torch.nonzero(alive).flatten().tolist():
                 outs[i].append(int(tok[i]))
         return SpeechTokens.from_list(
-            [torch.tensor(o, dtype=torch.long) for o in outs], self.config.model.token_rate, self.config.model.speech_vocab
+            [torch.tensor(o, dtype=torch.long) for o in outs],
+            self.config.model.token_rate,
+            self.config.model.speech_vocab,
         )
 
 

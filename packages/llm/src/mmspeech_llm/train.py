@@ -7,7 +7,6 @@ import functools
 from pathlib import Path
 
 import torch
-
 from mmspeech_core.data import LengthBatchSampler
 from mmspeech_core.training import Trainer, init_distributed, set_seed
 
@@ -35,9 +34,13 @@ def train(
             model.load_backbone(cfg.model.backbone.pretrained)
     model.config = dataclasses.replace(model.config, train=cfg.train)
     t = cfg.train
-    sampler = LengthBatchSampler(dataset.lengths(), t.max_frames, t.max_batch, True, t.seed, info.rank, info.world_size)
+    sampler = LengthBatchSampler(
+        dataset.lengths(), t.max_frames, t.max_batch, True, t.seed, info.rank, info.world_size
+    )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=t.num_workers,
+        dataset,
+        batch_sampler=sampler,
+        num_workers=t.num_workers,
         collate_fn=functools.partial(collate, sample_rate=cfg.model.spk_sample_rate),
     )
     trainer = Trainer(model, t, out_dir, info)

@@ -1,10 +1,10 @@
 """A TTS bundle: one folder with every stage, checked for consistency on load.
 
-    bundle/
-      pipeline.json       {"format_version": 1, "parts": {...}}
-      tokenizer/          S3Tokenizer v2 or a trained FSQ tokenizer (prompt tokens for one-shot)
-      text_tokenizer/     Hugging Face tokenizer folder
-      llm/  flow/  vae/   pretrained stage folders
+bundle/
+  pipeline.json       {"format_version": 1, "parts": {...}}
+  tokenizer/          S3Tokenizer v2 or a trained FSQ tokenizer (prompt tokens for one-shot)
+  text_tokenizer/     Hugging Face tokenizer folder
+  llm/  flow/  vae/   pretrained stage folders
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ def write_bundle(out: str | Path, **parts: str | Path) -> Path:
         if src.resolve() != (d / name).resolve():
             shutil.rmtree(d / name, ignore_errors=True)
             shutil.copytree(src, d / name, ignore=shutil.ignore_patterns("train_state.pt"))
-    atomic_write_text(d / "pipeline.json", json.dumps({"format_version": FORMAT_VERSION, "parts": list(PARTS)}, indent=2) + "\n")
+    atomic_write_text(
+        d / "pipeline.json",
+        json.dumps({"format_version": FORMAT_VERSION, "parts": list(PARTS)}, indent=2) + "\n",
+    )
     return d
 
 

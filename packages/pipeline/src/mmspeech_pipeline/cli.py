@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from mmspeech_core import save_audio
 from mmspeech_core.cli import add_command, make_parser, run
@@ -30,9 +31,15 @@ def _tts(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _voice_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--bundle", required=True, help="bundle folder (see `mmspeech bundle`)")
-    sp.add_argument("--reference", default=None, help="reference recording of the target voice (1-30 s, mono)")
-    sp.add_argument("--reference-text", default=None, help="transcript of the reference: switches to one-shot")
-    sp.add_argument("--voice", default=None, help="a voice preset file (from `mmspeech voice`) instead of --reference")
+    sp.add_argument(
+        "--reference", default=None, help="reference recording of the target voice (1-30 s, mono)"
+    )
+    sp.add_argument(
+        "--reference-text", default=None, help="transcript of the reference: switches to one-shot"
+    )
+    sp.add_argument(
+        "--voice", default=None, help="a voice preset file (from `mmspeech voice`) instead of --reference"
+    )
     sp.add_argument("--seed", type=int, default=0, help="sampling and noise seed")
     sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
 
@@ -49,7 +56,7 @@ def _get_voice(tts, args):  # type: ignore[no-untyped-def]
 
 def _synthesize(args: argparse.Namespace) -> int:
     tts = _tts(args)
-    text = args.text if args.text is not None else open(args.text_file).read()
+    text = args.text if args.text is not None else Path(args.text_file).read_text()
     wav = tts.synthesize(text, voice=_get_voice(tts, args), seed=args.seed)
     save_audio(args.out, wav)
     print(f"{float(wav.durations()[0]):.2f} s at {wav.sample_rate} Hz -> {args.out}")
@@ -79,7 +86,14 @@ def _bundle(args: argparse.Namespace) -> int:
     from .bundle import write_bundle
     from .tts import TTS
 
-    d = write_bundle(args.out, tokenizer=args.tokenizer, text_tokenizer=args.text_tokenizer, llm=args.llm, flow=args.flow, vae=args.vae)
+    d = write_bundle(
+        args.out,
+        tokenizer=args.tokenizer,
+        text_tokenizer=args.text_tokenizer,
+        llm=args.llm,
+        flow=args.flow,
+        vae=args.vae,
+    )
     TTS.from_pretrained(d, device="cpu")  # fail now, not at first synthesis, if the parts do not fit
     print(f"bundle -> {d}")
     return 0
@@ -95,7 +109,11 @@ def _prepare(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    print(json.dumps(evaluate(_tts(args), args.manifest, args.out, args.asr_model, args.sv_model, args.seed), indent=2))
+    print(
+        json.dumps(
+            evaluate(_tts(args), args.manifest, args.out, args.asr_model, args.sv_model, args.seed), indent=2
+        )
+    )
     return 0
 
 
@@ -110,7 +128,9 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p, sub = make_parser("mmspeech", "Zero-shot TTS (MiniMax-Speech architecture): synthesis and recipes.")
-    sp = add_command(sub, "synthesize", "text -> 24 kHz wav in the voice of a reference recording", _synthesize)
+    sp = add_command(
+        sub, "synthesize", "text -> 24 kHz wav in the voice of a reference recording", _synthesize
+    )
     _voice_args(sp)
     g = sp.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", help="text to speak (long text is split at sentences)")
@@ -123,25 +143,43 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_command(sub, "voice", "save a voice preset (speaker vectors + one-shot prompt) to reuse", _voice)
     _voice_args(sp)
     sp.add_argument("--out", required=True, help="output .safetensors")
-    sp = add_command(sub, "bundle", "assemble trained stage folders into one bundle (checked for fit)", _bundle)
+    sp = add_command(
+        sub, "bundle", "assemble trained stage folders into one bundle (checked for fit)", _bundle
+    )
     for part in ("tokenizer", "text-tokenizer", "llm", "flow", "vae"):
         sp.add_argument(f"--{part}", required=True, help=f"{part} folder")
     sp.add_argument("--out", required=True, help="bundle folder")
-    sp = add_command(sub, "prepare", "folder of recordings (speaker = parent folder) -> JSONL manifest", _prepare)
+    sp = add_command(
+        sub, "prepare", "folder of recordings (speaker = parent folder) -> JSONL manifest", _prepare
+    )
     sp.add_argument("--root", required=True, help="corpus folder")
     sp.add_argument("--out", required=True, help="output manifest .jsonl")
-    sp.add_argument("--transcripts", default=None, help="TSV 'stem<TAB>text' (else <stem>.txt/.lab beside the audio)")
+    sp.add_argument(
+        "--transcripts", default=None, help="TSV 'stem<TAB>text' (else <stem>.txt/.lab beside the audio)"
+    )
     sp.add_argument("--min-seconds", type=float, default=0.5, help="shorter files are skipped (and logged)")
     sp.add_argument("--max-seconds", type=float, default=30.0, help="longer files are skipped (and logged)")
-    sp = add_command(sub, "evaluate", "synthesise a test manifest; RTF, speaker similarity, WER with local models", _evaluate)
+    sp = add_command(
+        sub,
+        "evaluate",
+        "synthesise a test manifest; RTF, speaker similarity, WER with local models",
+        _evaluate,
+    )
     sp.add_argument("--bundle", required=True, help="bundle folder")
     sp.add_argument("--manifest", required=True, help="JSONL: id, text, audio (reference)[, reference_text]")
     sp.add_argument("--out", required=True, help="output folder (wavs, results.jsonl, summary.json)")
-    sp.add_argument("--asr-model", default=None, help="local ASR model folder (e.g. whisper-large-v3) for WER")
+    sp.add_argument(
+        "--asr-model", default=None, help="local ASR model folder (e.g. whisper-large-v3) for WER"
+    )
     sp.add_argument("--sv-model", default=None, help="local WavLM x-vector folder for SIM (else a proxy)")
     sp.add_argument("--seed", type=int, default=0, help="seed")
     sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    sp = add_command(sub, "quickstart", "CPU, no downloads: build a tiny corpus, train every stage, synthesise, report", _quickstart)
+    sp = add_command(
+        sub,
+        "quickstart",
+        "CPU, no downloads: build a tiny corpus, train every stage, synthesise, report",
+        _quickstart,
+    )
     sp.add_argument("--out", default="quickstart", help="output folder")
     sp.add_argument("--fast", action="store_true", help="~10x fewer steps (a smoke test)")
     sp.add_argument("--seed", type=int, default=0, help="seed")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from mmspeech_core import Waveform, save_audio
 from mmspeech_core.data import read_manifest
 
@@ -59,7 +58,11 @@ class _SV:
 
 
 def evaluate(
-    tts: TTS, manifest: str | Path, out_dir: str | Path, asr_model: str | None = None, sv_model: str | None = None,
+    tts: TTS,
+    manifest: str | Path,
+    out_dir: str | Path,
+    asr_model: str | None = None,
+    sv_model: str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Manifest lines: ``id``, ``text``, ``audio`` = the reference recording, optional ``reference_text``."""
@@ -78,14 +81,21 @@ def evaluate(
         if not u.text:
             raise ValueError(f"{u.id}: evaluation lines need 'text'")
         t = time.perf_counter()
-        wav = tts.synthesize(u.text, reference=u.audio, reference_text=u.extra.get("reference_text"), seed=seed)
+        wav = tts.synthesize(
+            u.text, reference=u.audio, reference_text=u.extra.get("reference_text"), seed=seed
+        )
         dt = time.perf_counter() - t
         save_audio(out / f"{u.id}.wav", wav)
         ref = load_reference(u.audio, tts.sample_rate, tts.policy)
-        row: dict[str, Any] = {"id": u.id, "seconds": float(wav.durations()[0]), "rtf": dt / float(wav.durations()[0])}
+        row: dict[str, Any] = {
+            "id": u.id,
+            "seconds": float(wav.durations()[0]),
+            "rtf": dt / float(wav.durations()[0]),
+        }
         row["sim" if sv.model is not None else "sim_proxy"] = float(torch.dot(sv.embed(wav), sv.embed(ref)))
         if asr is not None:
-            hyp = asr({"raw": wav.resample(16000).unbatch()[0].numpy(), "sampling_rate": 16000})["text"]
+            result: Any = asr({"raw": wav.resample(16000).unbatch()[0].numpy(), "sampling_rate": 16000})
+            hyp = str(result["text"])
             row.update(hyp=hyp, wer=error_rate(u.text, hyp), cer=error_rate(u.text, hyp, "char"))
         rows.append(row)
     (out / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")

@@ -12,7 +12,13 @@ log = logging.getLogger(__name__)
 AUDIO = {".wav", ".flac", ".ogg", ".mp3"}
 
 
-def prepare(root: str | Path, out: str | Path, transcripts: str | Path | None = None, min_s: float = 0.5, max_s: float = 30.0) -> list[Utterance]:
+def prepare(
+    root: str | Path,
+    out: str | Path,
+    transcripts: str | Path | None = None,
+    min_s: float = 0.5,
+    max_s: float = 30.0,
+) -> list[Utterance]:
     """Walk ``root`` for audio. Speaker = the parent folder's name. Text from ``transcripts`` (``id<TAB>text``
     lines) or a ``<stem>.txt`` / ``<stem>.lab`` beside the audio. Unreadable / too short / too long files are
     logged and left out (with a count), never silently."""
@@ -47,5 +53,11 @@ def prepare(root: str | Path, out: str | Path, transcripts: str | Path | None = 
     if not utts:
         raise ValueError(f"no usable audio under {root}")
     write_manifest(out, utts)
-    log.info("%d utterances -> %s (%d skipped, %d without text)", len(utts), out, skipped, sum(u.text is None for u in utts))
+    log.info(
+        "%d utterances -> %s (%d skipped, %d without text)",
+        len(utts),
+        out,
+        skipped,
+        sum(u.text is None for u in utts),
+    )
     return utts

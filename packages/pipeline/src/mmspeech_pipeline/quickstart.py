@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from mmspeech_core import Waveform, read_audio, save_audio
+from mmspeech_core import read_audio, save_audio
 from mmspeech_core.data import Utterance, load_shards, write_manifest
 from mmspeech_core.training import TrainConfig
 
@@ -57,8 +56,17 @@ def build_corpus(out: Path, sample_rate: int = 24000) -> list[Utterance]:
 
 
 def _tc(steps: int, lr: float, **kw: Any) -> TrainConfig:
-    return TrainConfig(lr=lr, warmup_steps=max(1, steps // 10), max_steps=steps, log_every=max(1, steps // 5),
-                       save_every=steps, keep_checkpoints=1, num_workers=0, amp="none", **kw)
+    return TrainConfig(
+        lr=lr,
+        warmup_steps=max(1, steps // 10),
+        max_steps=steps,
+        log_every=max(1, steps // 5),
+        save_every=steps,
+        keep_checkpoints=1,
+        num_workers=0,
+        amp="none",
+        **kw,
+    )
 
 
 def _plot(report: dict[str, Any], wavs: dict[str, Path], out: Path) -> list[str]:
@@ -79,7 +87,12 @@ def _plot(report: dict[str, Any], wavs: dict[str, Path], out: Path) -> list[str]
     fig, axes = plt.subplots(len(wavs), 1, figsize=(8, 2.5 * len(wavs)), squeeze=False)
     for ax, (name, p) in zip(axes[:, 0], wavs.items()):
         x = read_audio(p)
-        spec = torch.stft(x, 1024, 256, window=torch.hann_window(1024), return_complex=True).abs().clamp_min(1e-5).log()
+        spec = (
+            torch.stft(x, 1024, 256, window=torch.hann_window(1024), return_complex=True)
+            .abs()
+            .clamp_min(1e-5)
+            .log()
+        )
         ax.imshow(spec.numpy(), origin="lower", aspect="auto")
         ax.set_title(name)
     fig.tight_layout()
@@ -116,7 +129,9 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     k = 0.1 if fast else 1.0
-    steps = {name: max(4, int(n * k)) for name, n in {"tokenizer": 150, "vae": 60, "llm": 300, "flow": 400}.items()}
+    steps = {
+        name: max(4, int(n * k)) for name, n in {"tokenizer": 150, "vae": 60, "llm": 300, "flow": 400}.items()
+    }
     times: dict[str, float] = {}
     losses: dict[str, list[float]] = {}
 
@@ -134,13 +149,18 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
     # stage 0: a CTC-supervised FSQ tokenizer trained here (no official weights can be downloaded)
     tcfg = tiny_fsq_config(build_vocab([u.text or "" for u in utts]))
     tcfg = dataclasses.replace(tcfg, train=_tc(steps["tokenizer"], 2e-3, max_frames=4000))
-    tok, h = timed("train_tokenizer", train_tok, tcfg, train_utts, out / "runs/tokenizer", device="cpu", resume=False)
+    tok, h = timed(
+        "train_tokenizer", train_tok, tcfg, train_utts, out / "runs/tokenizer", device="cpu", resume=False
+    )
     losses["tokenizer"] = [m["loss"] for m in h]
     timed("extract_tokens", extract_tokens, tok.eval(), utts, out / "features/tokens", batch_size=4)
 
     vcfg = vae_tiny()
-    vcfg = dataclasses.replace(vcfg, loss=dataclasses.replace(vcfg.loss, disc_start_step=steps["vae"] // 2),
-                               train=_tc(steps["vae"], 2e-3, betas=(0.8, 0.99), max_batch=4))
+    vcfg = dataclasses.replace(
+        vcfg,
+        loss=dataclasses.replace(vcfg.loss, disc_start_step=steps["vae"] // 2),
+        train=_tc(steps["vae"], 2e-3, betas=(0.8, 0.99), max_batch=4),
+    )
     vae, h = timed("train_vae", train_vae, vcfg, train_utts, out / "runs/vae", device="cpu", resume=False)
     losses["vae_mel"] = [m["mel"] for m in h]
     timed("extract_latents", extract_latents, vae.eval(), utts, out / "features/latents", batch_size=4)
@@ -154,20 +174,32 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
     llm, h = timed("train_llm", train_llm, lcfg, llm_ds, out / "runs/llm", device="cpu", resume=False)
     losses["llm"] = [m["loss"] for m in h]
 
-    fcfg = flow_tiny(vocab_size=tok.vocab_size, latent_dim=vcfg.model.latent_dim, spk_in_dim=vcfg.model.latent_dim)
+    fcfg = flow_tiny(
+        vocab_size=tok.vocab_size, latent_dim=vcfg.model.latent_dim, spk_in_dim=vcfg.model.latent_dim
+    )
     fcfg = dataclasses.replace(fcfg, train=_tc(steps["flow"], 2e-3, max_frames=4000))
     latents = load_shards(out / "features/latents")
     keep = {u.id for u in train_utts}
-    flow_ds = FlowDataset({i: t for i, t in tokens.items() if i in keep}, {i: v for i, v in latents.items() if i in keep},
-                          fcfg.model.ratio, {u.id: u.speaker for u in train_utts})
+    flow_ds = FlowDataset(
+        {i: t for i, t in tokens.items() if i in keep},
+        {i: v for i, v in latents.items() if i in keep},
+        fcfg.model.ratio,
+        {u.id: u.speaker for u in train_utts},
+    )
     flow, h = timed("train_flow", train_flow, fcfg, flow_ds, out / "runs/flow", device="cpu", resume=False)
     losses["flow"] = [m["fm"] for m in h]
 
     def last_ckpt(run: str) -> Path:
         return out / "runs" / run / (out / "runs" / run / "latest").read_text().strip()
 
-    bundle = write_bundle(out / "bundle", tokenizer=last_ckpt("tokenizer"), text_tokenizer=out / "runs/text_tokenizer",
-                          llm=last_ckpt("llm"), flow=last_ckpt("flow"), vae=last_ckpt("vae"))
+    bundle = write_bundle(
+        out / "bundle",
+        tokenizer=last_ckpt("tokenizer"),
+        text_tokenizer=out / "runs/text_tokenizer",
+        llm=last_ckpt("llm"),
+        flow=last_ckpt("flow"),
+        vae=last_ckpt("vae"),
+    )
     tts = timed("load_bundle", TTS.from_pretrained, bundle, device="cpu")
 
     ref = held_out[0]  # an utterance of spk_c no stage trained on
@@ -176,7 +208,9 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
     zero = timed("synthesize_zero_shot", tts.synthesize, text, reference=ref.audio, seed=seed)
     save_audio(out / "zero_shot.wav", zero)
     wavs["zero-shot"] = out / "zero_shot.wav"
-    one = timed("synthesize_one_shot", tts.synthesize, text, reference=ref.audio, reference_text=ref.text, seed=seed)
+    one = timed(
+        "synthesize_one_shot", tts.synthesize, text, reference=ref.audio, reference_text=ref.text, seed=seed
+    )
     save_audio(out / "one_shot.wav", one)
     wavs["one-shot"] = out / "one_shot.wav"
     voice = tts.make_voice(ref.audio)
@@ -192,7 +226,9 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
         "steps": steps,
         "seconds": times,
         "losses": {n: [round(v, 4) for v in c] for n, c in losses.items()},
-        "loss_first_last": {n: [round(sum(c[:3]) / 3, 4), round(sum(c[-3:]) / 3, 4)] for n, c in losses.items()},
+        "loss_first_last": {
+            n: [round(sum(c[:3]) / 3, 4), round(sum(c[-3:]) / 3, 4)] for n, c in losses.items()
+        },
         "corpus": {"utterances": len(utts), "train": len(train_utts), "speakers": list(SPEAKERS)},
         "outputs": {
             "zero_shot_s": round(float(zero.durations()[0]), 2),
@@ -205,13 +241,26 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
     }
     report["plots"] = _plot(report, wavs, out)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# mmspeech quickstart report", "", "Tiny models, CPU, placeholder transcripts: this proves the plumbing, not quality.", "",
-             "| stage | first loss | last loss | seconds |", "|---|---|---|---|"]
+    lines = [
+        "# mmspeech quickstart report",
+        "",
+        "Tiny models, CPU, placeholder transcripts: this proves the plumbing, not quality.",
+        "",
+        "| stage | first loss | last loss | seconds |",
+        "|---|---|---|---|",
+    ]
     for n, (a, b) in report["loss_first_last"].items():
         stage = n.split("_")[0]
         lines.append(f"| {n} | {a} | {b} | {times.get('train_' + stage, '')} |")
-    lines += ["", f"Outputs: zero_shot.wav ({report['outputs']['zero_shot_s']} s), one_shot.wav, streamed.wav "
-              f"({len(chunks)} chunks, first after {report['outputs']['stream_first_chunk_latency_s']} s).", "",
-              "![losses](losses.png)", "", "![spectrograms](spectrograms.png)", ""]
+    lines += [
+        "",
+        f"Outputs: zero_shot.wav ({report['outputs']['zero_shot_s']} s), one_shot.wav, streamed.wav "
+        f"({len(chunks)} chunks, first after {report['outputs']['stream_first_chunk_latency_s']} s).",
+        "",
+        "![losses](losses.png)",
+        "",
+        "![spectrograms](spectrograms.png)",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(lines))
     return report

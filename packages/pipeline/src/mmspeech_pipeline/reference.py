@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-
 from mmspeech_core import Waveform
 from mmspeech_core.audio import AudioError, audio_info, read_audio
 
@@ -24,14 +23,18 @@ class ReferencePolicy:
     allow_stereo: bool = False  # True: downmix instead of refusing
 
 
-def load_reference(src: str | os.PathLike[str] | Waveform, sample_rate: int, policy: ReferencePolicy | None = None) -> Waveform:
+def load_reference(
+    src: str | os.PathLike[str] | Waveform, sample_rate: int, policy: ReferencePolicy | None = None
+) -> Waveform:
     """Path or single-item Waveform -> checked mono Waveform at ``sample_rate``."""
     p = policy or ReferencePolicy()
     if isinstance(src, Waveform):
         if src.batch_size != 1:
             raise ReferenceAudioError(f"one reference per call, got a batch of {src.batch_size}")
         if src.sample_rate < p.min_sample_rate:
-            raise ReferenceAudioError(f"reference sample rate {src.sample_rate} Hz is below {p.min_sample_rate} Hz")
+            raise ReferenceAudioError(
+                f"reference sample rate {src.sample_rate} Hz is below {p.min_sample_rate} Hz"
+            )
         x = src.unbatch()[0]
         sr = src.sample_rate
     else:
@@ -44,13 +47,17 @@ def load_reference(src: str | os.PathLike[str] | Waveform, sample_rate: int, pol
                 f"reference {src} has {channels} channels; pass a mono recording (or allow_stereo=True to downmix)"
             )
         if sr < p.min_sample_rate:
-            raise ReferenceAudioError(f"reference {src} is sampled at {sr} Hz; at least {p.min_sample_rate} Hz is needed")
+            raise ReferenceAudioError(
+                f"reference {src} is sampled at {sr} Hz; at least {p.min_sample_rate} Hz is needed"
+            )
         x = read_audio(src)
     dur = len(x) / sr
     if dur < p.min_seconds:
         raise ReferenceAudioError(f"reference is {dur:.2f} s long; at least {p.min_seconds} s is needed")
     if dur > p.max_seconds:
-        raise ReferenceAudioError(f"reference is {dur:.1f} s long; trim it to at most {p.max_seconds} s (3-10 s works best)")
+        raise ReferenceAudioError(
+            f"reference is {dur:.1f} s long; trim it to at most {p.max_seconds} s (3-10 s works best)"
+        )
     rms = float(torch.sqrt((x.float() ** 2).mean()))
     if rms < p.silence_rms:
         raise ReferenceAudioError(f"reference is silent (RMS {rms:.2e})")

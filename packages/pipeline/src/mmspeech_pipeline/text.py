@@ -18,7 +18,9 @@ def split_sentences(text: str, max_chars: int = 200) -> list[str]:
         if not sent:
             continue
         while len(sent) > max_chars:  # break at the last clause/space boundary before max_chars
-            cut = max((m.end() for m in _CLAUSE.finditer(sent[:max_chars])), default=0) or sent.rfind(" ", 0, max_chars)
+            cut = max((m.end() for m in _CLAUSE.finditer(sent[:max_chars])), default=0) or sent.rfind(
+                " ", 0, max_chars
+            )
             cut = cut if cut > 0 else max_chars
             pieces.append(sent[:cut].strip())
             sent = sent[cut:].strip()

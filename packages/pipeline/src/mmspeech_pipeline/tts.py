@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from mmspeech_core import CheckpointError, Latents, SpeakerEmbedding, SpeechTokens, Waveform
 from mmspeech_core.checkpoint import load_state_dict, save_state_dict
 from mmspeech_flow.config import FlowInferConfig
@@ -71,10 +70,21 @@ class StreamChunk:
 
 class TTS:
     def __init__(
-        self, tokenizer: Any, text_tokenizer: TextTokenizer, llm: SpeechLM, flow: FlowModel, vae: DACVAE,
+        self,
+        tokenizer: Any,
+        text_tokenizer: TextTokenizer,
+        llm: SpeechLM,
+        flow: FlowModel,
+        vae: DACVAE,
         reference_policy: ReferencePolicy | None = None,
     ) -> None:
-        self.tokenizer, self.text_tokenizer, self.llm, self.flow, self.vae = tokenizer, text_tokenizer, llm.eval(), flow.eval(), vae.eval()
+        self.tokenizer, self.text_tokenizer, self.llm, self.flow, self.vae = (
+            tokenizer,
+            text_tokenizer,
+            llm.eval(),
+            flow.eval(),
+            vae.eval(),
+        )
         self.policy = reference_policy or ReferencePolicy()
         self.check_compatible()
 
@@ -86,7 +96,7 @@ class TTS:
     def from_pretrained(cls, directory: str | os.PathLike[str], device: str | None = None) -> TTS:
         from mmspeech_tokenizer.cli import load_tokenizer
 
-        d = check_bundle(directory)
+        d = check_bundle(Path(directory))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(
             load_tokenizer(str(d / "tokenizer"), device),
@@ -103,21 +113,31 @@ class TTS:
         if lm.speech_vocab != fm.vocab_size:
             problems.append(f"llm speech_vocab {lm.speech_vocab} != flow vocab_size {fm.vocab_size}")
         if self.tokenizer.vocab_size != fm.vocab_size:
-            problems.append(f"tokenizer codebook {self.tokenizer.vocab_size} != flow vocab_size {fm.vocab_size}")
+            problems.append(
+                f"tokenizer codebook {self.tokenizer.vocab_size} != flow vocab_size {fm.vocab_size}"
+            )
         if abs(lm.token_rate - fm.token_rate) > 1e-6 or abs(self.tokenizer.frame_rate - fm.token_rate) > 1e-6:
-            problems.append(f"token rates differ: tokenizer {self.tokenizer.frame_rate}, llm {lm.token_rate}, flow {fm.token_rate}")
+            problems.append(
+                f"token rates differ: tokenizer {self.tokenizer.frame_rate}, llm {lm.token_rate}, flow {fm.token_rate}"
+            )
         if abs(fm.latent_rate - vc.frame_rate) > 1e-6:
             problems.append(f"flow latent_rate {fm.latent_rate} != vae frame rate {vc.frame_rate}")
         if fm.latent_dim != vc.latent_dim or fm.spk_in_dim != vc.latent_dim:
-            problems.append(f"flow latent_dim {fm.latent_dim} / spk_in_dim {fm.spk_in_dim} != vae latent_dim {vc.latent_dim}")
+            problems.append(
+                f"flow latent_dim {fm.latent_dim} / spk_in_dim {fm.spk_in_dim} != vae latent_dim {vc.latent_dim}"
+            )
         if self.text_tokenizer.vocab_size > lm.text_vocab:
-            problems.append(f"text tokenizer has {self.text_tokenizer.vocab_size} tokens, llm text_vocab is {lm.text_vocab}")
+            problems.append(
+                f"text tokenizer has {self.text_tokenizer.vocab_size} tokens, llm text_vocab is {lm.text_vocab}"
+            )
         if problems:
             raise CheckpointError("bundle parts do not fit together: " + "; ".join(problems))
 
     # ---- voices -----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def make_voice(self, reference: str | os.PathLike[str] | Waveform, reference_text: str | None = None) -> Voice:
+    def make_voice(
+        self, reference: str | os.PathLike[str] | Waveform, reference_text: str | None = None
+    ) -> Voice:
         """Zero-shot voice (speaker vectors only) or, with the reference's transcript, a one-shot voice."""
         wav = load_reference(reference, self.sample_rate, self.policy)
         ref_lat = self.vae.encode(wav)
@@ -132,18 +152,30 @@ class TTS:
         return voice
 
     # ---- synthesis --------------------------------------------------------------------------------
-    def _tokens(self, texts: list[str], voices: list[Voice], sampling: SamplingConfig | None, seeds: list[int]) -> SpeechTokens:
+    def _tokens(
+        self, texts: list[str], voices: list[Voice], sampling: SamplingConfig | None, seeds: list[int]
+    ) -> SpeechTokens:
         ids = [torch.tensor(self.text_tokenizer.encode(t)) for t in texts]
         spk = SpeakerEmbedding(torch.stack([v.llm_speaker for v in voices]))
         if voices[0].one_shot:
             return self.llm.generate(
-                ids, spk, [v.prompt_text for v in voices],  # type: ignore[misc]
+                ids,
+                spk,
+                [v.prompt_text for v in voices],  # type: ignore[misc]
                 SpeechTokens.from_list([v.prompt_tokens for v in voices], self.llm.config.model.token_rate),  # type: ignore[misc]
-                sampling, seeds,
+                sampling,
+                seeds,
             )
         return self.llm.generate(ids, spk, sampling=sampling, seed=seeds)
 
-    def _latents(self, tokens: SpeechTokens, voices: list[Voice], infer: FlowInferConfig | None, seeds: list[int], chunked: bool = False) -> Latents:
+    def _latents(
+        self,
+        tokens: SpeechTokens,
+        voices: list[Voice],
+        infer: FlowInferConfig | None,
+        seeds: list[int],
+        chunked: bool = False,
+    ) -> Latents:
         spk = SpeakerEmbedding(torch.stack([v.flow_speaker for v in voices]))
         pt = pl = None
         if voices[0].one_shot:
@@ -231,7 +263,10 @@ class TTS:
             if voice.one_shot:
                 assert voice.prompt_tokens is not None
                 n_prompt = len(voice.prompt_tokens)
-                prompt_args = ([voice.prompt_text], SpeechTokens.from_list([voice.prompt_tokens], fm.token_rate))
+                prompt_args = (
+                    [voice.prompt_text],
+                    SpeechTokens.from_list([voice.prompt_tokens], fm.token_rate),
+                )
             toks: list[int] = []
             emitted = 0  # latent frames already sent
             done_tokens = 0
@@ -241,25 +276,48 @@ class TTS:
                 # tokens whose flow frames are final: whole chunks (counted from the prompt start) + lookahead
                 final = ((n_prompt + len(toks) - fm.lookahead) // fm.chunk_size) * fm.chunk_size - n_prompt
                 if bool(alive[0]) and final - done_tokens >= chunk:
-                    audio, emitted = self._stream_audio(toks, voice, flow_infer, s_seed, final, emitted, decode_context, last=False)
+                    audio, emitted = self._stream_audio(
+                        toks, voice, flow_infer, s_seed, final, emitted, decode_context, last=False
+                    )
                     done_tokens = final
                     if audio.numel():
-                        yield StreamChunk(audio.cpu(), self.sample_rate, index, time.perf_counter() - t0, False)
+                        yield StreamChunk(
+                            audio.cpu(), self.sample_rate, index, time.perf_counter() - t0, False
+                        )
                         index += 1
             if not toks:
                 raise RuntimeError(f"the LM produced no speech for {sent!r}")
-            audio, _ = self._stream_audio(toks, voice, flow_infer, s_seed, len(toks), emitted, decode_context, last=True)
-            yield StreamChunk(audio.cpu(), self.sample_rate, index, time.perf_counter() - t0, si == len(sentences) - 1)
+            audio, _ = self._stream_audio(
+                toks, voice, flow_infer, s_seed, len(toks), emitted, decode_context, last=True
+            )
+            yield StreamChunk(
+                audio.cpu(), self.sample_rate, index, time.perf_counter() - t0, si == len(sentences) - 1
+            )
             index += 1
 
     def _stream_audio(
-        self, toks: list[int], voice: Voice, infer: FlowInferConfig | None, seed: int, upto: int, emitted: int,
-        ctx: int, last: bool,
+        self,
+        toks: list[int],
+        voice: Voice,
+        infer: FlowInferConfig | None,
+        seed: int,
+        upto: int,
+        emitted: int,
+        ctx: int,
+        last: bool,
     ) -> tuple[torch.Tensor, int]:
         r = self.flow.config.model.ratio
-        lat = self._latents(SpeechTokens.from_list([torch.tensor(toks)], self.flow.config.model.token_rate), [voice], infer, [seed], chunked=True)
+        lat = self._latents(
+            SpeechTokens.from_list([torch.tensor(toks)], self.flow.config.model.token_rate),
+            [voice],
+            infer,
+            [seed],
+            chunked=True,
+        )
         z = lat.unbatch()[0][:, : upto * r]
-        end = z.shape[-1] if last else max(emitted, z.shape[-1] - ctx)  # hold back frames lacking right context
+        end = (
+            z.shape[-1] if last else max(emitted, z.shape[-1] - ctx)
+        )  # hold back frames lacking right context
         if end <= emitted:
             return torch.zeros(0), emitted
         start = max(0, emitted - ctx)

@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mmspeech_core import load_config
-from mmspeech_core.cli import add_command, add_config_command, add_extraction_args, add_train_args, make_parser, run
+from mmspeech_core.cli import (
+    add_command,
+    add_config_command,
+    add_extraction_args,
+    add_train_args,
+    make_parser,
+    run,
+)
 from mmspeech_core.data import read_manifest
 from mmspeech_core.training import init_distributed
 
@@ -34,8 +41,15 @@ def _extract(args: argparse.Namespace) -> int:
 
     info = init_distributed(args.device)
     tok = load_tokenizer(args.model, str(info.device))
-    stats = extract_tokens(tok, read_manifest(args.manifest), args.output_dir, args.batch_size, args.shard_size,
-                           info.rank, info.world_size)
+    stats = extract_tokens(
+        tok,
+        read_manifest(args.manifest),
+        args.output_dir,
+        args.batch_size,
+        args.shard_size,
+        info.rank,
+        info.world_size,
+    )
     print(f"rank {info.rank}: {stats}")
     return 1 if stats["failed"] and args.strict else 0
 
@@ -59,16 +73,37 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p, sub = make_parser("mmspeech-tokenizer", "Speech tokens at 25 Hz: S3Tokenizer v2 or a trainable CTC-supervised FSQ tokenizer.")
-    sp = add_command(sub, "extract", "tokenize every utterance of a manifest (sharded, resumable; torchrun for multi-GPU)", _extract)
+    p, sub = make_parser(
+        "mmspeech-tokenizer",
+        "Speech tokens at 25 Hz: S3Tokenizer v2 or a trainable CTC-supervised FSQ tokenizer.",
+    )
+    sp = add_command(
+        sub,
+        "extract",
+        "tokenize every utterance of a manifest (sharded, resumable; torchrun for multi-GPU)",
+        _extract,
+    )
     add_extraction_args(sp)
-    sp.add_argument("--model", required=True, help="speech_tokenizer_v2.onnx, a converted .pt, or a tokenizer folder")
-    sp.add_argument("--strict", action="store_true", help="exit 1 if any utterance failed (they are always logged)")
-    sp = add_command(sub, "convert", "convert the official speech_tokenizer_v2.onnx into a safetensors folder", _convert)
+    sp.add_argument(
+        "--model", required=True, help="speech_tokenizer_v2.onnx, a converted .pt, or a tokenizer folder"
+    )
+    sp.add_argument(
+        "--strict", action="store_true", help="exit 1 if any utterance failed (they are always logged)"
+    )
+    sp = add_command(
+        sub, "convert", "convert the official speech_tokenizer_v2.onnx into a safetensors folder", _convert
+    )
     sp.add_argument("--onnx", required=True, help="local path of speech_tokenizer_v2.onnx")
     sp.add_argument("--out", required=True, help="output folder")
-    add_config_command(sub, {"base": FSQTokenizerConfig, "tiny": lambda: FSQTokenizerConfig(
-        model=FSQModelConfig(dim=64, heads=2, encoder_layers=1, decoder_layers=1))})
+    add_config_command(
+        sub,
+        {
+            "base": FSQTokenizerConfig,
+            "tiny": lambda: FSQTokenizerConfig(
+                model=FSQModelConfig(dim=64, heads=2, encoder_layers=1, decoder_layers=1)
+            ),
+        },
+    )
     sp = add_command(sub, "train", "train the CTC-supervised FSQ tokenizer on a transcribed manifest", _train)
     add_train_args(sp)
     sp.add_argument("--manifest", required=True, help="JSONL manifest with id, audio, text")

@@ -47,4 +47,6 @@ class FSQTokenizerConfig:
 
 
 def tiny_fsq_config(vocab: list[str]) -> FSQTokenizerConfig:
-    return FSQTokenizerConfig(model=FSQModelConfig(dim=64, heads=2, encoder_layers=1, decoder_layers=1, vocab=vocab, dropout=0.0))
+    return FSQTokenizerConfig(
+        model=FSQModelConfig(dim=64, heads=2, encoder_layers=1, decoder_layers=1, vocab=vocab, dropout=0.0)
+    )

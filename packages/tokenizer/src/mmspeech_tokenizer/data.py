@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
 from mmspeech_core import Waveform
 from mmspeech_core.audio import read_audio
 from mmspeech_core.data import Utterance
@@ -14,7 +13,9 @@ from mmspeech_core.data import Utterance
 SAMPLE_RATE = 16000
 
 
-def log_mels(wav: Waveform, n_mels: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def log_mels(
+    wav: Waveform, n_mels: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Waveform (any rate) -> (B, n_mels, T) padded log-mels at 100 Hz and (B,) lengths.
 
     Computed per item: the mel clamp (max − 8) is relative to each item's own maximum, so a padded batch

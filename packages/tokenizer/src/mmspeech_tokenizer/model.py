@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from mmspeech_core import PretrainedMixin, SpeechTokens, Waveform, lengths_to_mask
 from mmspeech_core.nn import TransformerBlock, chunk_attention_mask
+from torch import nn
 
 from . import __version__
 from .config import FSQTokenizerConfig
@@ -58,10 +57,14 @@ class FSQTokenizer(nn.Module, PretrainedMixin):
             raise ValueError("vocab needs a blank plus at least one symbol (build it with `build_vocab`)")
         self.conv1 = nn.Conv1d(c.n_mels, c.dim, 3, stride=2, padding=1)
         self.conv2 = nn.Conv1d(c.dim, c.dim, 3, stride=2, padding=1)
-        self.encoder = nn.ModuleList([TransformerBlock(c.dim, c.heads, 4, c.dropout) for _ in range(c.encoder_layers)])
+        self.encoder = nn.ModuleList(
+            [TransformerBlock(c.dim, c.heads, 4, c.dropout) for _ in range(c.encoder_layers)]
+        )
         self.down = nn.Linear(c.dim, c.fsq_dims)
         self.up = nn.Linear(c.fsq_dims, c.dim)
-        self.decoder = nn.ModuleList([TransformerBlock(c.dim, c.heads, 4, c.dropout) for _ in range(c.decoder_layers)])
+        self.decoder = nn.ModuleList(
+            [TransformerBlock(c.dim, c.heads, 4, c.dropout) for _ in range(c.decoder_layers)]
+        )
         self.norm = nn.LayerNorm(c.dim)
         self.ctc = nn.Linear(c.dim, len(c.vocab))
 
@@ -78,7 +81,9 @@ class FSQTokenizer(nn.Module, PretrainedMixin):
         n = (mel_lengths + 1) // 2
         return (n + 1) // 2
 
-    def encode_features(self, mel: torch.Tensor, mel_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode_features(
+        self, mel: torch.Tensor, mel_len: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """mel (B, n_mels, T) -> (quantised (B, N, D_fsq), codes (B, N), lengths (B,))."""
         valid = lengths_to_mask(mel_len, mel.shape[-1])
         x = F.gelu(self.conv1(mel * valid[:, None]))
@@ -109,7 +114,9 @@ class FSQTokenizer(nn.Module, PretrainedMixin):
     def encode(self, wav: Waveform) -> SpeechTokens:
         mel, mel_len = log_mels(wav, self.config.model.n_mels, self.device)
         _, codes, lengths = self.encode_features(mel, mel_len)
-        return SpeechTokens.from_list([codes[i, : int(n)].cpu() for i, n in enumerate(lengths.tolist())], 25.0, self.vocab_size)
+        return SpeechTokens.from_list(
+            [codes[i, : int(n)].cpu() for i, n in enumerate(lengths.tolist())], 25.0, self.vocab_size
+        )
 
 
 def build_vocab(texts: list[str]) -> list[str]:

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import torch
-
 from mmspeech_core import CheckpointError, SpeechTokens, Waveform
 from mmspeech_core.checkpoint import load_pretrained_dir, save_pretrained_dir
 
@@ -28,8 +27,13 @@ def _build(cfg: S3Config) -> torch.nn.Module:
     from s3tokenizer.model_v2 import ModelConfig, S3TokenizerV2
 
     # a fresh ModelConfig: s3tokenizer's default argument is a shared mutable instance
-    mc = ModelConfig(n_mels=cfg.n_mels, n_audio_state=cfg.n_audio_state, n_audio_head=cfg.n_audio_head,
-                     n_audio_layer=cfg.n_audio_layer, n_codebook_size=CODEBOOK_SIZE)
+    mc = ModelConfig(
+        n_mels=cfg.n_mels,
+        n_audio_state=cfg.n_audio_state,
+        n_audio_head=cfg.n_audio_head,
+        n_audio_layer=cfg.n_audio_layer,
+        n_codebook_size=CODEBOOK_SIZE,
+    )
     return S3TokenizerV2("speech_tokenizer_v2_25hz", config=mc)
 
 
@@ -53,7 +57,9 @@ class S3SpeechTokenizer:
         return cls(_build(cfg), cfg)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> S3SpeechTokenizer:
+    def from_pretrained(
+        cls, path: str | os.PathLike[str], device: str | torch.device = "cpu"
+    ) -> S3SpeechTokenizer:
         """``.onnx`` (official release), ``.pt`` (converted state dict) or a folder from :meth:`save_pretrained`."""
         p = Path(path)
         if p.is_dir():
@@ -73,7 +79,9 @@ class S3SpeechTokenizer:
                 raise CheckpointError(f"cannot read tokenizer weights {p}: {e}") from e
             cfg = S3Config()
         else:
-            raise CheckpointError(f"tokenizer weights not found: {p} (give a local .onnx, .pt or folder; nothing is downloaded)")
+            raise CheckpointError(
+                f"tokenizer weights not found: {p} (give a local .onnx, .pt or folder; nothing is downloaded)"
+            )
         model = _build(cfg)
         try:
             model.load_state_dict(state, strict=True)
@@ -82,7 +90,9 @@ class S3SpeechTokenizer:
         return cls(model.to(device), cfg)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        return save_pretrained_dir(directory, "s3tokenizer", self.config, self.model.state_dict(), __version__)
+        return save_pretrained_dir(
+            Path(directory), "s3tokenizer", self.config, self.model.state_dict(), __version__
+        )
 
     def to(self, device: str | torch.device) -> S3SpeechTokenizer:
         self.model.to(device)
@@ -97,7 +107,7 @@ class S3SpeechTokenizer:
     def encode(self, wav: Waveform) -> SpeechTokens:
         """Waveform (any rate, resampled to 16 kHz) -> SpeechTokens (B, ~25·seconds)."""
         mel, mel_len = log_mels(wav, self.config.n_mels, self.device)
-        codes, lengths = self.model.quantize(mel, mel_len)
+        codes, lengths = self.model.quantize(mel, mel_len)  # type: ignore[operator]
         codes = codes.long()
         return SpeechTokens.from_list(
             [codes[i, : int(n)].cpu() for i, n in enumerate(lengths.tolist())], FRAME_RATE, CODEBOOK_SIZE

@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 
 import torch
-
 from mmspeech_core.data import LengthBatchSampler, Utterance
 from mmspeech_core.training import Trainer, init_distributed, set_seed
 
@@ -16,17 +15,27 @@ from .model import FSQTokenizer, build_vocab
 
 
 def train(
-    cfg: FSQTokenizerConfig, utts: list[Utterance], out_dir: str | Path, device: str | None = None, resume: bool = True
+    cfg: FSQTokenizerConfig,
+    utts: list[Utterance],
+    out_dir: str | Path,
+    device: str | None = None,
+    resume: bool = True,
 ) -> tuple[FSQTokenizer, list[dict[str, float]]]:
     """With an empty ``cfg.model.vocab`` the character vocabulary is built from the transcripts."""
     if not cfg.model.vocab:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab=build_vocab([u.text or "" for u in utts])))
+        cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, vocab=build_vocab([u.text or "" for u in utts]))
+        )
     info = init_distributed(device)
     set_seed(cfg.train.seed + info.rank)
     ds = CTCDataset(utts, cfg.model.vocab, cfg.model.n_mels)
     t = cfg.train
-    sampler = LengthBatchSampler(ds.lengths(), t.max_frames, t.max_batch, True, t.seed, info.rank, info.world_size)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=t.num_workers, collate_fn=collate)
+    sampler = LengthBatchSampler(
+        ds.lengths(), t.max_frames, t.max_batch, True, t.seed, info.rank, info.world_size
+    )
+    loader = torch.utils.data.DataLoader(
+        ds, batch_sampler=sampler, num_workers=t.num_workers, collate_fn=collate
+    )
     model = FSQTokenizer(cfg)
     trainer = Trainer(model, t, out_dir, info)
     history = trainer.fit(loader, set_epoch=sampler.set_epoch, resume=resume)

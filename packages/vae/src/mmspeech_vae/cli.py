@@ -7,9 +7,15 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
-
 from mmspeech_core import load_audio, load_config, save_audio
-from mmspeech_core.cli import add_command, add_config_command, add_extraction_args, add_train_args, make_parser, run
+from mmspeech_core.cli import (
+    add_command,
+    add_config_command,
+    add_extraction_args,
+    add_train_args,
+    make_parser,
+    run,
+)
 from mmspeech_core.data import read_manifest
 from mmspeech_core.training import init_distributed
 
@@ -32,8 +38,15 @@ def _extract(args: argparse.Namespace) -> int:
 
     info = init_distributed(args.device)
     model = DACVAE.from_pretrained(args.model, device=info.device)
-    stats = extract_latents(model, read_manifest(args.manifest), args.output_dir, args.batch_size, args.shard_size,
-                            info.rank, info.world_size)
+    stats = extract_latents(
+        model,
+        read_manifest(args.manifest),
+        args.output_dir,
+        args.batch_size,
+        args.shard_size,
+        info.rank,
+        info.world_size,
+    )
     print(f"rank {info.rank}: {stats}")
     return 1 if stats["failed"] and args.strict else 0
 
@@ -42,7 +55,9 @@ def _stats(args: argparse.Namespace) -> int:
     from .infer import latent_stats
 
     s = latent_stats(args.latents, args.out)
-    print(f"{int(s['frames'][0])} frames; mean |mu| {sum(map(abs, s['mean'])) / len(s['mean']):.3f} -> {args.out}")
+    print(
+        f"{int(s['frames'][0])} frames; mean |mu| {sum(map(abs, s['mean'])) / len(s['mean']):.3f} -> {args.out}"
+    )
     return 0
 
 
@@ -62,10 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_command(sub, "train", "train the VAE (mel + GAN + KL) on a manifest's audio", _train)
     add_train_args(sp)
     sp.add_argument("--manifest", required=True, help="JSONL manifest or wav.scp of training audio")
-    sp = add_command(sub, "extract", "extract posterior-mean latents for a manifest (torchrun for multi-GPU)", _extract)
+    sp = add_command(
+        sub, "extract", "extract posterior-mean latents for a manifest (torchrun for multi-GPU)", _extract
+    )
     add_extraction_args(sp)
     sp.add_argument("--model", required=True, help="pretrained VAE folder")
-    sp.add_argument("--strict", action="store_true", help="exit 1 if any utterance failed (they are always logged)")
+    sp.add_argument(
+        "--strict", action="store_true", help="exit 1 if any utterance failed (they are always logged)"
+    )
     sp = add_command(sub, "stats", "per-channel mean/std of an extracted latent folder", _stats)
     sp.add_argument("--latents", required=True, help="latent folder")
     sp.add_argument("--out", required=True, help="output JSON")

@@ -58,14 +58,26 @@ class VAELossConfig:
 class VAEConfig:
     model: VAEModelConfig = field(default_factory=VAEModelConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, betas=(0.8, 0.99), weight_decay=0.0, max_batch=16))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(lr=1e-4, betas=(0.8, 0.99), weight_decay=0.0, max_batch=16)
+    )
 
 
 def tiny_config() -> VAEConfig:
     """A small config for tests and the CPU quickstart (hop 480, 8 latent channels)."""
     return VAEConfig(
-        model=VAEModelConfig(encoder_dim=8, encoder_rates=(2, 4, 6, 10), latent_dim=8, decoder_dim=64, decoder_rates=(10, 6, 4, 2)),
+        model=VAEModelConfig(
+            encoder_dim=8,
+            encoder_rates=(2, 4, 6, 10),
+            latent_dim=8,
+            decoder_dim=64,
+            decoder_rates=(10, 6, 4, 2),
+        ),
         loss=VAELossConfig(
-            mel_windows=(64, 256, 1024), mel_bins=(10, 40, 80), disc_periods=(2, 3), disc_fft_sizes=(512,), kl_warmup_steps=10
+            mel_windows=(64, 256, 1024),
+            mel_bins=(10, 40, 80),
+            disc_periods=(2, 3),
+            disc_fft_sizes=(512,),
+            kl_warmup_steps=10,
         ),
     )

@@ -7,7 +7,6 @@ import random
 from collections.abc import Sequence
 
 import torch
-
 from mmspeech_core.audio import AudioError, read_audio
 from mmspeech_core.data import Utterance
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import torch
-
 from mmspeech_core import Waveform
 from mmspeech_core.audio import read_audio
 from mmspeech_core.checkpoint import atomic_write_text
@@ -16,8 +15,13 @@ from .model import DACVAE
 
 
 def extract_latents(
-    model: DACVAE, utts: list[Utterance], out_dir: str | Path, batch_size: int = 8, shard_size: int = 1000,
-    rank: int = 0, world_size: int = 1,
+    model: DACVAE,
+    utts: list[Utterance],
+    out_dir: str | Path,
+    batch_size: int = 8,
+    shard_size: int = 1000,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, int]:
     """Posterior-mean latents (C, T) for every utterance -> ``out_dir`` shards. Resumes; bad audio is logged."""
 
@@ -25,8 +29,15 @@ def extract_latents(
         return model.encode(Waveform.from_list(items, model.sample_rate)).unbatch()
 
     return run_extraction(
-        utts, lambda u: read_audio(u.audio, model.sample_rate), process, out_dir,
-        batch_size, shard_size, rank, world_size, desc="latents",
+        utts,
+        lambda u: read_audio(u.audio, model.sample_rate),
+        process,
+        out_dir,
+        batch_size,
+        shard_size,
+        rank,
+        world_size,
+        desc="latents",
     )
 
 

@@ -24,11 +24,20 @@ class VAELosses(nn.Module):
         self.cfg, self.sample_rate = cfg, sample_rate
         k = len(cfg.mel_windows)
         self.mel = MelSpectrogramLoss(
-            n_mels=list(cfg.mel_bins), window_lengths=list(cfg.mel_windows), mag_weight=0.0, log_weight=1.0,
-            pow=1.0, clamp_eps=1e-5, mel_fmin=[0.0] * k, mel_fmax=[None] * k,
+            n_mels=list(cfg.mel_bins),
+            window_lengths=list(cfg.mel_windows),
+            mag_weight=0.0,
+            log_weight=1.0,
+            pow=1.0,
+            clamp_eps=1e-5,
+            mel_fmin=[0.0] * k,
+            mel_fmax=[None] * k,
         )
         self.discriminator = Discriminator(
-            rates=[], periods=list(cfg.disc_periods), fft_sizes=list(cfg.disc_fft_sizes), sample_rate=sample_rate
+            rates=[],
+            periods=list(cfg.disc_periods),
+            fft_sizes=list(cfg.disc_fft_sizes),
+            sample_rate=sample_rate,
         )
         self.gan = GANLoss(self.discriminator)
 

@@ -7,9 +7,8 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 from dac.model.dac import Decoder, Encoder
-from torch import nn
-
 from mmspeech_core import Latents, PretrainedMixin, Waveform
+from torch import nn
 
 from . import __version__
 from .config import VAEConfig

@@ -8,10 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from mmspeech_core.data import Utterance
-from mmspeech_core.training import DistInfo, Trainer, autocast, init_distributed, move_to, set_seed, warmup_cosine
+from mmspeech_core.training import (
+    DistInfo,
+    Trainer,
+    autocast,
+    init_distributed,
+    move_to,
+    set_seed,
+    warmup_cosine,
+)
+from torch import nn
 
 from .config import VAEConfig
 from .data import CropDataset
@@ -20,7 +27,9 @@ from .model import DACVAE
 
 
 class VAETrainer(Trainer):
-    def __init__(self, model: DACVAE, cfg: VAEConfig, out_dir: str | Path, dist_info: DistInfo | None = None) -> None:
+    def __init__(
+        self, model: DACVAE, cfg: VAEConfig, out_dir: str | Path, dist_info: DistInfo | None = None
+    ) -> None:
         super().__init__(model, cfg.train, out_dir, dist_info)
         self.vcfg = cfg
         self.losses = VAELosses(cfg.loss, cfg.model.sample_rate).to(self.dist.device)
@@ -30,13 +39,21 @@ class VAETrainer(Trainer):
             self.disc = nn.parallel.DistributedDataParallel(self.disc, device_ids=ids)
             self.losses.gan.discriminator = self.disc
         t = cfg.train
-        self.opt_d = torch.optim.AdamW(self.losses.discriminator.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda s: warmup_cosine(s, t.warmup_steps, t.max_steps))
+        self.opt_d = torch.optim.AdamW(
+            self.losses.discriminator.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay
+        )
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(
+            self.opt_d, lambda s: warmup_cosine(s, t.warmup_steps, t.max_steps)
+        )
         self.last: dict[str, torch.Tensor] = {}
         self.on_log = self._log_media
 
     def extra_state(self) -> dict[str, Any]:
-        return {"discriminator": self.losses.discriminator.state_dict(), "opt_d": self.opt_d.state_dict(), "sched_d": self.sched_d.state_dict()}
+        return {
+            "discriminator": self.losses.discriminator.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.losses.discriminator.load_state_dict(state["discriminator"])
@@ -76,8 +93,14 @@ class VAETrainer(Trainer):
         self.scheduler.step()
         self.step += 1
         self.last = {"real": real[0].detach(), "fake": fake[0].detach()}
-        metrics.update(loss=float(loss.detach()), mel=float(mel.detach()), kl=float(out["kl"].detach()), kl_weight=kw,
-                       grad_norm=float(gnorm), lr=self.scheduler.get_last_lr()[0])
+        metrics.update(
+            loss=float(loss.detach()),
+            mel=float(mel.detach()),
+            kl=float(out["kl"].detach()),
+            kl_weight=kw,
+            grad_norm=float(gnorm),
+            lr=float(self.scheduler.get_last_lr()[0]),
+        )
         return metrics
 
     def _log_media(self, writer: Any, step: int) -> None:
@@ -86,7 +109,9 @@ class VAETrainer(Trainer):
         sr = self.vcfg.model.sample_rate
         for k, x in self.last.items():
             writer.add_audio(f"audio/{k}", x.float().clamp(-1, 1).cpu(), step, sample_rate=sr)
-            spec = torch.stft(x.float().cpu(), 1024, 256, window=torch.hann_window(1024), return_complex=True).abs()
+            spec = torch.stft(
+                x.float().cpu(), 1024, 256, window=torch.hann_window(1024), return_complex=True
+            ).abs()
             img = spec.clamp_min(1e-5).log().flip(0)
             writer.add_image(f"mel/{k}", ((img - img.min()) / (img.max() - img.min() + 1e-8))[None], step)
 
@@ -99,10 +124,18 @@ def train(
     hop = cfg.model.hop
     segment = max(hop, int(cfg.loss.segment_s * cfg.model.sample_rate) // hop * hop)
     ds = CropDataset(utts, cfg.model.sample_rate, segment, seed=cfg.train.seed + info.rank)
-    sampler = torch.utils.data.DistributedSampler(ds, info.world_size, info.rank, seed=cfg.train.seed) if info.world_size > 1 else None
+    sampler: torch.utils.data.DistributedSampler[torch.Tensor] | None = (
+        torch.utils.data.DistributedSampler(ds, info.world_size, info.rank, seed=cfg.train.seed)
+        if info.world_size > 1
+        else None
+    )
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=cfg.train.max_batch, shuffle=sampler is None, sampler=sampler,
-        num_workers=cfg.train.num_workers, drop_last=len(ds) >= cfg.train.max_batch,
+        ds,
+        batch_size=cfg.train.max_batch,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.train.num_workers,
+        drop_last=len(ds) >= cfg.train.max_batch,
     )
     model = DACVAE(cfg)
     model.config = dataclasses.replace(model.config, train=cfg.train)
