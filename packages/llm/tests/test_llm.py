@@ -76,6 +76,16 @@ def test_sampling_rules():
     )
 
 
+def test_inverse_cdf_never_picks_a_zero_probability_token():
+    from mmspeech_llm.infer import _inverse_cdf
+
+    probs = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    # u·total overshooting the last positive cdf entry (what float rounding of a parallel scan can do)
+    assert _inverse_cdf(probs, torch.tensor([1.5, 1.5])).tolist() == [1, 1]
+    assert _inverse_cdf(probs, torch.tensor([0.0, 0.0])).tolist() == [0, 1]
+    assert _inverse_cdf(probs, torch.tensor([0.75, 0.3])).tolist() == [1, 1]
+
+
 def test_text_normalisation_and_bpe(tmp_path):
     with pytest.raises(TextError, match="empty"):
         normalize_text("   ")

@@ -8,9 +8,15 @@ from .config import SamplingConfig
 
 
 def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """probs: (B, V) (unnormalised ok), u: (B,) in [0, 1) -> (B,) sampled indices."""
+    """probs: (B, V) (unnormalised ok), u: (B,) in [0, 1) -> (B,) sampled indices.
+
+    Never returns a zero-probability index: a parallel cumsum (CUDA) may make the total exceed the running
+    sum at the last positive entry, and u·total could then land in the zero tail (an EOS before min_len).
+    """
     cdf = probs.cumsum(-1)
-    return (cdf < u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
+    idx = (cdf <= u[:, None] * cdf[:, -1:]).sum(-1)  # first index whose cdf exceeds u·total
+    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1)  # last positive index per row
+    return torch.minimum(idx, last)
 
 
 def sample_step(
