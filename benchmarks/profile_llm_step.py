@@ -1,6 +1,6 @@
 """Where a decode step of the LM spends its time (CUDA): top operators by self CUDA/CPU time.
 
-    python benchmarks/profile_llm_step.py --device cuda [--size tiny|0.5B]
+python benchmarks/profile_llm_step.py --device cuda [--size tiny|0.5B]
 """
 
 from __future__ import annotations
@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 from mmspeech_core import SpeakerEmbedding
 from mmspeech_llm.config import SamplingConfig, small_config, tiny_config
 from mmspeech_llm.model import SpeechLM
+from torch.profiler import ProfilerActivity, profile
 
 
 def main() -> None:
