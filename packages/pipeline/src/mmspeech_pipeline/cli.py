@@ -188,3 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run(build_parser(), argv)
+
+
+if __name__ == "__main__":  # `torchrun -m mmspeech_pipeline.cli ...`
+    raise SystemExit(main())
