@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import torch
-
 from mmspeech_core.config import save_config
 from mmspeech_core.data import ShardWriter
 from mmspeech_core.training import TrainConfig

@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 from mmspeech_core import CheckpointError, Waveform, load_audio, read_audio, save_audio
-from mmspeech_core.data import Utterance, load_shards, read_manifest
+from mmspeech_core.data import Utterance, extract_features, load_shards, read_manifest
 from mmspeech_core.training import TrainConfig
 from mmspeech_tokenizer.cli import load_tokenizer, main
 from mmspeech_tokenizer.config import S3Config, tiny_fsq_config
-from mmspeech_tokenizer.infer import extract_tokens, sample_wavs
+from mmspeech_tokenizer.infer import sample_wavs
 from mmspeech_tokenizer.model import FSQTokenizer, build_vocab, fsq_decode_codes, fsq_quantize
 from mmspeech_tokenizer.s3 import S3SpeechTokenizer
 from mmspeech_tokenizer.train import train
@@ -95,7 +95,7 @@ def test_extract_cli_sharded_resumable_and_logs_bad_audio(s3, tmp_path):
     assert len(list((tmp_path / "out").glob("shard-*.safetensors"))) == 2
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors-r0.jsonl").read_text().splitlines()]
     assert {e["id"] for e in errors} == {"bad"}
-    stats = extract_tokens(
+    stats = extract_features(
         load_tokenizer(str(tmp_path / "tok")), read_manifest(tmp_path / "m.jsonl"), tmp_path / "out"
     )
     assert stats["skipped"] == 2 and stats["done"] == 0

@@ -6,10 +6,10 @@ import pytest
 import s3tokenizer
 import torch
 from mmspeech_core import Latents, Waveform, read_audio, save_audio
-from mmspeech_core.data import Utterance, load_shards, read_manifest
+from mmspeech_core.data import Utterance, extract_features, load_shards, read_manifest
 from mmspeech_core.training import TrainConfig
 from mmspeech_vae.config import VAEModelConfig, tiny_config
-from mmspeech_vae.infer import extract_latents, latent_stats
+from mmspeech_vae.infer import latent_stats
 from mmspeech_vae.losses import kl_weight
 from mmspeech_vae.model import DACVAE
 from mmspeech_vae.train import train
@@ -159,5 +159,5 @@ def test_extract_and_stats(tmp_path):
         f.shape[-1] for f in feats.values()
     )
     # resumable: a second run does nothing new
-    stats = extract_latents(m, read_manifest(tmp_path / "m.jsonl"), tmp_path / "lat")
+    stats = extract_features(m, read_manifest(tmp_path / "m.jsonl"), tmp_path / "lat")
     assert stats["done"] == 0 and stats["skipped"] == 2

@@ -36,6 +36,9 @@ def add_extraction_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--batch-size", type=int, default=16, help="utterances per forward pass")
     sp.add_argument("--shard-size", type=int, default=1000, help="utterances per output shard")
     sp.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: cuda when available)")
+    sp.add_argument(
+        "--strict", action="store_true", help="exit 1 if any utterance failed (they are always logged)"
+    )
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
@@ -75,3 +78,24 @@ def add_train_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint"
     )
+
+
+def run_extract_command(args: argparse.Namespace, load: Callable[[str], object], desc: str) -> int:
+    """Body of every ``extract`` command: torchrun-aware sharding, ``load(device)`` -> encoder, counts,
+    exit 1 with ``--strict`` when an utterance failed (failures are always logged to errors-r*.jsonl)."""
+    from .data import extract_features, read_manifest
+    from .training import init_distributed
+
+    info = init_distributed(args.device)
+    stats = extract_features(
+        load(str(info.device)),
+        read_manifest(args.manifest),
+        args.output_dir,
+        args.batch_size,
+        args.shard_size,
+        info.rank,
+        info.world_size,
+        desc,
+    )
+    print(f"rank {info.rank}: {stats}")
+    return 1 if stats["failed"] and args.strict else 0

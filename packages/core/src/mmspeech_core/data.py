@@ -10,7 +10,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from tqdm import tqdm
@@ -302,3 +302,36 @@ class ReferencePicker:
         j = self.rng.randrange(len(pool) - 1)
         others = [k for k in pool if k != i]
         return others[j]
+
+
+def extract_features(
+    encoder: Any,
+    utts: Sequence[Utterance],
+    out_dir: str | os.PathLike[str],
+    batch_size: int = 16,
+    shard_size: int = 1000,
+    rank: int = 0,
+    world_size: int = 1,
+    desc: str = "extract",
+) -> dict[str, int]:
+    """Encode every utterance with ``encoder`` (anything with ``sample_rate`` and ``encode(Waveform)``
+    returning a padded container: a speech tokenizer, a VAE) into ``out_dir`` shards. See :func:`run_extraction`."""
+    from .audio import read_audio
+    from .types import Waveform
+
+    sr = encoder.sample_rate
+
+    def process(items: list[torch.Tensor]) -> list[torch.Tensor]:
+        return encoder.encode(Waveform.from_list(items, sr)).unbatch()  # type: ignore[no-any-return]
+
+    return run_extraction(
+        utts,
+        lambda u: read_audio(u.audio, sr),
+        process,
+        out_dir,
+        batch_size,
+        shard_size,
+        rank,
+        world_size,
+        desc,
+    )

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from mmspeech_core import read_audio, save_audio
-from mmspeech_core.data import Utterance, load_shards, write_manifest
+from mmspeech_core.data import Utterance, extract_features, load_shards, write_manifest
 from mmspeech_core.training import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,9 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
     from mmspeech_llm.text import TextTokenizer
     from mmspeech_llm.train import train as train_llm
     from mmspeech_tokenizer.config import tiny_fsq_config
-    from mmspeech_tokenizer.infer import extract_tokens
     from mmspeech_tokenizer.model import build_vocab
     from mmspeech_tokenizer.train import train as train_tok
     from mmspeech_vae.config import tiny_config as vae_tiny
-    from mmspeech_vae.infer import extract_latents
     from mmspeech_vae.train import train as train_vae
 
     from .bundle import write_bundle
@@ -153,7 +151,7 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
         "train_tokenizer", train_tok, tcfg, train_utts, out / "runs/tokenizer", device="cpu", resume=False
     )
     losses["tokenizer"] = [m["loss"] for m in h]
-    timed("extract_tokens", extract_tokens, tok.eval(), utts, out / "features/tokens", batch_size=4)
+    timed("extract_tokens", extract_features, tok.eval(), utts, out / "features/tokens", batch_size=4)
 
     vcfg = vae_tiny()
     vcfg = dataclasses.replace(
@@ -163,7 +161,7 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
     )
     vae, h = timed("train_vae", train_vae, vcfg, train_utts, out / "runs/vae", device="cpu", resume=False)
     losses["vae_mel"] = [m["mel"] for m in h]
-    timed("extract_latents", extract_latents, vae.eval(), utts, out / "features/latents", batch_size=4)
+    timed("extract_latents", extract_features, vae.eval(), utts, out / "features/latents", batch_size=4)
 
     text_tok = TextTokenizer.train_bpe([u.text or "" for u in utts], vocab_size=400, min_frequency=1)
     text_tok.save(out / "runs/text_tokenizer")

@@ -16,9 +16,9 @@ from mmspeech_core.cli import (
     add_train_args,
     make_parser,
     run,
+    run_extract_command,
 )
 from mmspeech_core.data import read_manifest
-from mmspeech_core.training import init_distributed
 
 from .config import FSQModelConfig, FSQTokenizerConfig
 
@@ -37,21 +37,7 @@ def load_tokenizer(path: str, device: str = "cpu"):  # type: ignore[no-untyped-d
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from .infer import extract_tokens
-
-    info = init_distributed(args.device)
-    tok = load_tokenizer(args.model, str(info.device))
-    stats = extract_tokens(
-        tok,
-        read_manifest(args.manifest),
-        args.output_dir,
-        args.batch_size,
-        args.shard_size,
-        info.rank,
-        info.world_size,
-    )
-    print(f"rank {info.rank}: {stats}")
-    return 1 if stats["failed"] and args.strict else 0
+    return run_extract_command(args, lambda device: load_tokenizer(args.model, device), "tokens")
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -86,9 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_extraction_args(sp)
     sp.add_argument(
         "--model", required=True, help="speech_tokenizer_v2.onnx, a converted .pt, or a tokenizer folder"
-    )
-    sp.add_argument(
-        "--strict", action="store_true", help="exit 1 if any utterance failed (they are always logged)"
     )
     sp = add_command(
         sub, "convert", "convert the official speech_tokenizer_v2.onnx into a safetensors folder", _convert

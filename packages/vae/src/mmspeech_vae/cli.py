@@ -15,9 +15,9 @@ from mmspeech_core.cli import (
     add_train_args,
     make_parser,
     run,
+    run_extract_command,
 )
 from mmspeech_core.data import read_manifest
-from mmspeech_core.training import init_distributed
 
 from .config import VAEConfig, tiny_config
 
@@ -33,22 +33,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from .infer import extract_latents
     from .model import DACVAE
 
-    info = init_distributed(args.device)
-    model = DACVAE.from_pretrained(args.model, device=info.device)
-    stats = extract_latents(
-        model,
-        read_manifest(args.manifest),
-        args.output_dir,
-        args.batch_size,
-        args.shard_size,
-        info.rank,
-        info.world_size,
+    return run_extract_command(
+        args, lambda device: DACVAE.from_pretrained(args.model, device=device), "latents"
     )
-    print(f"rank {info.rank}: {stats}")
-    return 1 if stats["failed"] and args.strict else 0
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -82,9 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_extraction_args(sp)
     sp.add_argument("--model", required=True, help="pretrained VAE folder")
-    sp.add_argument(
-        "--strict", action="store_true", help="exit 1 if any utterance failed (they are always logged)"
-    )
     sp = add_command(sub, "stats", "per-channel mean/std of an extracted latent folder", _stats)
     sp.add_argument("--latents", required=True, help="latent folder")
     sp.add_argument("--out", required=True, help="output JSON")
