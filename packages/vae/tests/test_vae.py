@@ -121,6 +121,13 @@ def test_overfit_one_clip_then_resume_with_gan(tmp_path):
     assert torch.equal(re.state_dict()["encoder.block.0.bias"], model2.state_dict()["encoder.block.0.bias"])
 
 
+def test_fp16_amp_is_refused(tmp_path):
+    cfg = _cfg(1)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp="fp16"))
+    with pytest.raises(ValueError, match="bf16"):
+        train(cfg, [Utterance("a", str(WAVS[0]))], tmp_path / "run", device="cpu")
+
+
 def test_extract_and_stats(tmp_path):
     torch.manual_seed(0)
     m = _tiny_model().eval()

@@ -119,6 +119,8 @@ class VAETrainer(Trainer):
 def train(
     cfg: VAEConfig, utts: list[Utterance], out_dir: str | Path, device: str | None = None, resume: bool = True
 ) -> tuple[DACVAE, list[dict[str, float]]]:
+    if cfg.train.amp == "fp16":  # two optimisers and a GAN: no loss scaling here, so no fp16
+        raise ValueError("VAE training supports amp 'bf16' or 'none', not 'fp16'")
     info = init_distributed(device)
     set_seed(cfg.train.seed + info.rank)
     hop = cfg.model.hop
