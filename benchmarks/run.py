@@ -59,15 +59,18 @@ def bench_llm(device: str, full: bool, steps: int) -> None:
         m = SpeechLM(cfg).to(device, dtype).eval()
         # fixed length: no EOS, exactly `steps` tokens per row
         sampling = SamplingConfig(min_len_ratio=steps / 8, max_len_ratio=steps / 8)
+        modes = ["dynamic", "static"] + (["cuda_graph"] if device.startswith("cuda") else [])
         for b in (1, 8):
             texts = [torch.randint(0, cfg.model.text_vocab, (8,)) for _ in range(b)]
             spk = SpeakerEmbedding(torch.randn(b, cfg.model.spk_dim, device=device, dtype=dtype))
-            t = timeit(functools.partial(m.generate, texts, spk, sampling=sampling, seed=0), device, repeat=2)
-            rows.append([name, b, steps, t, b * steps / t, b * steps / t / cfg.model.token_rate])
+            for mode in modes:
+                run = functools.partial(m.generate, texts, spk, sampling=sampling, seed=0, decode=mode)
+                t = timeit(run, device, repeat=2)
+                rows.append([name, b, mode, steps, t, b * steps / t, b * steps / t / cfg.model.token_rate])
         del m
     table(
         "LLM decode (KV cache, repetition-aware sampling)",
-        ["config", "batch", "tokens/row", "seconds", "tokens/s", "x real time"],
+        ["config", "batch", "decode", "tokens/row", "seconds", "tokens/s", "x real time"],
         rows,
     )
 

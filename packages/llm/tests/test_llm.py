@@ -133,6 +133,24 @@ def test_batched_equals_unbatched_and_lengths():
     assert int(out.tokens.max()) < 64
 
 
+def test_static_cache_decoder_matches_dynamic():
+    torch.manual_seed(0)
+    m = SpeechLM(tiny_config()).eval()
+    spk = SpeakerEmbedding(torch.nn.functional.normalize(torch.randn(3, 16), dim=-1))
+    texts = [torch.randint(0, 300, (n,)) for n in (6, 2, 4)]
+    pt = [torch.randint(0, 300, (3,)) for _ in range(3)]
+    ps = SpeechTokens.from_list([torch.randint(0, 64, (n,)) for n in (5, 1, 3)])
+    for sampling, seed in [(GREEDY, None), (SamplingConfig(min_len_ratio=1.0, max_len_ratio=5.0), 7)]:
+        for prompts in [(None, None), (pt, ps)]:
+            a = m.generate(texts, spk, *prompts, sampling=sampling, seed=seed)
+            b = m.generate(texts, spk, *prompts, sampling=sampling, seed=seed, decode="static")
+            assert [x.tolist() for x in a.unbatch()] == [x.tolist() for x in b.unbatch()]
+    with pytest.raises(ValueError, match="CUDA"):
+        m.generate(texts[:1], SpeakerEmbedding(spk.vectors[:1]), decode="cuda_graph")
+    with pytest.raises(ValueError, match="decode mode"):
+        m.generate(texts[:1], SpeakerEmbedding(spk.vectors[:1]), decode="fast")  # type: ignore[arg-type]
+
+
 def test_bad_inputs():
     m = SpeechLM(tiny_config()).eval()
     spk = SpeakerEmbedding(torch.zeros(1, 16))

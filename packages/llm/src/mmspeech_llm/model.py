@@ -15,6 +15,7 @@ from torch import nn
 
 from . import __version__
 from .config import BackboneConfig, LLMConfig, SamplingConfig
+from .decode import DecodeMode
 from .layout import IGNORE, SPEECH, SPK, TEXT, inference_prefix, pad
 
 
@@ -166,11 +167,12 @@ class SpeechLM(nn.Module, PretrainedMixin):
         prompt_speech: SpeechTokens | None = None,
         sampling: SamplingConfig | None = None,
         seed: int | Sequence[int] | None = None,
+        decode: DecodeMode = "dynamic",
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Decode step by step with a KV cache. Yields ``(tokens (B,), alive (B,) bool)`` per step; a row's
-        token is meaningful where ``alive`` (its EOS step yields alive=False). Batch rows are independent."""
-        from transformers import DynamicCache
-
+        token is meaningful where ``alive`` (its EOS step yields alive=False). Batch rows are independent.
+        ``decode``: ``dynamic`` (default), ``static`` or ``cuda_graph`` (fastest on GPU; see ``decode.py``)."""
+        from .decode import make_decoder
         from .infer import sample_step
 
         cfg = sampling or self.config.sampling
@@ -213,17 +215,12 @@ class SpeechLM(nn.Module, PretrainedMixin):
             ]
         ).to(dev)
 
-        cache = DynamicCache()
-        spk = speaker.vectors.to(dev)
-        emb = self.embed(batch["kind"], batch["ids"], spk)
-        mask = batch["mask"]
-        positions = (mask.long().cumsum(1) - 1).clamp_min(0)
-        hidden = self._hidden(emb, mask, cache, positions)[:, -1]
-        pos = positions[:, -1:]
+        emb = self.embed(batch["kind"], batch["ids"], speaker.vectors.to(dev))
+        decoder = make_decoder(decode, self, emb, batch["mask"], steps)
+        logits = decoder.logits
         history = torch.full((b, cfg.win_size), -1, dtype=torch.long, device=dev)
         alive = torch.ones(b, dtype=torch.bool, device=dev)
         for step in range(steps):
-            logits = self.head(hidden).float()
             tok = sample_step(
                 logits, history, u[:, step, 0], u[:, step, 1], cfg, m.speech_vocab, allow_eos=step >= min_len
             )
@@ -231,13 +228,10 @@ class SpeechLM(nn.Module, PretrainedMixin):
             now_alive = alive & ~ended
             yield tok, now_alive
             alive = now_alive
-            if not bool(alive.any()):
+            if not bool(alive.any()) or step == steps - 1:
                 return
             history = torch.cat([history[:, 1:], tok[:, None]], 1)
-            mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.bool, device=dev)], 1)
-            pos = pos + 1
-            e = self.speech_embed(tok.clamp(max=m.head_size - 1))[:, None]
-            hidden = self._hidden(e, mask, cache, pos)[:, -1]
+            logits = decoder.step(self.speech_embed(tok.clamp(max=m.head_size - 1))[:, None])
 
     def generate(
         self,
@@ -247,10 +241,11 @@ class SpeechLM(nn.Module, PretrainedMixin):
         prompt_speech: SpeechTokens | None = None,
         sampling: SamplingConfig | None = None,
         seed: int | Sequence[int] | None = None,
+        decode: DecodeMode = "dynamic",
     ) -> SpeechTokens:
         """Batched generation -> SpeechTokens (EOS excluded). ``text``: list of (N_i,) text-token tensors."""
         outs: list[list[int]] = [[] for _ in text]
-        for tok, alive in self.stream(text, speaker, prompt_text, prompt_speech, sampling, seed):
+        for tok, alive in self.stream(text, speaker, prompt_text, prompt_speech, sampling, seed, decode):
             for i in torch.nonzero(alive).flatten().tolist():
                 outs[i].append(int(tok[i]))
         return SpeechTokens.from_list(
