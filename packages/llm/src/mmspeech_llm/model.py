@@ -167,11 +167,11 @@ class SpeechLM(nn.Module, PretrainedMixin):
         prompt_speech: SpeechTokens | None = None,
         sampling: SamplingConfig | None = None,
         seed: int | Sequence[int] | None = None,
-        decode: DecodeMode = "dynamic",
+        decode: DecodeMode = "auto",
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Decode step by step with a KV cache. Yields ``(tokens (B,), alive (B,) bool)`` per step; a row's
         token is meaningful where ``alive`` (its EOS step yields alive=False). Batch rows are independent.
-        ``decode``: ``dynamic`` (default), ``static`` or ``cuda_graph`` (fastest on GPU; see ``decode.py``)."""
+        ``decode``: ``auto`` (CUDA graphs on GPU), ``dynamic``, ``static`` or ``cuda_graph`` (see ``decode.py``)."""
         from .decode import make_decoder
         from .infer import sample_step
 
@@ -241,7 +241,7 @@ class SpeechLM(nn.Module, PretrainedMixin):
         prompt_speech: SpeechTokens | None = None,
         sampling: SamplingConfig | None = None,
         seed: int | Sequence[int] | None = None,
-        decode: DecodeMode = "dynamic",
+        decode: DecodeMode = "auto",
     ) -> SpeechTokens:
         """Batched generation -> SpeechTokens (EOS excluded). ``text``: list of (N_i,) text-token tensors."""
         outs: list[list[int]] = [[] for _ in text]
