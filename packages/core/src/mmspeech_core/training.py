@@ -64,14 +64,17 @@ class DistInfo:
         return self.rank == 0
 
 
+def default_device(device: str | None = None) -> str:
+    """``device`` if given, else ``cuda`` when available, else ``cpu``."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Reads torchrun's env (RANK, WORLD_SIZE, LOCAL_RANK); NCCL on CUDA, gloo on CPU. Works unlaunched too."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = torch.device(default_device(device))
     if dev.type == "cuda":
         dev = torch.device("cuda", local if dev.index is None else dev.index)
         torch.cuda.set_device(dev)

@@ -6,10 +6,10 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-import torch
 from mmspeech_core import Latents, SpeechTokens, load_config
 from mmspeech_core.cli import add_command, add_config_command, add_train_args, make_parser, run
 from mmspeech_core.data import ShardWriter, load_shards, read_manifest
+from mmspeech_core.training import default_device
 
 from .config import FlowConfig, tiny_config
 
@@ -32,7 +32,7 @@ def _train(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from .model import FlowModel
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     model = FlowModel.from_pretrained(args.model, device=device)
     c = model.config.model
     tokens, latents = load_shards(args.tokens), load_shards(args.reference_latents)

@@ -11,6 +11,7 @@ import torch
 from mmspeech_core import load_audio, load_config
 from mmspeech_core.cli import add_command, add_config_command, add_train_args, make_parser, run
 from mmspeech_core.data import load_shards, read_manifest
+from mmspeech_core.training import default_device
 
 from .config import LLMConfig, small_config, tiny_config
 
@@ -52,7 +53,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .model import SpeechLM
     from .text import TextTokenizer
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     model = SpeechLM.from_pretrained(args.model, device=device)
     tok = TextTokenizer.from_pretrained(args.text_tokenizer)
     spk = model.embed_speaker(load_audio(args.reference, model.config.model.spk_sample_rate))

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from mmspeech_core import CheckpointError, Latents, SpeakerEmbedding, SpeechTokens, Waveform
 from mmspeech_core.checkpoint import load_state_dict, save_state_dict
+from mmspeech_core.training import default_device
 from mmspeech_flow.config import FlowInferConfig
 from mmspeech_flow.model import FlowModel
 from mmspeech_llm.config import SamplingConfig
@@ -97,7 +98,7 @@ class TTS:
         from mmspeech_tokenizer.cli import load_tokenizer
 
         d = check_bundle(Path(directory))
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device(device)
         return cls(
             load_tokenizer(str(d / "tokenizer"), device),
             TextTokenizer.from_pretrained(d / "text_tokenizer"),

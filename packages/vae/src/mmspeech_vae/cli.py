@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-import torch
 from mmspeech_core import load_audio, load_config, save_audio
 from mmspeech_core.cli import (
     add_command,
@@ -18,6 +17,7 @@ from mmspeech_core.cli import (
     run_extract_command,
 )
 from mmspeech_core.data import read_manifest
+from mmspeech_core.training import default_device
 
 from .config import VAEConfig, tiny_config
 
@@ -53,7 +53,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _reconstruct(args: argparse.Namespace) -> int:
     from .model import DACVAE
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     model = DACVAE.from_pretrained(args.model, device=device)
     wav = load_audio(args.input, model.sample_rate)
     save_audio(args.output, model.decode(model.encode(wav)))
