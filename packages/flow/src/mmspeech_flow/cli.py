@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from mmspeech_core import Latents, SpeechTokens, load_config
 from mmspeech_core.cli import add_command, add_config_command, add_train_args, make_parser, run
@@ -21,6 +23,10 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(FlowConfig, args.config)
     if args.max_steps is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))
+    if args.latent_stats:  # written by `mmspeech-vae stats`
+        stats = json.loads(Path(args.latent_stats).read_text())
+        model = dataclasses.replace(cfg.model, latent_mean=stats["mean"], latent_std=stats["std"])
+        cfg = dataclasses.replace(cfg, model=model)
     utts = read_manifest(args.manifest) if args.manifest else []
     ds = FlowDataset.from_dirs(
         args.tokens, args.latents, cfg.model.ratio, utts, fallback=args.single_speaker_fallback
@@ -62,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tokens", required=True, help="token folder written by `mmspeech-tokenizer extract`")
     sp.add_argument("--latents", required=True, help="latent folder written by `mmspeech-vae extract`")
     sp.add_argument("--manifest", default=None, help="manifest with speaker labels (for speaker references)")
+    sp.add_argument(
+        "--latent-stats",
+        default=None,
+        help="JSON from `mmspeech-vae stats`: the flow models standardised latents",
+    )
     sp.add_argument(
         "--single-speaker-fallback",
         choices=["self", "drop"],

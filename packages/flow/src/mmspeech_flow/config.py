@@ -26,8 +26,17 @@ class FlowModelConfig:
     lookahead: int = 3  # future tokens the encoder sees (a right-context conv), held back when streaming
     chunk_size: int = 25  # tokens per streaming chunk
     dropout: float = 0.0
+    # per-channel latent statistics (``mmspeech-vae stats``): the flow works on (x - mean) / std; empty = as is
+    latent_mean: list[float] = field(default_factory=list)
+    latent_std: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if bool(self.latent_mean) != bool(self.latent_std):
+            raise ValueError("give latent_mean and latent_std together")
+        if self.latent_mean and not len(self.latent_mean) == len(self.latent_std) == self.latent_dim:
+            raise ValueError(f"latent_mean / latent_std need {self.latent_dim} values each")
+        if any(s <= 0 for s in self.latent_std):
+            raise ValueError("latent_std values must be positive")
         r = self.latent_rate / self.token_rate
         if r < 1 or abs(r - round(r)) > 1e-6:
             raise ValueError(

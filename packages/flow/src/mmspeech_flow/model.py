@@ -112,6 +112,13 @@ class FlowModel(nn.Module, PretrainedMixin):
         c = config.model
         self.encoder = TokenEncoder(c)
         self.estimator = Estimator(c)
+        mean = torch.tensor(c.latent_mean or [0.0] * c.latent_dim)
+        std = torch.tensor(c.latent_std or [1.0] * c.latent_dim)
+        # from the config, so not saved with the weights
+        self.register_buffer("latent_mean", mean[None, :, None], persistent=False)
+        self.register_buffer("latent_std", std[None, :, None], persistent=False)
+        self.latent_mean: torch.Tensor
+        self.latent_std: torch.Tensor
         self.speaker_encoder = SpeakerEncoder(
             c.spk_in_dim, c.dim // 2, c.spk_layers, max(1, c.heads // 2), c.spk_dim
         )
@@ -119,6 +126,14 @@ class FlowModel(nn.Module, PretrainedMixin):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    # ---- latent normalisation (identity unless the config holds statistics) ------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) VAE latents -> the space the flow models."""
+        return (x - self.latent_mean) / self.latent_std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.latent_std + self.latent_mean
 
     # ---- conditioning ---------------------------------------------------------------------------
     def embed_speaker(self, reference: Latents) -> SpeakerEmbedding:
@@ -128,7 +143,7 @@ class FlowModel(nn.Module, PretrainedMixin):
                 f"reference has {reference.channels} channels, expected {self.config.model.spk_in_dim}"
             )
         ref = reference.to(self.device)
-        return SpeakerEmbedding(self.speaker_encoder(ref.data, ref.lengths))
+        return SpeakerEmbedding(self.speaker_encoder(self.normalize(ref.data), ref.lengths))
 
     def _check_tokens(self, tokens: SpeechTokens) -> None:
         c = self.config.model
@@ -149,8 +164,8 @@ class FlowModel(nn.Module, PretrainedMixin):
         latents: Latents = batch["latents"]
         chunked = bool(torch.rand(()) < self.config.loss.chunk_prob)
         mu = self.encoder(tokens.tokens, tokens.lengths, chunked)
-        spk = self.speaker_encoder(batch["reference"].data, batch["reference"].lengths)
-        x1 = latents.data[..., : mu.shape[-1]]
+        spk = self.speaker_encoder(self.normalize(batch["reference"].data), batch["reference"].lengths)
+        x1 = self.normalize(latents.data[..., : mu.shape[-1]])
         if x1.shape[-1] != mu.shape[-1] or not torch.equal(
             latents.lengths, tokens.lengths * self.config.model.ratio
         ):
@@ -204,7 +219,7 @@ class FlowModel(nn.Module, PretrainedMixin):
             for i, (pt, pl) in enumerate(zip(prompt_tokens.unbatch(), prompt_latents.unbatch())):
                 n = min(len(pt), pl.shape[-1] // c.ratio)  # the two extractors may disagree by a frame
                 items[i] = torch.cat([pt[:n].to(dev), items[i]])
-                conds[i] = pl[:, : n * c.ratio].to(dev)
+                conds[i] = self.normalize(pl[None, :, : n * c.ratio].to(dev))[0]
                 prompt_frames[i] = n * c.ratio
         full = SpeechTokens.from_list(items, frame_rate=c.token_rate)
         lengths = full.lengths.to(dev)
@@ -241,7 +256,7 @@ class FlowModel(nn.Module, PretrainedMixin):
             return (1 + w) * vc - w * vu
 
         x, nfe = solve(velocity, noise * valid[:, None], infer)
-        x = x * valid[:, None]
+        x = self.denormalize(x) * valid[:, None]
         outs = [x[i, :, prompt_frames[i] : int(lengths[i]) * c.ratio] for i in range(b)]
         out = Latents.from_list(outs, frame_rate=c.latent_rate)
         if return_nfe:

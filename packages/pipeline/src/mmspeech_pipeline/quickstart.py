@@ -118,6 +118,7 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
     from mmspeech_tokenizer.model import build_vocab
     from mmspeech_tokenizer.train import train as train_tok
     from mmspeech_vae.config import tiny_config as vae_tiny
+    from mmspeech_vae.infer import latent_stats
     from mmspeech_vae.train import train as train_vae
 
     from .bundle import write_bundle
@@ -172,8 +173,13 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
     llm, h = timed("train_llm", train_llm, lcfg, llm_ds, out / "runs/llm", device="cpu", resume=False)
     losses["llm"] = [m["loss"] for m in h]
 
+    stats = latent_stats(out / "features/latents")
     fcfg = flow_tiny(
-        vocab_size=tok.vocab_size, latent_dim=vcfg.model.latent_dim, spk_in_dim=vcfg.model.latent_dim
+        vocab_size=tok.vocab_size,
+        latent_dim=vcfg.model.latent_dim,
+        spk_in_dim=vcfg.model.latent_dim,
+        latent_mean=stats["mean"],
+        latent_std=[max(s, 1e-3) for s in stats["std"]],
     )
     fcfg = dataclasses.replace(fcfg, train=_tc(steps["flow"], 2e-3, max_frames=4000))
     latents = load_shards(out / "features/latents")
