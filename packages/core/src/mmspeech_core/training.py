@@ -44,6 +44,7 @@ class TrainConfig:
     num_workers: int = 2
     max_frames: int = 20_000  # dynamic batching: padded frames per batch per GPU
     max_batch: int = 64
+    ddp_find_unused: bool = False  # True only for models that skip parameters on some steps (slower)
 
 
 def set_seed(seed: int) -> None:
@@ -157,7 +158,7 @@ class Trainer:
         if self.dist.world_size > 1:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.loss_module = nn.parallel.DistributedDataParallel(
-                self.loss_module, device_ids=ids, find_unused_parameters=True
+                self.loss_module, device_ids=ids, find_unused_parameters=cfg.ddp_find_unused
             )
         trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
         self.optimizer = torch.optim.AdamW(

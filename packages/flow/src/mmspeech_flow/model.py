@@ -183,7 +183,6 @@ class FlowModel(nn.Module, PretrainedMixin):
         infer: FlowInferConfig | None = None,
         seed: int | Sequence[int] | None = None,
         chunked: bool = False,
-        return_nfe: bool = False,
     ) -> Latents:
         """Tokens (B, N) -> latents (B, C, N·ratio), lengths = token lengths × ratio.
 
@@ -255,13 +254,10 @@ class FlowModel(nn.Module, PretrainedMixin):
             vc, vu = v.chunk(2)
             return (1 + w) * vc - w * vu
 
-        x, nfe = solve(velocity, noise * valid[:, None], infer)
+        x, _ = solve(velocity, noise * valid[:, None], infer)
         x = self.denormalize(x) * valid[:, None]
         outs = [x[i, :, prompt_frames[i] : int(lengths[i]) * c.ratio] for i in range(b)]
-        out = Latents.from_list(outs, frame_rate=c.latent_rate)
-        if return_nfe:
-            object.__setattr__(out, "nfe", nfe)  # benchmark hook; Latents is frozen
-        return out
+        return Latents.from_list(outs, frame_rate=c.latent_rate)
 
 
 def _noise(frames: int, channels: int, seed: int | None) -> torch.Tensor:
