@@ -117,6 +117,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import SpeechService, make_server
+
+    service = SpeechService(_tts(args), args.voices, args.max_chars)
+    server = make_server(service, args.host, args.port)
+    print(
+        f"serving {len(service.voices)} voice(s) on http://{args.host}:{server.server_port}/v1/audio/speech"
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
 
@@ -173,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--sv-model", default=None, help="local WavLM x-vector folder for SIM (else a proxy)")
     sp.add_argument("--seed", type=int, default=0, help="seed")
+    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    sp = add_command(sub, "serve", "OpenAI-compatible HTTP server: POST /v1/audio/speech", _serve)
+    sp.add_argument("--bundle", required=True, help="bundle folder")
+    sp.add_argument(
+        "--voices", required=True, help="folder of voice presets (<name>.safetensors, see `voice`)"
+    )
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind")
+    sp.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
+    sp.add_argument("--max-chars", type=int, default=4000, help="longest accepted input text")
     sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     sp = add_command(
         sub,

@@ -1,0 +1,124 @@
+"""A small OpenAI-compatible speech server (``POST /v1/audio/speech``) on the standard library.
+
+    mmspeech serve --bundle bundle/ --voices voices/ --port 8000
+    curl -s localhost:8000/v1/audio/speech -d '{"model": "mmspeech", "input": "Hello!", "voice": "alice"}' > out.wav
+
+Voices are presets made with ``mmspeech voice`` (``<voices>/<name>.safetensors``), loaded once and kept.
+Requests run one at a time on the model (a lock); nothing per request is cached, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from mmspeech_llm.text import TextError
+
+from .tts import TTS, Voice
+
+log = logging.getLogger(__name__)
+FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
+
+
+class RequestError(ValueError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SpeechService:
+    """The HTTP-free part: validate a request body, synthesise, encode."""
+
+    def __init__(self, tts: TTS, voices_dir: str | Path | None = None, max_chars: int = 4000) -> None:
+        self.tts, self.max_chars = tts, max_chars
+        self.voices: dict[str, Voice] = {}
+        if voices_dir is not None:
+            for p in sorted(Path(voices_dir).glob("*.safetensors")):
+                self.voices[p.stem] = Voice.load(p)
+        self.lock = threading.Lock()
+
+    def speech(self, body: dict[str, Any]) -> tuple[bytes, str]:
+        text = body.get("input")
+        if not isinstance(text, str) or not text.strip():
+            raise RequestError(400, "'input' must be a non-empty string")
+        if len(text) > self.max_chars:
+            raise RequestError(400, f"'input' has {len(text)} characters; the limit is {self.max_chars}")
+        name = body.get("voice")
+        if name not in self.voices:
+            raise RequestError(400, f"unknown voice {name!r}; available: {sorted(self.voices)}")
+        fmt = body.get("response_format", "wav")
+        if fmt not in FORMATS:
+            raise RequestError(400, f"response_format {fmt!r} is not supported; use one of {sorted(FORMATS)}")
+        if float(body.get("speed", 1.0)) != 1.0:
+            raise RequestError(400, "only speed 1.0 is supported")
+        seed = body.get("seed", 0)
+        if not isinstance(seed, int):
+            raise RequestError(400, "'seed' must be an integer")
+        try:
+            with self.lock:
+                wav = self.tts.synthesize(text, voice=self.voices[name], seed=seed)
+        except TextError as e:
+            raise RequestError(400, str(e)) from e
+        x = wav.unbatch()[0].clamp(-1, 1).numpy()
+        if fmt == "pcm":  # OpenAI's pcm: raw 16-bit little-endian mono at 24 kHz
+            return (x * 32767).astype("<i2").tobytes(), FORMATS[fmt]
+        buf = io.BytesIO()
+        sf.write(buf, x.astype(np.float32), wav.sample_rate, format=fmt.upper(), subtype="PCM_16")
+        return buf.getvalue(), FORMATS[fmt]
+
+
+def make_server(service: SpeechService, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status: int, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _error(self, status: int, message: str) -> None:
+            err = {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error" if status < 500 else "server_error",
+                }
+            }
+            self._send(status, json.dumps(err).encode(), "application/json")
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path == "/health":
+                self._send(200, b'{"status": "ok"}', "application/json")
+            elif self.path == "/v1/voices":
+                self._send(200, json.dumps({"voices": sorted(service.voices)}).encode(), "application/json")
+            else:
+                self._error(404, f"no route {self.path}")
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/v1/audio/speech":
+                return self._error(404, f"no route {self.path}")
+            try:
+                n = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(n) or b"{}")
+                if not isinstance(body, dict):
+                    raise RequestError(400, "the body must be a JSON object")
+                audio, ctype = service.speech(body)
+            except json.JSONDecodeError as e:
+                return self._error(400, f"invalid JSON: {e}")
+            except RequestError as e:
+                return self._error(e.status, str(e))
+            except Exception as e:  # a bug or a model failure: say so, keep serving
+                log.exception("synthesis failed")
+                return self._error(500, f"{type(e).__name__}: {e}")
+            self._send(200, audio, ctype)
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.info("%s " + fmt, self.address_string(), *args)
+
+    return ThreadingHTTPServer((host, port), Handler)
