@@ -42,6 +42,23 @@ def test_split_sentences():
         split_sentences(" \n ")
 
 
+def test_every_stage_satisfies_its_core_interface(tts):
+    from mmspeech_core.stages import (
+        LatentCodecStage,
+        SpeechTokenizerStage,
+        TextToTokensStage,
+        TokensToLatentsStage,
+    )
+    from mmspeech_tokenizer.config import tiny_fsq_config
+    from mmspeech_tokenizer.model import FSQTokenizer
+
+    assert isinstance(tts.tokenizer, SpeechTokenizerStage)
+    assert isinstance(FSQTokenizer(tiny_fsq_config(["", "a"])), SpeechTokenizerStage)
+    assert isinstance(tts.vae, LatentCodecStage)
+    assert isinstance(tts.llm, TextToTokensStage)
+    assert isinstance(tts.flow, TokensToLatentsStage)
+
+
 def test_zero_shot_deterministic_and_exact_length(tts):
     voice = tts.make_voice(REF)
     a = tts.synthesize("hello there. good morning.", voice=voice, seed=3)

@@ -13,6 +13,7 @@ class SpeechTokenizerStage(Protocol):
 
     sample_rate: int
     frame_rate: float
+    vocab_size: int
 
     def encode(self, wav: Waveform) -> SpeechTokens: ...
 

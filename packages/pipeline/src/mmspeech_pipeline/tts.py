@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from mmspeech_core import CheckpointError, Latents, SpeakerEmbedding, SpeechTokens, Waveform
 from mmspeech_core.checkpoint import load_state_dict, save_state_dict
+from mmspeech_core.stages import SpeechTokenizerStage
 from mmspeech_core.training import default_device
 from mmspeech_flow.config import FlowInferConfig
 from mmspeech_flow.model import FlowModel
@@ -72,7 +73,7 @@ class StreamChunk:
 class TTS:
     def __init__(
         self,
-        tokenizer: Any,
+        tokenizer: SpeechTokenizerStage,
         text_tokenizer: TextTokenizer,
         llm: SpeechLM,
         flow: FlowModel,
