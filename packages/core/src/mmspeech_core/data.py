@@ -102,17 +102,20 @@ class LengthBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.max_frames, self.max_batch = max_frames, max_batch
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.epoch = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _batches(self) -> list[list[int]]:
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
         rng = random.Random(self.seed + self.epoch)
         order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], rng.random()))
         batches: list[list[int]] = []
         cur: list[int] = []
         for i in order:
-            longest = max([self.lengths[j] for j in cur] + [self.lengths[i]])
+            longest = self.lengths[i]  # ascending order: the newcomer is the longest
             if cur and (longest * (len(cur) + 1) > self.max_frames or len(cur) >= self.max_batch):
                 batches.append(cur)
                 cur = []
@@ -125,7 +128,9 @@ class LengthBatchSampler(torch.utils.data.Sampler[list[int]]):
         batches = (batches * (1 + per_rank * self.world_size // max(len(batches), 1)))[
             : per_rank * self.world_size
         ]
-        return batches[self.rank :: self.world_size]
+        mine = batches[self.rank :: self.world_size]
+        self._cache = (self.epoch, mine)
+        return mine
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self._batches())
