@@ -59,15 +59,118 @@ def test_weights_round_trip_and_clear_errors(s3, tmp_path):
     re = S3SpeechTokenizer.from_pretrained(tmp_path / "tok")
     wav = load_audio(WAVS[:1], 16000)
     assert torch.equal(re.encode(wav).tokens, s3.encode(wav).tokens)
-    # a converted .pt must hold the full v2 shape
+    # a converted .pt: the shape is read off the weights
     torch.save(s3.model.state_dict(), tmp_path / "tiny.pt")
+    assert torch.equal(
+        S3SpeechTokenizer.from_pretrained(tmp_path / "tiny.pt").encode(wav).tokens, s3.encode(wav).tokens
+    )
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="S3Tokenizer v2"):
-        S3SpeechTokenizer.from_pretrained(tmp_path / "tiny.pt")
+        S3SpeechTokenizer.from_pretrained(tmp_path / "other.pt")
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(CheckpointError, match="ONNX"):
         S3SpeechTokenizer.from_pretrained(tmp_path / "bad.onnx")
     with pytest.raises(CheckpointError, match="nothing is downloaded"):
         S3SpeechTokenizer.from_pretrained(tmp_path / "speech_tokenizer_v2.onnx")
+
+
+def _write_official_style_onnx(state, path):
+    """An ONNX file laid out like the released speech_tokenizer_v2.onnx (initializer and node names that
+    s3tokenizer's onnx2torch maps), holding small weights: the conversion path runs for real."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits, nodes = [], []
+
+    def init(name, t):
+        inits.append(numpy_helper.from_array(t.detach().numpy().copy(), name))
+        return name
+
+    special = {
+        "encoder.conv1.weight": "onnx::Conv_2216",
+        "encoder.conv1.bias": "onnx::Conv_2217",
+        "encoder.conv2.weight": "onnx::Conv_2218",
+        "encoder.conv2.bias": "onnx::Conv_2219",
+    }
+    nodes.append(
+        helper.make_node(
+            "Conv",
+            [
+                "x",
+                init(special["encoder.conv1.weight"], state["encoder.conv1.weight"]),
+                init(special["encoder.conv1.bias"], state["encoder.conv1.bias"]),
+            ],
+            ["c1"],
+            name="/conv1/Conv",
+        )
+    )
+    nodes.append(
+        helper.make_node(
+            "Conv",
+            [
+                "c1",
+                init(special["encoder.conv2.weight"], state["encoder.conv2.weight"]),
+                init(special["encoder.conv2.bias"], state["encoder.conv2.bias"]),
+            ],
+            ["c2"],
+            name="/conv2/Conv",
+        )
+    )
+    w = state["quantizer._codebook.project_down.weight"]
+    nodes.append(
+        helper.make_node("MatMul", ["h", init("onnx::MatMul_2536", w.T)], ["q"], name="/quantizer/MatMul")
+    )
+    nodes.append(
+        helper.make_node(
+            "Add",
+            [init("quantizer.project_in.bias", state["quantizer._codebook.project_down.bias"]), "q"],
+            ["q2"],
+            name="/quantizer/Add",
+        )
+    )
+    for k, v in state.items():
+        if not k.startswith("encoder.blocks."):
+            continue
+        mod, leaf = k[len("encoder.") :].rsplit(".", 1)  # e.g. blocks.0.attn.query, weight
+        path_ = "/" + mod.replace(".mlp.", ".mlp.mlp.").replace(".", "/").replace(
+            "blocks/", "blocks."
+        ).replace("mlp/mlp/", "mlp/mlp.")
+        if mod.endswith("_ln"):
+            if leaf == "weight":
+                nodes.append(
+                    helper.make_node(
+                        "LayerNormalization",
+                        ["h", init(k, v), init(k[:-6] + "bias", state[k[:-6] + "bias"])],
+                        ["o"],
+                        name=path_ + "/LayerNormalization",
+                    )
+                )
+        elif mod.endswith("fsmn_block"):
+            nodes.append(helper.make_node("Conv", ["h", init(k, v)], ["o"], name=path_ + "/Conv"))
+        elif leaf == "weight":
+            nodes.append(helper.make_node("MatMul", ["h", init(k, v.T)], ["o"], name=path_ + "/MatMul"))
+        else:
+            nodes.append(helper.make_node("Add", [init(k, v), "o"], ["o2"], name=path_ + "/Add"))
+    graph = helper.make_graph(nodes, "s3", [], [], initializer=inits)
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def test_onnx_conversion_of_official_layout(s3, tmp_path):
+    _write_official_style_onnx(s3.model.state_dict(), tmp_path / "speech_tokenizer_v2.onnx")
+    conv = S3SpeechTokenizer.from_pretrained(tmp_path / "speech_tokenizer_v2.onnx")
+    assert conv.config == TINY
+    for k, v in s3.model.state_dict().items():
+        assert torch.equal(conv.model.state_dict()[k], v), k
+    assert (
+        main(
+            ["convert", "--onnx", str(tmp_path / "speech_tokenizer_v2.onnx"), "--out", str(tmp_path / "conv")]
+        )
+        == 0
+    )
+    wav = load_audio(WAVS, 16000)
+    assert torch.equal(
+        S3SpeechTokenizer.from_pretrained(tmp_path / "conv").encode(wav).tokens, s3.encode(wav).tokens
+    )
 
 
 def test_extract_cli_sharded_resumable_and_logs_bad_audio(s3, tmp_path):

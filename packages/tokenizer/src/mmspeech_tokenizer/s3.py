@@ -37,6 +37,23 @@ def _build(cfg: S3Config) -> torch.nn.Module:
     return S3TokenizerV2("speech_tokenizer_v2_25hz", config=mc)
 
 
+def _config_from_state(state: dict[str, torch.Tensor], path: Path) -> S3Config:
+    """The shape of a bare state dict (.onnx / .pt carry no config): widths from conv1, depth from block ids."""
+    w = state.get("encoder.conv1.weight")
+    if w is None:
+        raise CheckpointError(f"{path} does not hold S3Tokenizer v2 weights (no encoder.conv1.weight)")
+    layers = {int(k.split(".")[2]) for k in state if k.startswith("encoder.blocks.")}
+    try:
+        return S3Config(
+            n_mels=int(w.shape[1]),
+            n_audio_state=int(w.shape[0]),
+            n_audio_head=int(w.shape[0]) // 64,
+            n_audio_layer=len(layers),
+        )
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+
+
 class S3SpeechTokenizer:
     """``encode(Waveform) -> SpeechTokens``, batched, any input rate, any length (> 30 s windows handled)."""
 
@@ -71,13 +88,13 @@ class S3SpeechTokenizer:
                 state = onnx2torch(str(p), None, False)
             except Exception as e:
                 raise CheckpointError(f"cannot convert ONNX tokenizer {p}: {e}") from e
-            cfg = S3Config()
+            cfg = _config_from_state(state, p)
         elif p.is_file():
             try:
                 state = torch.load(p, map_location="cpu", weights_only=True)
             except Exception as e:
                 raise CheckpointError(f"cannot read tokenizer weights {p}: {e}") from e
-            cfg = S3Config()
+            cfg = _config_from_state(state, p)
         else:
             raise CheckpointError(
                 f"tokenizer weights not found: {p} (give a local .onnx, .pt or folder; nothing is downloaded)"
