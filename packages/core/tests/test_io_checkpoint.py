@@ -6,7 +6,16 @@ import torch
 from mmspeech_core import AudioError, CheckpointError, ConfigError, PretrainedMixin, Waveform
 from mmspeech_core.audio import load_audio, read_audio, save_audio
 from mmspeech_core.config import config_from_dict, config_to_dict, load_config, save_config
-from mmspeech_core.data import LengthBatchSampler, ManifestError, load_shards, read_manifest, run_extraction
+from mmspeech_core.data import (
+    LengthBatchSampler,
+    ManifestError,
+    Utterance,
+    holdout,
+    load_shards,
+    read_manifest,
+    run_extraction,
+    split_utterances,
+)
 
 
 @dataclass
@@ -168,3 +177,36 @@ def test_length_batch_sampler_respects_budget_and_ranks():
     r1 = list(LengthBatchSampler(lengths, 120, rank=1, world_size=2))
     assert len(r0) == len(r1)
     assert set(i for b in r0 + r1 for i in b) == set(range(len(lengths)))
+
+
+def test_holdout_is_deterministic_and_stable_under_growth():
+    ids = [f"utt{i}" for i in range(2000)]
+    train, val = holdout(ids, 0.1)
+    assert sorted(train + val) == sorted(ids) and not set(train) & set(val)
+    assert 120 < len(val) < 280
+    assert holdout(ids, 0.1) == (train, val)
+    # adding utterances never moves an existing one across the split
+    _, val2 = holdout(ids + [f"new{i}" for i in range(500)], 0.1)
+    assert set(val) <= set(val2)
+    assert holdout(ids, 0.0)[1] == []
+    with pytest.raises(ValueError):
+        holdout(ids, 1.0)
+    tr, va = split_utterances([Utterance(i, "x.wav") for i in ids[:50]], 0.0)
+    assert len(tr) == 50 and va is None
+
+
+def test_trainer_validation_is_reproducible(tmp_path):
+    from mmspeech_core.training import TrainConfig, Trainer
+
+    class Noisy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def training_loss(self, batch):
+            return {"loss": (self.w * batch + torch.rand(())).mean()}  # random, as flow losses are
+
+    t = Trainer(Noisy(), TrainConfig(amp="none"), tmp_path)
+    val = [torch.ones(3), torch.zeros(3)]
+    a, b = t.evaluate(val), t.evaluate(val)
+    assert a == b  # losses that draw random numbers still compare across evaluations

@@ -235,7 +235,8 @@ def test_training_overfits_a_tiny_set_and_resumes(tmp_path, loss):
     latents = {k: table[v].T.repeat_interleave(2, dim=1) for k, v in tokens.items()}
     ds = FlowDataset(tokens, latents, ratio=2, speakers={"u0": "a", "u1": "a"})
     cfg = _overfit_cfg(150, **loss)
-    model, hist = train(cfg, ds, tmp_path / "run", device="cpu")
+    model, hist = train(cfg, ds, tmp_path / "run", device="cpu", val_dataset=ds)
+    assert "val/fm" in hist[-1] and hist[-1]["val/fm"] < 0.5 * hist[0]["fm"]  # validated at the last step
     first, last = sum(h["fm"] for h in hist[:10]) / 10, sum(h["fm"] for h in hist[-10:]) / 10
     assert last < 0.5 * first
     model.eval()

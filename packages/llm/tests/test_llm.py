@@ -221,8 +221,9 @@ def test_overfit_tiny_batch_and_checkpoint(tmp_path):
         ),
     )
     ds = LLMDataset(utts, tokens, tok, cfg)
-    model, hist = train(cfg, ds, tmp_path / "run", device="cpu")
+    model, hist = train(cfg, ds, tmp_path / "run", device="cpu", val_dataset=ds)
     assert hist[-1]["loss"] < 0.2 * hist[0]["loss"]
+    assert hist[-1]["val/loss"] < 0.2 * hist[0]["loss"] and "val/acc" in hist[-1]
     model.eval()
     batch = collate([ds[k] for k in range(len(ds))], 24000)
     spk = model.embed_speaker(batch["reference"])

@@ -234,7 +234,8 @@ def test_fsq_tokenizer_ctc_loss_falls_and_encodes(tmp_path):
             amp="none",
         ),
     )
-    model, hist = train(cfg, utts, tmp_path / "run", device="cpu")
+    model, hist = train(cfg, utts, tmp_path / "run", device="cpu", val_utts=utts[:1])
+    assert "val/loss" in hist[-1]
     assert sum(h["loss"] for h in hist[-5:]) / 5 < 0.5 * sum(h["loss"] for h in hist[:5]) / 5
     wav = load_audio(WAVS, 16000)
     toks = model.eval().encode(wav)

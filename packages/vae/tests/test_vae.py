@@ -107,7 +107,8 @@ def test_overfit_one_clip_then_resume_with_gan(tmp_path):
     save_audio(tmp_path / "clip.wav", clip, 24000)
     utts = [Utterance("a", str(tmp_path / "clip.wav"))]
     cfg = _cfg(60, disc_start_step=10**6, segment_s=0.4)  # reconstruction only: fast and deterministic
-    model, hist = train(cfg, utts, tmp_path / "run", device="cpu")
+    model, hist = train(cfg, utts, tmp_path / "run", device="cpu", val_utts=utts)
+    assert hist[-1]["val/mel"] < hist[0]["mel"] and "val/kl" in hist[-1]
     first, last = hist[0]["mel"], sum(h["mel"] for h in hist[-5:]) / 5
     assert last < 0.6 * first
     assert "disc" not in hist[0]

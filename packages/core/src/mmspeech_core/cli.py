@@ -78,6 +78,12 @@ def add_train_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint"
     )
+    sp.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.02,
+        help="utterances held out for validation, chosen by id hash (0 disables); run every train.eval_every steps",
+    )
 
 
 def run_extract_command(args: argparse.Namespace, load: Callable[[str], object], desc: str) -> int:

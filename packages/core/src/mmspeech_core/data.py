@@ -340,3 +340,24 @@ def extract_features(
         world_size,
         desc,
     )
+
+
+def holdout(ids: Sequence[str], fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Deterministic train / validation split by a hash of each id: the same id always lands on the same
+    side, whatever else the corpus holds (adding data never leaks validation items into training)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must lie in [0, 1), got {fraction}")
+    import zlib
+
+    cut = int(fraction * 2**32)
+    val = {i for i in ids if zlib.crc32(f"{seed}:{i}".encode()) < cut}
+    return [i for i in ids if i not in val], [i for i in ids if i in val]
+
+
+def split_utterances(
+    utts: Sequence[Utterance], fraction: float, seed: int = 0
+) -> tuple[list[Utterance], list[Utterance] | None]:
+    """(train, validation or None) by :func:`holdout` on the ids."""
+    _, val_ids = holdout([u.id for u in utts], fraction, seed)
+    val = set(val_ids)
+    return [u for u in utts if u.id not in val], ([u for u in utts if u.id in val] or None)

@@ -39,6 +39,7 @@ class TrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "bf16"  # ignored on CPU (runs fp32)
     log_every: int = 50
     save_every: int = 2000
+    eval_every: int = 2000  # validation (when a validation set is given); also at the last step
     keep_checkpoints: int = 3
     seed: int = 1234
     num_workers: int = 2
@@ -254,10 +255,39 @@ class Trainer:
         out["lr"] = float(self.scheduler.get_last_lr()[0])
         return out
 
+    # ---- validation ---------------------------------------------------------------------------------
+    def val_step(self, batch: Any) -> dict[str, float]:
+        """Metrics of one validation batch (subclasses may report other things than the training loss)."""
+        with autocast(self.dist.device, self.cfg.amp):
+            return {k: float(v) for k, v in self.model.training_loss(batch).items()}  # type: ignore[operator]
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
+        """Mean metrics over ``loader`` on rank 0, eval mode, fixed RNG (losses that sample t / noise /
+        prompts are then comparable from one evaluation to the next)."""
+        self.model.eval()
+        totals: dict[str, float] = {}
+        n = 0
+        with torch.random.fork_rng(devices=[self.dist.device] if self.dist.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed)
+            for batch in loader:
+                for k, v in self.val_step(move_to(batch, self.dist.device)).items():
+                    totals[k] = totals.get(k, 0.0) + v
+                n += 1
+        self.model.train()
+        if n == 0:
+            raise ValueError("the validation loader yielded no batch")
+        return {k: v / n for k, v in totals.items()}
+
     def fit(
-        self, loader: Iterable[Any], set_epoch: Callable[[int], None] | None = None, resume: bool = True
+        self,
+        loader: Iterable[Any],
+        set_epoch: Callable[[int], None] | None = None,
+        resume: bool = True,
+        val_loader: Iterable[Any] | None = None,
     ) -> list[dict[str, float]]:
-        """Train until ``cfg.max_steps``; returns the per-step metrics of this call."""
+        """Train until ``cfg.max_steps``; returns the per-step metrics of this call (steps that ran a
+        validation also hold ``val/<metric>`` entries)."""
         if resume and (ck := self.latest_checkpoint()) is not None:
             self.resume(ck)
         history: list[dict[str, float]] = []
@@ -274,7 +304,18 @@ class Trainer:
                         self.writer.add_scalar(f"train/{k}", v, self.step)
                     if self.on_log is not None:
                         self.on_log(self.writer, self.step)
-            if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps:
+            last = self.step == self.cfg.max_steps
+            if val_loader is not None and (self.step % self.cfg.eval_every == 0 or last):
+                if self.dist.is_main:
+                    val = self.evaluate(val_loader)
+                    metrics.update({f"val/{k}": v for k, v in val.items()})
+                    if self.writer is not None:
+                        for k, v in val.items():
+                            self.writer.add_scalar(f"val/{k}", v, self.step)
+                    bar.write(f"step {self.step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
+                if self.dist.world_size > 1:
+                    dist.barrier()
+            if self.step % self.cfg.save_every == 0 or last:
                 self.save()
         bar.close()
         if self.writer is not None:

@@ -28,10 +28,15 @@ def _train(args: argparse.Namespace) -> int:
         model = dataclasses.replace(cfg.model, latent_mean=stats["mean"], latent_std=stats["std"])
         cfg = dataclasses.replace(cfg, model=model)
     utts = read_manifest(args.manifest) if args.manifest else []
-    ds = FlowDataset.from_dirs(
-        args.tokens, args.latents, cfg.model.ratio, utts, fallback=args.single_speaker_fallback
+    ds, val = FlowDataset.from_dirs(
+        args.tokens,
+        args.latents,
+        cfg.model.ratio,
+        utts,
+        args.val_fraction,
+        fallback=args.single_speaker_fallback,
     )
-    train(cfg, ds, args.out, device=args.device, resume=not args.no_resume)
+    train(cfg, ds, args.out, device=args.device, resume=not args.no_resume, val_dataset=val)
     return 0
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from mmspeech_core import Latents, SpeechTokens
-from mmspeech_core.data import ReferencePicker, Utterance, load_shards
+from mmspeech_core.data import ReferencePicker, Utterance, holdout, load_shards
 
 
 def align(tokens: torch.Tensor, latents: torch.Tensor, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,11 +45,23 @@ class FlowDataset(torch.utils.data.Dataset):
 
     @classmethod
     def from_dirs(
-        cls, token_dir: str, latent_dir: str, ratio: int, utts: Sequence[Utterance] = (), **kw: Any
-    ) -> FlowDataset:
-        return cls(
-            load_shards(token_dir), load_shards(latent_dir), ratio, {u.id: u.speaker for u in utts}, **kw
-        )
+        cls,
+        token_dir: str,
+        latent_dir: str,
+        ratio: int,
+        utts: Sequence[Utterance] = (),
+        val_fraction: float = 0.0,
+        **kw: Any,
+    ) -> tuple[FlowDataset, FlowDataset | None]:
+        """(train, validation or None) from extracted folders; validation ids are held out by :func:`holdout`."""
+        tokens, latents = load_shards(token_dir), load_shards(latent_dir)
+        speakers = {u.id: u.speaker for u in utts}
+        train_ids, val_ids = holdout(sorted(set(tokens) & set(latents)), val_fraction)
+
+        def part(ids: list[str]) -> FlowDataset:
+            return cls({i: tokens[i] for i in ids}, {i: latents[i] for i in ids}, ratio, speakers, **kw)
+
+        return part(train_ids), (part(val_ids) if val_ids else None)
 
     def __len__(self) -> int:
         return len(self.index)

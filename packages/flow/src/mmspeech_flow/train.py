@@ -16,10 +16,10 @@ from .model import FlowModel
 
 
 def make_loader(
-    ds: FlowDataset, cfg: FlowConfig, rank: int = 0, world: int = 1
+    ds: FlowDataset, cfg: FlowConfig, rank: int = 0, world: int = 1, shuffle: bool = True
 ) -> torch.utils.data.DataLoader:
     t = cfg.train
-    sampler = LengthBatchSampler(ds.lengths(), t.max_frames, t.max_batch, True, t.seed, rank, world)
+    sampler = LengthBatchSampler(ds.lengths(), t.max_frames, t.max_batch, shuffle, t.seed, rank, world)
     return torch.utils.data.DataLoader(
         ds,
         batch_sampler=sampler,
@@ -37,13 +37,16 @@ def train(
     device: str | None = None,
     resume: bool = True,
     init: FlowModel | None = None,
+    val_dataset: FlowDataset | None = None,
 ) -> tuple[FlowModel, list[dict[str, float]]]:
-    """Train (or resume) a flow model; returns it with the per-step metrics of this call."""
+    """Train (or resume) a flow model; returns it with the per-step metrics of this call
+    (steps that validated on ``val_dataset`` carry ``val/...`` entries)."""
     info = init_distributed(device)
     set_seed(cfg.train.seed + info.rank)
     model = init if init is not None else FlowModel(cfg)
     model.config = dataclasses.replace(model.config, train=cfg.train)
     loader = make_loader(dataset, cfg, info.rank, info.world_size)
+    val = make_loader(val_dataset, cfg, shuffle=False) if val_dataset is not None else None
     trainer = Trainer(model, cfg.train, out_dir, info)
-    history = trainer.fit(loader, set_epoch=loader.batch_sampler.set_epoch, resume=resume)  # type: ignore[union-attr]
+    history = trainer.fit(loader, loader.batch_sampler.set_epoch, resume, val)  # type: ignore[union-attr]
     return model, history

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from mmspeech_core import load_audio, load_config
 from mmspeech_core.cli import add_command, add_config_command, add_train_args, make_parser, run
-from mmspeech_core.data import load_shards, read_manifest
+from mmspeech_core.data import load_shards, read_manifest, split_utterances
 from mmspeech_core.training import default_device
 
 from .config import LLMConfig, small_config, tiny_config
@@ -41,10 +41,11 @@ def _train(args: argparse.Namespace) -> int:
         b, vocab = backbone_config_from_hf(args.qwen_pretrained)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=b, text_vocab=vocab))
     tok = TextTokenizer.from_pretrained(args.text_tokenizer)
-    ds = LLMDataset(
-        read_manifest(args.manifest), load_shards(args.tokens), tok, cfg, args.single_speaker_fallback
-    )
-    model, _ = train(cfg, ds, args.out, device=args.device, resume=not args.no_resume)
+    tokens = load_shards(args.tokens)
+    train_utts, val_utts = split_utterances(read_manifest(args.manifest), args.val_fraction)
+    ds = LLMDataset(train_utts, tokens, tok, cfg, args.single_speaker_fallback)
+    val = LLMDataset(val_utts, tokens, tok, cfg, "self") if val_utts else None
+    model, _ = train(cfg, ds, args.out, device=args.device, resume=not args.no_resume, val_dataset=val)
     tok.save(Path(args.out) / "text_tokenizer")
     return 0
 

@@ -22,9 +22,10 @@ def train(
     device: str | None = None,
     resume: bool = True,
     init: SpeechLM | None = None,
+    val_dataset: LLMDataset | None = None,
 ) -> tuple[SpeechLM, list[dict[str, float]]]:
     """Train (or resume) the LM. With ``cfg.model.backbone.pretrained`` set, a fresh model starts from that
-    local Qwen2 folder's weights."""
+    local Qwen2 folder's weights. Steps that validated on ``val_dataset`` carry ``val/...`` metrics."""
     info = init_distributed(device)
     set_seed(cfg.train.seed + info.rank)
     model = init
@@ -43,6 +44,10 @@ def train(
         num_workers=t.num_workers,
         collate_fn=functools.partial(collate, sample_rate=cfg.model.spk_sample_rate),
     )
+    val = None
+    if val_dataset is not None:
+        vs = LengthBatchSampler(val_dataset.lengths(), t.max_frames, t.max_batch, shuffle=False)
+        val = torch.utils.data.DataLoader(val_dataset, batch_sampler=vs, collate_fn=loader.collate_fn)
     trainer = Trainer(model, t, out_dir, info)
-    history = trainer.fit(loader, set_epoch=sampler.set_epoch, resume=resume)
+    history = trainer.fit(loader, sampler.set_epoch, resume, val)
     return model, history

@@ -18,7 +18,7 @@ from mmspeech_core.cli import (
     run,
     run_extract_command,
 )
-from mmspeech_core.data import read_manifest
+from mmspeech_core.data import read_manifest, split_utterances
 
 from .config import FSQModelConfig, FSQTokenizerConfig
 
@@ -54,7 +54,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(FSQTokenizerConfig, args.config)
     if args.max_steps is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))
-    train(cfg, read_manifest(args.manifest), args.out, device=args.device, resume=not args.no_resume)
+    train_utts, val_utts = split_utterances(read_manifest(args.manifest), args.val_fraction)
+    train(cfg, train_utts, args.out, device=args.device, resume=not args.no_resume, val_utts=val_utts)
     return 0
 
 

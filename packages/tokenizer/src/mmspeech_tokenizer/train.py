@@ -20,11 +20,16 @@ def train(
     out_dir: str | Path,
     device: str | None = None,
     resume: bool = True,
+    val_utts: list[Utterance] | None = None,
 ) -> tuple[FSQTokenizer, list[dict[str, float]]]:
-    """With an empty ``cfg.model.vocab`` the character vocabulary is built from the transcripts."""
+    """With an empty ``cfg.model.vocab`` the character vocabulary is built from the transcripts (and the
+    validation transcripts, so no validation character is unknown)."""
     if not cfg.model.vocab:
         cfg = dataclasses.replace(
-            cfg, model=dataclasses.replace(cfg.model, vocab=build_vocab([u.text or "" for u in utts]))
+            cfg,
+            model=dataclasses.replace(
+                cfg.model, vocab=build_vocab([u.text or "" for u in utts + (val_utts or [])])
+            ),
         )
     info = init_distributed(device)
     set_seed(cfg.train.seed + info.rank)
@@ -37,6 +42,11 @@ def train(
         ds, batch_sampler=sampler, num_workers=t.num_workers, collate_fn=collate
     )
     model = FSQTokenizer(cfg)
+    val = None
+    if val_utts:
+        vds = CTCDataset(val_utts, cfg.model.vocab, cfg.model.n_mels)
+        vs = LengthBatchSampler(vds.lengths(), t.max_frames, t.max_batch, shuffle=False)
+        val = torch.utils.data.DataLoader(vds, batch_sampler=vs, collate_fn=collate)
     trainer = Trainer(model, t, out_dir, info)
-    history = trainer.fit(loader, set_epoch=sampler.set_epoch, resume=resume)
+    history = trainer.fit(loader, sampler.set_epoch, resume, val)
     return model, history

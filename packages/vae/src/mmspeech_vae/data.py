@@ -20,12 +20,20 @@ class CropDataset(torch.utils.data.Dataset):
     (so one bad file never stops a long run), and counted in ``self.failures``.
     """
 
-    def __init__(self, utts: Sequence[Utterance], sample_rate: int, segment: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        utts: Sequence[Utterance],
+        sample_rate: int,
+        segment: int,
+        seed: int = 0,
+        random_crop: bool = True,
+    ) -> None:
         if not utts:
             raise ValueError("empty manifest")
         self.utts, self.sr, self.segment = list(utts), sample_rate, segment
         self.rng = random.Random(seed)
         self.failures = 0
+        self.random_crop = random_crop
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -42,6 +50,6 @@ class CropDataset(torch.utils.data.Dataset):
         else:
             raise AudioError("10 unreadable files in a row: check the manifest")
         if len(x) >= self.segment:
-            s = self.rng.randrange(len(x) - self.segment + 1)
+            s = self.rng.randrange(len(x) - self.segment + 1) if self.random_crop else 0
             return x[s : s + self.segment]
         return torch.nn.functional.pad(x, (0, self.segment - len(x)))

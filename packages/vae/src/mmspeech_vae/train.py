@@ -103,6 +103,11 @@ class VAETrainer(Trainer):
         )
         return metrics
 
+    def val_step(self, batch: Any) -> dict[str, float]:
+        """Reconstruction from the posterior mean: mel distance and KL."""
+        out = self.model(batch, sample=False)
+        return {"mel": float(self.losses.mel_loss(out["recon"].float(), batch)), "kl": float(out["kl"])}
+
     def _log_media(self, writer: Any, step: int) -> None:
         if not self.last:
             return
@@ -117,7 +122,12 @@ class VAETrainer(Trainer):
 
 
 def train(
-    cfg: VAEConfig, utts: list[Utterance], out_dir: str | Path, device: str | None = None, resume: bool = True
+    cfg: VAEConfig,
+    utts: list[Utterance],
+    out_dir: str | Path,
+    device: str | None = None,
+    resume: bool = True,
+    val_utts: list[Utterance] | None = None,
 ) -> tuple[DACVAE, list[dict[str, float]]]:
     if cfg.train.amp == "fp16":  # two optimisers and a GAN: no loss scaling here, so no fp16
         raise ValueError("VAE training supports amp 'bf16' or 'none', not 'fp16'")
@@ -141,6 +151,10 @@ def train(
     )
     model = DACVAE(cfg)
     model.config = dataclasses.replace(model.config, train=cfg.train)
+    val = None
+    if val_utts:  # fixed crops from the start of each file: comparable from one evaluation to the next
+        vds = CropDataset(val_utts, cfg.model.sample_rate, segment, random_crop=False)
+        val = torch.utils.data.DataLoader(vds, batch_size=cfg.train.max_batch)
     trainer = VAETrainer(model, cfg, out_dir, info)
-    history = trainer.fit(loader, set_epoch=sampler.set_epoch if sampler else None, resume=resume)
+    history = trainer.fit(loader, sampler.set_epoch if sampler else None, resume, val)
     return model, history
