@@ -76,6 +76,14 @@ def test_batch_equals_single(tts):
     for i, t in enumerate(["hello there.", "good morning to you all!"]):
         one = tts.synthesize_batch([t], [voice], seed=5 + 1000 * i)
         assert torch.allclose(one.unbatch()[0], batch.unbatch()[i], atol=1e-5)
+    # explicit per-text seeds: the same texts in another order give the same audio per text
+    swapped = tts.synthesize_batch(
+        ["good morning to you all!", "hello there."], [voice, voice], seed=[1005, 5]
+    )
+    assert torch.allclose(swapped.unbatch()[1], batch.unbatch()[0], atol=1e-5)
+    assert torch.allclose(swapped.unbatch()[0], batch.unbatch()[1], atol=1e-5)
+    with pytest.raises(ValueError, match="seeds"):
+        tts.synthesize_batch(["a b c"], [voice], seed=[1, 2])
 
 
 def test_one_shot_prompt_is_not_in_output(tts):

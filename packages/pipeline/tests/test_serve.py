@@ -19,10 +19,11 @@ def server(tmp_path_factory, make_parts):
     tts = TTS.from_pretrained(write_bundle(tmp / "b", **make_parts(tmp)), device="cpu")
     (tmp / "voices").mkdir()
     tts.make_voice(sample_wavs()[0]).save(tmp / "voices" / "alice.safetensors")
-    srv = make_server(SpeechService(tts, tmp / "voices"), "127.0.0.1", 0)
+    service = SpeechService(tts, tmp / "voices", batch_window_ms=300)
+    srv = make_server(service, "127.0.0.1", 0)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
-    yield f"http://127.0.0.1:{srv.server_port}", tts
+    yield f"http://127.0.0.1:{srv.server_port}", tts, service
     srv.shutdown()
     srv.server_close()
 
@@ -37,7 +38,7 @@ def _post(url, body):
 
 
 def test_openai_compatible_speech(server):
-    url, tts = server
+    url, tts, _ = server
     status, ctype, body = _post(
         url, {"model": "mmspeech", "input": "hello there.", "voice": "alice", "seed": 1}
     )
@@ -70,3 +71,28 @@ def test_bad_requests_get_400_with_a_message(server, body, msg):
     status, ctype, raw = _post(server[0], body)
     assert status == 400 and ctype == "application/json"
     assert msg in json.loads(raw)["error"]["message"]
+
+
+def test_concurrent_requests_are_batched_and_batch_invariant(server):
+    url, tts, service = server
+    voice = tts.make_voice(sample_wavs()[0])
+    reqs = [("hello there.", 3), ("good morning to you all!", 4), ("how are you today? fine.", 5)]
+    results: dict[int, bytes] = {}
+
+    def call(k):
+        text, seed = reqs[k]
+        status, _, body = _post(url, {"input": text, "voice": "alice", "seed": seed})
+        assert status == 200
+        results[k] = body
+
+    service.batch_sizes.clear()
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(reqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert max(service.batch_sizes) > 1  # they really shared a batch
+    for k, (text, seed) in enumerate(reqs):
+        audio, _ = sf.read(io.BytesIO(results[k]))
+        alone = tts.synthesize(text, voice=voice, seed=seed).unbatch()[0].numpy()
+        assert len(audio) == len(alone) and np.abs(audio - alone).max() < 1e-3

@@ -120,7 +120,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .serve import SpeechService, make_server
 
-    service = SpeechService(_tts(args), args.voices, args.max_chars)
+    service = SpeechService(_tts(args), args.voices, args.max_chars, args.max_batch, args.batch_window_ms)
     server = make_server(service, args.host, args.port)
     print(
         f"serving {len(service.voices)} voice(s) on http://{args.host}:{server.server_port}/v1/audio/speech"
@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1", help="address to bind")
     sp.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
     sp.add_argument("--max-chars", type=int, default=4000, help="longest accepted input text")
+    sp.add_argument(
+        "--max-batch", type=int, default=8, help="most concurrent requests synthesised as one batch"
+    )
+    sp.add_argument(
+        "--batch-window-ms", type=float, default=10.0, help="how long a request waits for batch-mates"
+    )
     sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     sp = add_command(
         sub,

@@ -4,7 +4,9 @@
     curl -s localhost:8000/v1/audio/speech -d '{"model": "mmspeech", "input": "Hello!", "voice": "alice"}' > out.wav
 
 Voices are presets made with ``mmspeech voice`` (``<voices>/<name>.safetensors``), loaded once and kept.
-Requests run one at a time on the model (a lock); nothing per request is cached, so memory stays flat.
+Concurrent requests are batched: one worker gathers what arrives within ``batch_window_ms`` (up to
+``max_batch``) and synthesises it in one batch per stage. Each request's audio depends only on its own
+text, voice and seed, never on its batch-mates. Nothing per request is cached, so memory stays flat.
 """
 
 from __future__ import annotations
@@ -12,15 +14,21 @@ from __future__ import annotations
 import io
 import json
 import logging
+import queue
 import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
+import torch
 from mmspeech_llm.text import TextError
 
+from .text import split_sentences
 from .tts import TTS, Voice
 
 log = logging.getLogger(__name__)
@@ -33,17 +41,66 @@ class RequestError(ValueError):
         self.status = status
 
 
-class SpeechService:
-    """The HTTP-free part: validate a request body, synthesise, encode."""
+@dataclass
+class _Job:
+    text: str
+    voice: Voice
+    seed: int
+    result: Future[torch.Tensor] = field(default_factory=Future)
 
-    def __init__(self, tts: TTS, voices_dir: str | Path | None = None, max_chars: int = 4000) -> None:
+
+class SpeechService:
+    """The HTTP-free part: validate a request body, queue it for the batching worker, encode the audio."""
+
+    def __init__(
+        self,
+        tts: TTS,
+        voices_dir: str | Path | None = None,
+        max_chars: int = 4000,
+        max_batch: int = 8,
+        batch_window_ms: float = 10.0,
+    ) -> None:
         self.tts, self.max_chars = tts, max_chars
+        self.max_batch, self.window = max_batch, batch_window_ms / 1000.0
         self.voices: dict[str, Voice] = {}
         if voices_dir is not None:
             for p in sorted(Path(voices_dir).glob("*.safetensors")):
                 self.voices[p.stem] = Voice.load(p)
-        self.lock = threading.Lock()
+        self.jobs: queue.Queue[_Job] = queue.Queue()
+        self.batch_sizes: list[int] = []  # observability: what the worker actually batched
+        threading.Thread(target=self._worker, daemon=True, name="mmspeech-batcher").start()
 
+    # ---- batching worker ------------------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            batch = [self.jobs.get()]
+            deadline = time.monotonic() + self.window
+            while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                try:
+                    batch.append(self.jobs.get(timeout=left))
+                except queue.Empty:
+                    break
+            for one_shot in (False, True):  # the TTS batches one mode at a time
+                group = [j for j in batch if j.voice.one_shot == one_shot]
+                if group:
+                    self._run(group)
+
+    def _run(self, group: list[_Job]) -> None:
+        self.batch_sizes.append(len(group))
+        try:
+            wav = self.tts.synthesize_batch(
+                [j.text for j in group], [j.voice for j in group], seed=[j.seed for j in group]
+            )
+            for j, x in zip(group, wav.unbatch()):
+                j.result.set_result(x)
+        except Exception as e:
+            if len(group) == 1:
+                group[0].result.set_exception(e)
+            else:  # one failing request must not fail its batch-mates
+                for j in group:
+                    self._run([j])
+
+    # ---- requests -------------------------------------------------------------------------------
     def speech(self, body: dict[str, Any]) -> tuple[bytes, str]:
         text = body.get("input")
         if not isinstance(text, str) or not text.strip():
@@ -62,15 +119,16 @@ class SpeechService:
         if not isinstance(seed, int):
             raise RequestError(400, "'seed' must be an integer")
         try:
-            with self.lock:
-                wav = self.tts.synthesize(text, voice=self.voices[name], seed=seed)
+            split_sentences(text)  # bad text fails here, alone, before it joins a batch
         except TextError as e:
             raise RequestError(400, str(e)) from e
-        x = wav.unbatch()[0].clamp(-1, 1).numpy()
+        job = _Job(text, self.voices[name], seed)
+        self.jobs.put(job)
+        x = job.result.result().clamp(-1, 1).numpy()
         if fmt == "pcm":  # OpenAI's pcm: raw 16-bit little-endian mono at 24 kHz
             return (x * 32767).astype("<i2").tobytes(), FORMATS[fmt]
         buf = io.BytesIO()
-        sf.write(buf, x.astype(np.float32), wav.sample_rate, format=fmt.upper(), subtype="PCM_16")
+        sf.write(buf, x.astype(np.float32), self.tts.sample_rate, format=fmt.upper(), subtype="PCM_16")
         return buf.getvalue(), FORMATS[fmt]
 
 
@@ -84,13 +142,10 @@ def make_server(service: SpeechService, host: str = "127.0.0.1", port: int = 800
             self.wfile.write(body)
 
         def _error(self, status: int, message: str) -> None:
-            err = {
-                "error": {
-                    "message": message,
-                    "type": "invalid_request_error" if status < 500 else "server_error",
-                }
-            }
-            self._send(status, json.dumps(err).encode(), "application/json")
+            kind = "invalid_request_error" if status < 500 else "server_error"
+            self._send(
+                status, json.dumps({"error": {"message": message, "type": kind}}).encode(), "application/json"
+            )
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path == "/health":

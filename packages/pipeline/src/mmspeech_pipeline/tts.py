@@ -190,24 +190,30 @@ class TTS:
         self,
         texts: Sequence[str],
         voices: Sequence[Voice],
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         sampling: SamplingConfig | None = None,
         flow_infer: FlowInferConfig | None = None,
         pause_s: float = 0.15,
         max_sentence_chars: int = 200,
     ) -> Waveform:
-        """Many texts, one voice each, in one batch per stage. Item i's result does not depend on its batch-mates."""
+        """Many texts, one voice each, in one batch per stage. Item i's result does not depend on its batch-mates.
+
+        ``seed``: one per text, or an int (text i then uses ``seed + 1000·i``); sentence k of a text adds k.
+        """
         if len(texts) != len(voices):
             raise ValueError(f"{len(texts)} texts for {len(voices)} voices")
         if len({v.one_shot for v in voices}) > 1:
             raise ValueError("mix of one-shot and zero-shot voices in one batch: synthesise them separately")
         jobs = [(i, s) for i, t in enumerate(texts) for s in split_sentences(t, max_sentence_chars)]
         sent_voices = [voices[i] for i, _ in jobs]
-        # seeds follow (text index, sentence index): independent of what else is in the batch
+        base = [seed + 1000 * i for i in range(len(texts))] if isinstance(seed, int) else list(seed)
+        if len(base) != len(texts):
+            raise ValueError(f"{len(base)} seeds for {len(texts)} texts")
+        # seeds follow (text, sentence index): independent of what else is in the batch
         counts: dict[int, int] = {}
         seeds = []
         for i, _ in jobs:
-            seeds.append(seed + 1000 * i + counts.get(i, 0))
+            seeds.append(base[i] + counts.get(i, 0))
             counts[i] = counts.get(i, 0) + 1
         tokens = self._tokens([s for _, s in jobs], sent_voices, sampling, seeds)
         empty = [k for k, n in enumerate(tokens.lengths.tolist()) if n == 0]
