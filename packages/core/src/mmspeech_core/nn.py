@@ -7,6 +7,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from .types import lengths_to_mask
@@ -50,13 +51,12 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         """x: (B, T, D), attn_mask: (B, T, T) bool -> (B, T, D)."""
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
         q, k = rotary(q), rotary(k)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask[:, None], dropout_p=self.dropout if self.training else 0.0
         )
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
+        return self.out(rearrange(y, "b h t d -> b t (h d)"))
 
 
 class TransformerBlock(nn.Module):
