@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+C = TypeVar("C")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -105,3 +108,15 @@ def run_extract_command(args: argparse.Namespace, load: Callable[[str], object],
     )
     print(f"rank {info.rank}: {stats}")
     return 1 if stats["failed"] and args.strict else 0
+
+
+def load_train_config(cls: type[C], args: argparse.Namespace) -> C:
+    """``--config`` loaded as ``cls``, with ``--max-steps`` applied to its ``train`` section."""
+    import dataclasses
+
+    from .config import load_config
+
+    cfg = load_config(cls, args.config)
+    if args.max_steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))  # type: ignore[type-var, attr-defined]
+    return cfg

@@ -8,8 +8,15 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmspeech_core import Latents, SpeechTokens, load_config
-from mmspeech_core.cli import add_command, add_config_command, add_train_args, make_parser, run
+from mmspeech_core import Latents, SpeechTokens
+from mmspeech_core.cli import (
+    add_command,
+    add_config_command,
+    add_train_args,
+    load_train_config,
+    make_parser,
+    run,
+)
 from mmspeech_core.data import ShardWriter, load_shards, read_manifest
 from mmspeech_core.training import default_device
 
@@ -20,9 +27,7 @@ def _train(args: argparse.Namespace) -> int:
     from .data import FlowDataset
     from .train import train
 
-    cfg = load_config(FlowConfig, args.config)
-    if args.max_steps is not None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))
+    cfg = load_train_config(FlowConfig, args)
     if args.latent_stats:  # written by `mmspeech-vae stats`
         stats = json.loads(Path(args.latent_stats).read_text())
         model = dataclasses.replace(cfg.model, latent_mean=stats["mean"], latent_std=stats["std"])

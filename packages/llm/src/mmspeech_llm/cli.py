@@ -8,8 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from mmspeech_core import load_audio, load_config
-from mmspeech_core.cli import add_command, add_config_command, add_train_args, make_parser, run
+from mmspeech_core import load_audio
+from mmspeech_core.cli import (
+    add_command,
+    add_config_command,
+    add_train_args,
+    load_train_config,
+    make_parser,
+    run,
+)
 from mmspeech_core.data import load_shards, read_manifest, split_utterances
 from mmspeech_core.training import default_device
 
@@ -34,9 +41,7 @@ def _train(args: argparse.Namespace) -> int:
     from .text import TextTokenizer
     from .train import train
 
-    cfg = load_config(LLMConfig, args.config)
-    if args.max_steps is not None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))
+    cfg = load_train_config(LLMConfig, args)
     if args.qwen_pretrained:  # shape and vocab come from the pretrained folder's own config
         b, vocab = backbone_config_from_hf(args.qwen_pretrained)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=b, text_vocab=vocab))

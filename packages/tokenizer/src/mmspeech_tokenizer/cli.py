@@ -4,23 +4,22 @@ official ONNX file, train the CTC-supervised FSQ tokenizer."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmspeech_core import load_config
 from mmspeech_core.cli import (
     add_command,
     add_config_command,
     add_extraction_args,
     add_train_args,
+    load_train_config,
     make_parser,
     run,
     run_extract_command,
 )
 from mmspeech_core.data import read_manifest, split_utterances
 
-from .config import FSQModelConfig, FSQTokenizerConfig
+from .config import FSQTokenizerConfig, tiny_fsq_config
 
 
 def load_tokenizer(path: str, device: str = "cpu"):  # type: ignore[no-untyped-def]
@@ -51,9 +50,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .train import train
 
-    cfg = load_config(FSQTokenizerConfig, args.config)
-    if args.max_steps is not None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))
+    cfg = load_train_config(FSQTokenizerConfig, args)
     train_utts, val_utts = split_utterances(read_manifest(args.manifest), args.val_fraction)
     train(cfg, train_utts, args.out, device=args.device, resume=not args.no_resume, val_utts=val_utts)
     return 0
@@ -83,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         {
             "base": FSQTokenizerConfig,
-            "tiny": lambda: FSQTokenizerConfig(
-                model=FSQModelConfig(dim=64, heads=2, encoder_layers=1, decoder_layers=1)
-            ),
+            "tiny": lambda: tiny_fsq_config([]),
         },
     )
     sp = add_command(sub, "train", "train the CTC-supervised FSQ tokenizer on a transcribed manifest", _train)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Sequence
 
-from mmspeech_core import load_audio, load_config, save_audio
+from mmspeech_core import load_audio, save_audio
 from mmspeech_core.cli import (
     add_command,
     add_config_command,
     add_extraction_args,
     add_train_args,
+    load_train_config,
     make_parser,
     run,
     run_extract_command,
@@ -25,9 +25,7 @@ from .config import VAEConfig, tiny_config
 def _train(args: argparse.Namespace) -> int:
     from .train import train
 
-    cfg = load_config(VAEConfig, args.config)
-    if args.max_steps is not None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))
+    cfg = load_train_config(VAEConfig, args)
     train_utts, val_utts = split_utterances(read_manifest(args.manifest), args.val_fraction)
     train(cfg, train_utts, args.out, device=args.device, resume=not args.no_resume, val_utts=val_utts)
     return 0
