@@ -10,7 +10,7 @@ import math
 import os
 import random
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +52,18 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def item_seeds(seed: int | Sequence[int] | None, batch: int) -> list[int | None]:
+    """Per-item seeds for a batch: ``None`` (unseeded), an int (item i gets ``seed + i``) or one per item.
+
+    Items drawing from their own seeded generators make batched output equal unbatched output."""
+    if seed is None:
+        return [None] * batch
+    seeds: list[int | None] = [seed + i for i in range(batch)] if isinstance(seed, int) else list(seed)
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+    return seeds
 
 
 @dataclass

@@ -22,13 +22,10 @@ def time_grid(steps: int, schedule: str, device: torch.device | None = None) -> 
 
 def solve(
     velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor, cfg: FlowInferConfig
-) -> tuple[torch.Tensor, int]:
-    """Integrate dx/dt = velocity(x, t) from t=0 (noise x0) to t=1. Returns (x1, number of velocity calls)."""
-    nfe = 0
+) -> torch.Tensor:
+    """Integrate dx/dt = velocity(x, t) from t=0 (noise x0) to t=1 -> x1."""
 
     def f(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        nonlocal nfe
-        nfe += 1
         return velocity(x, t.reshape(1).to(x.dtype))
 
     if cfg.solver == "dopri5":
@@ -39,4 +36,4 @@ def solve(
         xs = odeint(f, x0, grid, method=cfg.solver)
     else:
         raise ValueError(f"unknown solver {cfg.solver!r}; choose euler, midpoint, rk4 or dopri5")
-    return xs[-1], nfe
+    return xs[-1]

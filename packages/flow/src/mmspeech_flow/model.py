@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from mmspeech_core import Latents, PretrainedMixin, SpeakerEmbedding, SpeechTokens, lengths_to_mask
 from mmspeech_core.nn import SpeakerEncoder, TransformerBlock, chunk_attention_mask, sinusoidal
+from mmspeech_core.training import item_seeds
 from torch import nn
 
 from . import __version__
@@ -228,13 +229,7 @@ class FlowModel(nn.Module, PretrainedMixin):
         cond = torch.zeros_like(mu)
         for i, cd in enumerate(conds):
             cond[i, :, : cd.shape[-1]] = cd
-        seeds = (
-            [None] * b
-            if seed is None
-            else ([seed + i for i in range(b)] if isinstance(seed, int) else list(seed))
-        )
-        if len(seeds) != b:
-            raise ValueError(f"{len(seeds)} seeds for a batch of {b}")
+        seeds = item_seeds(seed, b)
         noise = torch.stack([_noise(t, c.latent_dim, s) for s in seeds]).to(dev, mu.dtype)  # (B, C, T)
         spk = speaker.vectors.to(dev, mu.dtype)
 
@@ -254,7 +249,7 @@ class FlowModel(nn.Module, PretrainedMixin):
             vc, vu = v.chunk(2)
             return (1 + w) * vc - w * vu
 
-        x, _ = solve(velocity, noise * valid[:, None], infer)
+        x = solve(velocity, noise * valid[:, None], infer)
         x = self.denormalize(x) * valid[:, None]
         outs = [x[i, :, prompt_frames[i] : int(lengths[i]) * c.ratio] for i in range(b)]
         return Latents.from_list(outs, frame_rate=c.latent_rate)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from mmspeech_core import PretrainedMixin, SpeakerEmbedding, SpeechTokens, Waveform
 from mmspeech_core.nn import LogMel, SpeakerEncoder
+from mmspeech_core.training import item_seeds
 from torch import nn
 
 from . import __version__
@@ -200,13 +201,7 @@ class SpeechLM(nn.Module, PretrainedMixin):
         min_len = (text_len.float() * cfg.min_len_ratio).long()
         max_len = (text_len.float() * cfg.max_len_ratio).long().clamp_min(1)
         steps = int(max_len.max())
-        seeds = (
-            [None] * b
-            if seed is None
-            else ([seed + i for i in range(b)] if isinstance(seed, int) else list(seed))
-        )
-        if len(seeds) != b:
-            raise ValueError(f"{len(seeds)} seeds for a batch of {b}")
+        seeds = item_seeds(seed, b)
         # each row's random numbers come from its own generator: batched == unbatched for equal seeds
         u = torch.stack(
             [

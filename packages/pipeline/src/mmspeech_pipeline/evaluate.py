@@ -81,12 +81,10 @@ def evaluate(
         if not u.text:
             raise ValueError(f"{u.id}: evaluation lines need 'text'")
         t = time.perf_counter()
-        wav = tts.synthesize(
-            u.text, reference=u.audio, reference_text=u.extra.get("reference_text"), seed=seed
-        )
+        ref = load_reference(u.audio, tts.sample_rate, tts.policy)  # read once: for the voice and for SIM
+        wav = tts.synthesize(u.text, reference=ref, reference_text=u.extra.get("reference_text"), seed=seed)
         dt = time.perf_counter() - t
         save_audio(out / f"{u.id}.wav", wav)
-        ref = load_reference(u.audio, tts.sample_rate, tts.policy)
         row: dict[str, Any] = {
             "id": u.id,
             "seconds": float(wav.durations()[0]),
