@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -31,38 +32,64 @@ class CheckpointError(RuntimeError):
     """Missing, corrupted, mismatched or incompatible checkpoint."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temp file in the same folder + rename, so a crash never leaves a half-written file.
+
+    mkstemp creates 0600 files; the final file gets the mode a plain ``open`` would (0666 less the umask),
+    so a bundle written by one user stays readable by a service account."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    _atomic_write(path, write)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through a temp file + rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save, atomic (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def is_temp_file(path: Path) -> bool:
+    """A temp file of :func:`_atomic_write` (left behind only by a killed process)."""
+    return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
+
+
+def remove_stale_temp_files(directory: Path) -> int:
+    """Delete temp files a killed writer left under ``directory``; call only where no other writer runs."""
+    stale = [p for p in directory.rglob(f".*{TMP_SUFFIX}") if p.is_file() and is_temp_file(p)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def save_state_dict(
     state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
 ) -> None:
     """safetensors save, atomic; tied / shared tensors are cloned so safetensors accepts them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     seen: dict[int, str] = {}
     clean: dict[str, torch.Tensor] = {}
     for k, v in state.items():
@@ -71,14 +98,7 @@ def save_state_dict(
         clean[k] = v.clone().contiguous().cpu() if ptr in seen else v.contiguous().cpu()
         if ptr != -1:
             seen[ptr] = k
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(clean, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
 
 
 def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 C = TypeVar("C")
 
@@ -87,6 +87,27 @@ def add_train_args(sp: argparse.ArgumentParser) -> None:
         default=0.02,
         help="utterances held out for validation, chosen by id hash (0 disables); run every train.eval_every steps",
     )
+
+
+def add_reference_args(sp: argparse.ArgumentParser) -> None:
+    """How training picks speaker references (see :class:`mmspeech_core.data.ReferencePicker`)."""
+    sp.add_argument(
+        "--single-speaker-fallback",
+        choices=["drop", "self"],
+        default="drop",
+        help="utterances whose speaker has no other utterance: drop them, or use themselves as reference (leaky)",
+    )
+    sp.add_argument(
+        "--max-self-reference",
+        type=float,
+        default=0.05,
+        help="largest fraction of self-referenced utterances `self` accepts (1.0 accepts any, even no speaker labels)",
+    )
+
+
+def reference_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for the stage datasets from :func:`add_reference_args`'s options."""
+    return {"fallback": args.single_speaker_fallback, "max_self_fraction": args.max_self_reference}
 
 
 def run_extract_command(args: argparse.Namespace, load: Callable[[str], object], desc: str) -> int:

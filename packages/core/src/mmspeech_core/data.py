@@ -102,10 +102,15 @@ class LengthBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.max_frames, self.max_batch = max_frames, max_batch
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.epoch = 0
+        self._start = 0
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_start(self, batch: int) -> None:
+        """The next iteration starts at batch ``batch`` of this epoch (a resumed run); later ones at 0."""
+        self._start = batch
 
     def _batches(self) -> list[list[int]]:
         if self._cache is not None and self._cache[0] == self.epoch:
@@ -133,7 +138,8 @@ class LengthBatchSampler(torch.utils.data.Sampler[list[int]]):
         return mine
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        start, self._start = self._start, 0
+        return iter(self._batches()[start:])
 
     def __len__(self) -> int:
         return len(self._batches())
@@ -262,16 +268,34 @@ def run_extraction(
     return stats
 
 
+class SpeakerReferenceError(ValueError):
+    """The corpus cannot give every training item a speaker reference from another utterance."""
+
+
 class ReferencePicker:
     """Speaker references for training: for utterance i, another utterance of the same speaker.
 
     MiniMax-Speech trains the speaker encoder on a *different* utterance than the target; using the target
-    itself leaks its content ("semantic leakage"). Speakers with a single utterance take ``fallback``:
-    ``"self"`` uses the target itself (counted in ``self.num_self``, logged once), ``"drop"`` removes them
-    (see :attr:`usable`). Utterances without a speaker label count as single-utterance speakers.
+    itself leaks its content ("semantic leakage"). Utterances whose speaker has no other utterance (or no
+    speaker label) take ``fallback``: ``"drop"`` (the default since 0.2; was ``"self"``) removes them (see
+    :attr:`usable`); ``"self"`` uses the target itself, and is refused when more than ``max_self_fraction``
+    of the corpus would be self-referenced unless that fraction is raised explicitly. A corpus with no
+    speaker labels at all is refused either way unless ``max_self_fraction`` is 1.
     """
 
-    def __init__(self, speakers: Sequence[str | None], fallback: str = "self", seed: int = 0) -> None:
+    FIX = (
+        "give every manifest line a 'speaker' field (`mmspeech prepare` takes it from the parent folder: "
+        "DIR/<speaker>/<file>.wav), use --single-speaker-fallback drop to train without them, or accept the "
+        "leakage explicitly with --max-self-reference 1.0"
+    )
+
+    def __init__(
+        self,
+        speakers: Sequence[str | None],
+        fallback: str = "drop",
+        seed: int = 0,
+        max_self_fraction: float = 0.05,
+    ) -> None:
         if fallback not in ("self", "drop"):
             raise ValueError(f"fallback must be 'self' or 'drop', got {fallback!r}")
         self.by_spk: dict[str, list[int]] = {}
@@ -282,20 +306,40 @@ class ReferencePicker:
         self.fallback = fallback
         self.rng = random.Random(seed)
         self.single = [i for i, s in enumerate(speakers) if s is None or len(self.by_spk[s]) < 2]
-        if self.single:
-            log.warning(
-                "%d utterance(s) have no other utterance of their speaker: %s",
-                len(self.single),
-                "they are their own reference (leakage risk)"
-                if fallback == "self"
-                else "dropped from training",
+        self._check(max_self_fraction)
+
+    def _check(self, max_self_fraction: float) -> None:
+        n, n_single = len(self.speakers), len(self.single)
+        if not self.by_spk and max_self_fraction < 1.0:
+            raise SpeakerReferenceError(f"none of the {n} utterances has a speaker label: {self.FIX}")
+        if self.fallback == "drop":
+            if n_single == n:
+                raise SpeakerReferenceError(
+                    f"no speaker has two utterances, so nothing is left to train on: {self.FIX}"
+                )
+            if n_single:
+                log.warning(
+                    "%d of %d utterance(s) have no other utterance of their speaker: dropped", n_single, n
+                )
+            return
+        if n_single > max_self_fraction * n:
+            raise SpeakerReferenceError(
+                f"{n_single} of {n} utterances ({n_single / n:.0%}) would be their own speaker reference, more "
+                f"than the {max_self_fraction:.0%} allowed: {self.FIX}"
             )
+        if n_single:
+            log.warning("%d of %d utterance(s) are their own reference (leakage risk)", n_single, n)
 
     @property
     def usable(self) -> list[int]:
         """Indices that can be trained on under this fallback."""
         bad = set(self.single) if self.fallback == "drop" else set()
         return [i for i in range(len(self.speakers)) if i not in bad]
+
+    @property
+    def num_self(self) -> int:
+        """Items that are their own reference."""
+        return len(self.single) if self.fallback == "self" else 0
 
     def __call__(self, i: int) -> int:
         s = self.speakers[i]

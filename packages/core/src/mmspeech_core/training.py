@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_text
+from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -133,25 +133,86 @@ class _LossModule(nn.Module):
         return self.model.training_loss(batch)  # type: ignore[operator]
 
 
-def infinite(loader: Iterable[Any], set_epoch: Callable[[int], None] | None = None) -> Iterator[Any]:
-    epoch = 0
+@dataclass
+class DataPosition:
+    """Where the data stream stands: the epoch, and how many of its batches were consumed."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+def _skip_in_sampler(loader: Iterable[Any], skip: int) -> bool:
+    """Ask the loader's batch sampler to start ``skip`` batches in (no data is read for them)."""
+    set_start = getattr(getattr(loader, "batch_sampler", None), "set_start", None)
+    if skip and set_start is not None:
+        set_start(skip)
+        return True
+    return False
+
+
+def infinite(
+    loader: Iterable[Any],
+    set_epoch: Callable[[int], None] | None = None,
+    start: DataPosition | None = None,
+    seed: int = 0,
+) -> Iterator[tuple[DataPosition, Any]]:
+    """Batches forever, each with the position *after* it, starting at ``start`` (a resumed run continues
+    with the batch an uninterrupted run would have read next). Samplers with ``set_start`` skip without
+    reading; any other loader is read and its first batches discarded.
+
+    A torch DataLoader draws its workers' base seed from the global RNG each time it is iterated, so a
+    resumed run (which starts iterating mid-epoch) would shift every later random number; here the draw
+    comes from a generator keyed by ``(seed, epoch)`` instead, and the global stream is left alone."""
+    epoch, skip = (start.epoch, start.batch) if start else (0, 0)
     while True:
         if set_epoch is not None:
             set_epoch(epoch)
-        n = 0
+        if isinstance(loader, torch.utils.data.DataLoader):
+            loader.generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        n = skip if _skip_in_sampler(loader, skip) else 0
         for b in loader:
             n += 1
-            yield b
+            if n <= skip:
+                continue
+            yield DataPosition(epoch, n), b
         if n == 0:
             raise ValueError("the training data loader yielded no batch (empty dataset?)")
-        epoch += 1
+        epoch, skip = epoch + 1, 0
+
+
+def _checkpoint_step(d: Path) -> int:
+    return int(d.name.rsplit("-", 1)[1])
+
+
+def _is_complete(d: Path) -> bool:
+    """A checkpoint is complete once rank 0 wrote ``train_state.pt``, its last file."""
+    return (d / "train_state.pt").is_file() and (d / "model.safetensors").is_file()
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
 
 
 class Trainer:
     """Single- or multi-GPU loop with resumable state under ``out_dir``:
 
-    ``out_dir/checkpoint-<step>/`` (pretrained dir + ``train_state.pt``), ``out_dir/latest`` (name of the
-    newest), ``out_dir/tb/`` (tensorboard). ``fit`` resumes from ``latest`` when it exists.
+    ``out_dir/checkpoint-<step>/`` (pretrained dir + ``train_state.pt`` + ``rng-r<rank>.pt`` per rank),
+    ``out_dir/latest`` (name of the newest), ``out_dir/tb/`` (tensorboard). ``fit`` resumes from ``latest``
+    (or, if that is missing or incomplete, the newest complete checkpoint) and continues the data where it
+    stopped: a resumed run sees the same batches and random numbers as an uninterrupted one.
     """
 
     def __init__(
@@ -183,34 +244,53 @@ class Trainer:
         use_scaler = cfg.amp == "fp16" and self.dist.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.step = 0
+        self.position = DataPosition()
         self.on_log = on_log
         self.writer = None
         if self.dist.is_main:
+            if self.out.is_dir() and (n := remove_stale_temp_files(self.out)):
+                log.info("removed %d temp file(s) left in %s by an interrupted run", n, self.out)
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out / "tb"))
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def save(self) -> Path:
+        """Every rank writes its RNG state; then rank 0 writes the weights and ``train_state.pt`` (which
+        marks the checkpoint complete), points ``latest`` at it and rotates old checkpoints."""
         d = self.out / f"checkpoint-{self.step:08d}"
+        atomic_torch_save(_rng_state(), d / f"rng-r{self.dist.rank}.pt")
+        self._barrier()
         if self.dist.is_main:
             self.model.save_pretrained(d)  # type: ignore[operator]
             state = {
                 "step": self.step,
+                "epoch": self.position.epoch,
+                "batch": self.position.batch,
+                "world_size": self.dist.world_size,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
                 **self.extra_state(),
             }
             atomic_torch_save(state, d / "train_state.pt")
             atomic_write_text(self.out / "latest", d.name + "\n")
-            ckpts = sorted(self.out.glob("checkpoint-*"))
-            for old in ckpts[: max(0, len(ckpts) - self.cfg.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
-        if self.dist.world_size > 1:
-            dist.barrier()
+            self._rotate(d)
+        self._barrier()
         return d
+
+    def _rotate(self, current: Path) -> None:
+        """Keep the newest ``keep_checkpoints`` complete checkpoints up to this step. Checkpoints of a later
+        step (an earlier run of this folder that got further) are never deleted: they may be the only good
+        ones; incomplete ones older than this step are crash leftovers and go."""
+        older = [
+            d for d in self.out.glob("checkpoint-*") if d != current and _checkpoint_step(d) <= self.step
+        ]
+        complete = sorted((d for d in older if _is_complete(d)), key=_checkpoint_step)
+        keep = complete[max(0, len(complete) - (self.cfg.keep_checkpoints - 1)) :]
+        for old in older:
+            if old not in keep:
+                shutil.rmtree(old, ignore_errors=True)
 
     def extra_state(self) -> dict[str, Any]:
         """Subclasses add state of their own (a discriminator and its optimiser, say)."""
@@ -220,11 +300,27 @@ class Trainer:
         pass
 
     def latest_checkpoint(self) -> Path | None:
-        p = self.out / "latest"
-        if not p.is_file():
-            return None
-        d = self.out / p.read_text().strip()
-        return d if (d / "train_state.pt").is_file() else None
+        """The checkpoint ``latest`` names; if that one is missing or incomplete, the newest complete one
+        (said in the log). None for a fresh run; a run folder whose checkpoints are all unusable raises."""
+        pointer = self.out / "latest"
+        named = self.out / pointer.read_text().strip() if pointer.is_file() else None
+        if named is not None and _is_complete(named):
+            return named
+        complete = sorted((d for d in self.out.glob("checkpoint-*") if _is_complete(d)), key=_checkpoint_step)
+        if complete:
+            log.warning(
+                "%s: 'latest' names %s, which is missing or incomplete; resuming from %s instead",
+                self.out,
+                named.name if named else "nothing",
+                complete[-1].name,
+            )
+            return complete[-1]
+        if named is not None:
+            raise CheckpointError(
+                f"{self.out}: 'latest' names {named.name}, which is missing or incomplete, and no other "
+                "complete checkpoint exists; pass --no-resume (or use a new --out) to start over"
+            )
+        return None
 
     def resume(self, directory: Path) -> None:
         from .checkpoint import load_state_dict
@@ -241,9 +337,35 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state)
         self.step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        random.setstate(state["rng"]["python"])
-        log.info("resumed from %s at step %d", directory, self.step)
+        self.position = DataPosition(int(state.get("epoch", 0)), int(state.get("batch", 0)))
+        rng = directory / f"rng-r{self.dist.rank}.pt"
+        if rng.is_file() and state.get("world_size", 1) == self.dist.world_size:
+            _set_rng_state(torch.load(rng, weights_only=False))
+        else:  # another world size: fresh, distinct per-rank streams
+            set_seed(self.cfg.seed + self.dist.rank + 1_000_003 * self.step)
+            log.warning("no RNG state for rank %d in %s: reseeded", self.dist.rank, directory)
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            directory,
+            self.step,
+            *vars(self.position).values(),
+        )
+
+    # ---- distributed helpers ------------------------------------------------------------------------
+    def _barrier(self) -> None:
+        if self.dist.world_size > 1:
+            dist.barrier()
+
+    def check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
+        """Raise on every rank if ``loss`` is not finite on any rank. One rank raising alone would leave
+        the others blocked in the gradient all-reduce until the collective timeout."""
+        bad = torch.zeros(self.dist.world_size, device=loss.device)
+        bad[self.dist.rank] = (~torch.isfinite(loss.detach())).float()
+        if self.dist.world_size > 1:
+            dist.all_reduce(bad)
+        if bad.any():
+            ranks = bad.nonzero().flatten().tolist()
+            raise FloatingPointError(f"non-finite {what} at step {self.step} on rank(s) {ranks}")
 
     # ---- loop -------------------------------------------------------------------------------------
     def train_step(self, batch: Any) -> dict[str, float]:
@@ -252,8 +374,7 @@ class Trainer:
         with autocast(self.dist.device, self.cfg.amp):
             losses = self.loss_module(batch)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.step}: {loss.item()}")
+        self.check_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -275,18 +396,29 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
-        """Mean metrics over ``loader`` on rank 0, eval mode, fixed RNG (losses that sample t / noise /
-        prompts are then comparable from one evaluation to the next)."""
+        """Mean metrics over ``loader``, eval mode. Batch k runs on rank k mod world with the RNG seeded by k
+        (losses that sample t / noise / prompts compare from one evaluation to the next, whatever the number
+        of ranks); every rank takes part, so none waits on a collective while another validates alone."""
         self.model.eval()
         totals: dict[str, float] = {}
         n = 0
         with torch.random.fork_rng(devices=[self.dist.device] if self.dist.device.type == "cuda" else []):
-            torch.manual_seed(self.cfg.seed)
-            for batch in loader:
-                for k, v in self.val_step(move_to(batch, self.dist.device)).items():
-                    totals[k] = totals.get(k, 0.0) + v
+            for k, batch in enumerate(loader):
+                if k % self.dist.world_size != self.dist.rank:
+                    continue
+                torch.manual_seed(self.cfg.seed + k)
+                for name, v in self.val_step(move_to(batch, self.dist.device)).items():
+                    totals[name] = totals.get(name, 0.0) + v
                 n += 1
         self.model.train()
+        if self.dist.world_size > 1:
+            parts: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(parts, (totals, n))
+            totals, n = {}, 0
+            for part_totals, part_n in parts:
+                for name, v in part_totals.items():
+                    totals[name] = totals.get(name, 0.0) + v
+                n += part_n
         if n == 0:
             raise ValueError("the validation loader yielded no batch")
         return {k: v / n for k, v in totals.items()}
@@ -303,33 +435,33 @@ class Trainer:
         if resume and (ck := self.latest_checkpoint()) is not None:
             self.resume(ck)
         history: list[dict[str, float]] = []
-        it = infinite(loader, set_epoch)
+        it = infinite(loader, set_epoch, self.position, self.cfg.seed)
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=not self.dist.is_main)
         while self.step < self.cfg.max_steps:
-            metrics = self.train_step(next(it))
+            self.position, batch = next(it)
+            metrics = self.train_step(batch)
             history.append(metrics)
             bar.update(1)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                if self.writer is not None:
-                    for k, v in metrics.items():
-                        self.writer.add_scalar(f"train/{k}", v, self.step)
-                    if self.on_log is not None:
-                        self.on_log(self.writer, self.step)
+                self._log_scalars("train", metrics)
+                if self.writer is not None and self.on_log is not None:
+                    self.on_log(self.writer, self.step)
             last = self.step == self.cfg.max_steps
             if val_loader is not None and (self.step % self.cfg.eval_every == 0 or last):
+                val = self.evaluate(val_loader)
+                metrics.update({f"val/{k}": v for k, v in val.items()})
+                self._log_scalars("val", val)
                 if self.dist.is_main:
-                    val = self.evaluate(val_loader)
-                    metrics.update({f"val/{k}": v for k, v in val.items()})
-                    if self.writer is not None:
-                        for k, v in val.items():
-                            self.writer.add_scalar(f"val/{k}", v, self.step)
                     bar.write(f"step {self.step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in val.items()))
-                if self.dist.world_size > 1:
-                    dist.barrier()
             if self.step % self.cfg.save_every == 0 or last:
                 self.save()
         bar.close()
         if self.writer is not None:
             self.writer.flush()
         return history
+
+    def _log_scalars(self, namespace: str, metrics: dict[str, float]) -> None:
+        if self.writer is not None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"{namespace}/{k}", v, self.step)

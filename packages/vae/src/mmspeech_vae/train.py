@@ -84,8 +84,7 @@ class VAETrainer(Trainer):
             adv, feat = self.losses.generator_losses(fake, real)
             loss = loss + lc.adv_weight * adv + lc.feature_weight * feat
             metrics.update(adv=float(adv.detach()), feature=float(feat.detach()))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite generator loss at step {self.step}")
+        self.check_finite(loss, "generator loss")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -136,15 +135,13 @@ def train(
     hop = cfg.model.hop
     segment = max(hop, int(cfg.loss.segment_s * cfg.model.sample_rate) // hop * hop)
     ds = CropDataset(utts, cfg.model.sample_rate, segment, seed=cfg.train.seed + info.rank)
-    sampler: torch.utils.data.DistributedSampler[torch.Tensor] | None = (
-        torch.utils.data.DistributedSampler(ds, info.world_size, info.rank, seed=cfg.train.seed)
-        if info.world_size > 1
-        else None
+    # a seeded, epoch-keyed order on one rank too: a resumed run then reads the batches it would have read
+    sampler: torch.utils.data.DistributedSampler[torch.Tensor] = torch.utils.data.DistributedSampler(
+        ds, info.world_size, info.rank, seed=cfg.train.seed
     )
     loader = torch.utils.data.DataLoader(
         ds,
         batch_size=cfg.train.max_batch,
-        shuffle=sampler is None,
         sampler=sampler,
         num_workers=cfg.train.num_workers,
         drop_last=len(ds) >= cfg.train.max_batch,
@@ -156,5 +153,5 @@ def train(
         vds = CropDataset(val_utts, cfg.model.sample_rate, segment, random_crop=False)
         val = torch.utils.data.DataLoader(vds, batch_size=cfg.train.max_batch)
     trainer = VAETrainer(model, cfg, out_dir, info)
-    history = trainer.fit(loader, sampler.set_epoch if sampler else None, resume, val)
+    history = trainer.fit(loader, sampler.set_epoch, resume, val)
     return model, history
