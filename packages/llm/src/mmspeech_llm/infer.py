@@ -31,9 +31,10 @@ def sample_step(
     """One decoding step for a batch.
 
     logits: (B, V) over speech codes + specials; history: (B, W) last tokens (-1 = none); u_*: (B,) uniforms.
-    Nucleus (top-p within top-k) sample; if that token already occurs >= win·tau_r times in the window,
-    resample from the full distribution instead. EOS (id ``speech_vocab``) is masked where not ``allow_eos``;
-    other special ids are never sampled. Temperature 0 is greedy.
+    Nucleus (top-p within top-k) sample; if that token already occurs >= win·tau_r times in the window
+    (the reference's comparison, no rounding), mask it and resample from the rest of the full distribution.
+    EOS (id ``speech_vocab``) is masked where not ``allow_eos``; other special ids are never sampled.
+    Temperature 0 is greedy.
     """
     b, v = logits.shape
     logits = logits.clone()
@@ -51,7 +52,12 @@ def sample_step(
     keep = (rank < k) & ((sp.cumsum(-1) - sp) < cfg.top_p)  # exclusive cumsum: the top token is always kept
     nucleus = si.gather(-1, _inverse_cdf(sp * keep, u_nucleus)[:, None]).squeeze(-1)
     w = history.shape[1]
+    if w == 0:
+        return nucleus
     repeats = (history == nucleus[:, None]).sum(-1)
-    too_often = repeats >= max(1, round(w * cfg.tau_r)) if w else torch.zeros_like(repeats, dtype=torch.bool)
-    full = _inverse_cdf(probs, u_full)
+    too_often = repeats >= w * cfg.tau_r
+    # the fallback must not re-pick the repeated token; a row with nothing else left keeps it
+    rest = probs.scatter(-1, nucleus[:, None], 0.0)
+    rest = torch.where(rest.sum(-1, keepdim=True) > 0, rest, probs)
+    full = _inverse_cdf(rest, u_full)
     return torch.where(too_often, full, nucleus)

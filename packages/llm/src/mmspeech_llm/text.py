@@ -13,13 +13,18 @@ class TextError(ValueError):
 
 
 def normalize_text(text: str) -> str:
-    """NFKC, collapse whitespace; raise :class:`TextError` on empty text or control characters."""
+    """NFKC, drop invisible format characters, collapse whitespace; raise :class:`TextError` on empty text,
+    control characters or unpaired surrogates.
+
+    Format characters (category Cf: a BOM from a Windows-saved file, zero-width space and joiner, soft
+    hyphen, direction marks) carry no sound and are stripped rather than refused."""
     if not isinstance(text, str):
         raise TextError(f"text must be a string, got {type(text).__name__}")
-    text = " ".join(unicodedata.normalize("NFKC", text).split())
+    text = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+    text = " ".join(text.split())
     if not text:
         raise TextError("text is empty")
-    bad = sorted({ch for ch in text if unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs")})
+    bad = sorted({ch for ch in text if unicodedata.category(ch) in ("Cc", "Co", "Cs")})
     if bad:
         raise TextError(f"text has unsupported characters: {[f'U+{ord(c):04X}' for c in bad]}")
     return text
