@@ -30,16 +30,37 @@ def tts(bundle):
 
 def test_split_sentences():
     assert split_sentences("Hello there.  How are you? Fine!") == ["Hello there.", "How are you?", "Fine!"]
-    assert split_sentences("你好。今天天气很好！") == [
-        "你好。",
-        "今天天气很好!",
-    ]  # NFKC folds full-width "！"
+    assert split_sentences("你好。今天天气很好！") == ["你好。", "今天天气很好！"]  # CJK: no space needed
     long = "word, " * 100
     parts = split_sentences(long, max_chars=50)
     assert all(len(p) <= 50 for p in parts) and " ".join(parts).replace("  ", " ").count("word") == 100
-    assert split_sentences("A. B. Hello world.") == ["A. B.", "Hello world."]
+    assert split_sentences("A! B! Hello world.") == ["A! B!", "Hello world."]  # tiny pieces join a neighbour
     with pytest.raises(TextError):
         split_sentences(" \n ")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Version 2.0.1 is out.", ["Version 2.0.1 is out."]),
+        ("We meet at 10.30 a.m. on Monday.", ["We meet at 10.30 a.m. on Monday."]),
+        ("Visit example.com today. It is new.", ["Visit example.com today.", "It is new."]),
+        (
+            "Mr. Smith met Dr. Jones, e.g. at home. Then they left.",
+            ["Mr. Smith met Dr. Jones, e.g. at home.", "Then they left."],
+        ),
+        ('He said "Stop." Then he ran.', ['He said "Stop."', "Then he ran."]),
+        (
+            "Ｆｕｌｌ width stays.  Tabs\tand\nlines stay too.",
+            ["Ｆｕｌｌ width stays.", "Tabs\tand\nlines stay too."],
+        ),
+    ],
+)
+def test_split_sentences_only_at_real_sentence_ends_and_never_rewrites(text, expected):
+    """Review item 5."""
+    parts = split_sentences(text)
+    assert parts == expected
+    assert all(p in text for p in parts)
 
 
 def test_every_stage_satisfies_its_core_interface(tts):
