@@ -257,3 +257,14 @@ def test_training_overfits_a_tiny_set_and_resumes(tmp_path, loss):
         device="cpu",
     )
     assert len(hist2) == 5
+
+
+def test_training_draws_t_uniformly_by_default():
+    """Review item 6: uniform t in training (CosyVoice2); the cosine warp is for the inference grid only."""
+    from mmspeech_flow.config import FlowLossConfig
+    from mmspeech_flow.losses import sample_t
+
+    torch.manual_seed(0)
+    t = sample_t(200_000, FlowLossConfig().t_schedule, torch.device("cpu"))
+    assert abs(t.mean().item() - 0.5) < 0.005  # the cosine warp's mean is 1 - 2/π ≈ 0.363
+    assert abs((t < 0.25).float().mean().item() - 0.25) < 0.005

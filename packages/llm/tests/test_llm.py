@@ -76,6 +76,41 @@ def test_sampling_rules():
     )
 
 
+def test_repetition_fallback_never_repicks_the_repeated_token():
+    """Review item 2: the fallback draws from the full distribution *without* the repeated token."""
+    v = 10
+    logits = torch.full((2000, 13), 0.0)
+    logits[:, 4] = 8.0  # peaked: token 4 holds ~99.6 % of the mass
+    hist = torch.full((2000, 10), -1)
+    hist[:, -1] = 4
+    g = torch.Generator().manual_seed(0)
+    out = sample_step(
+        logits, hist, torch.rand(2000, generator=g), torch.rand(2000, generator=g), SamplingConfig(), v
+    )
+    assert (out == 4).sum() == 0
+    assert set(out.tolist()) <= set(range(11)) - {4}
+    # a row whose only token with mass is the repeated one keeps it rather than sampling a zero-mass id
+    only = torch.full((1, 13), float("-inf"))
+    only[0, 4] = 0.0
+    assert sample_step(only, hist[:1], torch.rand(1), torch.rand(1), SamplingConfig(), v, False).item() == 4
+
+
+def test_repetition_threshold_is_count_at_least_win_times_tau():
+    """Review item 10: win 10, tau_r 0.25 -> 2.5, so 2 repeats stay with the nucleus and 3 fall back."""
+    v = 10
+    logits = torch.full((1, 13), -10.0)
+    logits[0, 3] = 10.0
+    cfg = SamplingConfig(top_k=1, tau_r=0.25)
+
+    def draw(repeats: int) -> int:
+        hist = torch.full((1, 10), -1)
+        hist[0, :repeats] = 3
+        return sample_step(logits, hist, torch.tensor([0.5]), torch.tensor([0.0]), cfg, v, False).item()
+
+    assert draw(2) == 3  # round(2.5) == 2 would have fallen back here
+    assert draw(3) != 3
+
+
 def test_inverse_cdf_never_picks_a_zero_probability_token():
     from mmspeech_llm.infer import _inverse_cdf
 
@@ -91,6 +126,21 @@ def test_text_normalisation_and_bpe(tmp_path):
         normalize_text("   ")
     with pytest.raises(TextError, match="U\\+0007"):
         normalize_text("hi\x07")
+    with pytest.raises(TextError, match="empty"):
+        normalize_text("\ufeff\u200b")  # nothing but invisible characters
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\ufeffHello world", "Hello\u200b world", "Hello world\u00ad", "Hello world \U0001f468\u200d\U0001f469"],
+)
+def test_invisible_format_characters_are_stripped_not_refused(text):
+    """Issue 11 item 9: BOM, zero-width space, soft hyphen, ZWJ inside an emoji sequence."""
+    assert normalize_text(text).startswith("Hello world")
+    assert not any(ch in normalize_text(text) for ch in "\ufeff\u200b\u00ad\u200d")
+
+
+def test_bpe_round_trip(tmp_path):
     tok = TextTokenizer.train_bpe(
         ["hello world", "hello there", "world peace 你好"] * 5, vocab_size=300, min_frequency=1
     )
@@ -163,13 +213,28 @@ def test_bad_inputs():
 
 
 def test_reference_picker_never_leaks():
-    picker = ReferencePicker(["a", "a", "b", "b", "b", "c", None], fallback="self")
+    picker = ReferencePicker(["a", "a", "b", "b", "b", "c", None], fallback="self", max_self_fraction=0.5)
     for i in range(5):
         j = picker(i)
         assert j != i and picker.speakers[j] == picker.speakers[i]
-    assert picker(5) == 5 and picker(6) == 6 and picker.single == [5, 6]
+    assert picker(5) == 5 and picker(6) == 6 and picker.single == [5, 6] and picker.num_self == 2
     drop = ReferencePicker(["a", "a", "c"], fallback="drop")
     assert drop.usable == [0, 1]
+
+
+def test_reference_leakage_is_refused_by_default():
+    """Review item 7: default drop; no labels, or > 5 % self-referenced, fails unless accepted explicitly."""
+    from mmspeech_core.data import SpeakerReferenceError
+
+    assert ReferencePicker(["a", "a", "c"]).usable == [0, 1]  # default: drop
+    for fallback in ("drop", "self"):
+        with pytest.raises(SpeakerReferenceError, match="has a speaker label.*'speaker' field"):
+            ReferencePicker([None] * 4, fallback=fallback)
+    with pytest.raises(SpeakerReferenceError, match="1 of 3 utterances .33%"):
+        ReferencePicker(["a", "a", "c"], fallback="self")
+    with pytest.raises(SpeakerReferenceError, match="nothing is left"):
+        ReferencePicker(["a", "b"], fallback="drop")
+    assert ReferencePicker([None] * 4, fallback="self", max_self_fraction=1.0).num_self == 4  # opted in
 
 
 def _corpus(tmp_path, n=4):

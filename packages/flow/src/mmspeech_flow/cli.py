@@ -12,9 +12,11 @@ from mmspeech_core import Latents, SpeechTokens
 from mmspeech_core.cli import (
     add_command,
     add_config_command,
+    add_reference_args,
     add_train_args,
     load_train_config,
     make_parser,
+    reference_options,
     run,
 )
 from mmspeech_core.data import ShardWriter, load_shards, read_manifest
@@ -32,14 +34,13 @@ def _train(args: argparse.Namespace) -> int:
         stats = json.loads(Path(args.latent_stats).read_text())
         model = dataclasses.replace(cfg.model, latent_mean=stats["mean"], latent_std=stats["std"])
         cfg = dataclasses.replace(cfg, model=model)
-    utts = read_manifest(args.manifest) if args.manifest else []
     ds, val = FlowDataset.from_dirs(
         args.tokens,
         args.latents,
         cfg.model.ratio,
-        utts,
+        read_manifest(args.manifest),
         args.val_fraction,
-        fallback=args.single_speaker_fallback,
+        **reference_options(args),
     )
     train(cfg, ds, args.out, device=args.device, resume=not args.no_resume, val_dataset=val)
     return 0
@@ -77,18 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(sp)
     sp.add_argument("--tokens", required=True, help="token folder written by `mmspeech-tokenizer extract`")
     sp.add_argument("--latents", required=True, help="latent folder written by `mmspeech-vae extract`")
-    sp.add_argument("--manifest", default=None, help="manifest with speaker labels (for speaker references)")
+    sp.add_argument(
+        "--manifest", required=True, help="manifest with speaker labels (speaker references come from them)"
+    )
     sp.add_argument(
         "--latent-stats",
         default=None,
         help="JSON from `mmspeech-vae stats`: the flow models standardised latents",
     )
-    sp.add_argument(
-        "--single-speaker-fallback",
-        choices=["self", "drop"],
-        default="self",
-        help="what to do with utterances whose speaker has no other utterance to serve as reference",
-    )
+    add_reference_args(sp)
     sp = add_command(sub, "generate", "generate latents for every utterance of a token folder", _generate)
     sp.add_argument("--model", required=True, help="pretrained flow folder")
     sp.add_argument("--tokens", required=True, help="token folder (shards)")

@@ -51,8 +51,12 @@ class FlowModelConfig:
 
 @dataclass
 class FlowLossConfig:
+    """Training objective. ``t_schedule`` is how training draws t: ``uniform`` (the default since 0.2, as
+    in CosyVoice2, which dropped a cosine-warped training t as a bug); the cosine warp belongs to the
+    inference time grid (:attr:`FlowInferConfig.schedule`)."""
+
     sigma_min: float = 1e-6
-    t_schedule: Literal["uniform", "cosine"] = "cosine"
+    t_schedule: Literal["uniform", "cosine"] = "uniform"
     cfg_dropout: float = 0.2  # probability of dropping every condition (for classifier-free guidance)
     prompt_prob: float = 0.5  # probability an item gets a prompt prefix (masked from the loss)
     prompt_max_ratio: float = 0.3

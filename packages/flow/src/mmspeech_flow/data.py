@@ -25,9 +25,10 @@ class FlowDataset(torch.utils.data.Dataset):
         latents: dict[str, torch.Tensor],
         ratio: int,
         speakers: dict[str, str | None] | None = None,
-        fallback: str = "self",
+        fallback: str = "drop",
         min_tokens: int = 1,
         seed: int = 0,
+        max_self_fraction: float = 0.05,
     ) -> None:
         ids = sorted(set(tokens) & set(latents))
         if not ids:
@@ -40,7 +41,9 @@ class FlowDataset(torch.utils.data.Dataset):
         if not self.items:
             raise ValueError(f"no utterance has at least {min_tokens} tokens")
         speakers = speakers or {}
-        self.picker = ReferencePicker([speakers.get(i) for i, _, _ in self.items], fallback, seed)
+        self.picker = ReferencePicker(
+            [speakers.get(i) for i, _, _ in self.items], fallback, seed, max_self_fraction
+        )
         self.index = self.picker.usable
 
     @classmethod
@@ -58,10 +61,12 @@ class FlowDataset(torch.utils.data.Dataset):
         speakers = {u.id: u.speaker for u in utts}
         train_ids, val_ids = holdout(sorted(set(tokens) & set(latents)), val_fraction)
 
-        def part(ids: list[str]) -> FlowDataset:
-            return cls({i: tokens[i] for i in ids}, {i: latents[i] for i in ids}, ratio, speakers, **kw)
+        def part(ids: list[str], **options: Any) -> FlowDataset:
+            return cls({i: tokens[i] for i in ids}, {i: latents[i] for i in ids}, ratio, speakers, **options)
 
-        return part(train_ids), (part(val_ids) if val_ids else None)
+        # a held-out speaker rarely has two held-out utterances; self-references only flatter the val loss
+        val = part(val_ids, fallback="self", max_self_fraction=1.0) if val_ids else None
+        return part(train_ids, **kw), val
 
     def __len__(self) -> int:
         return len(self.index)

@@ -12,9 +12,11 @@ from mmspeech_core import load_audio
 from mmspeech_core.cli import (
     add_command,
     add_config_command,
+    add_reference_args,
     add_train_args,
     load_train_config,
     make_parser,
+    reference_options,
     run,
 )
 from mmspeech_core.data import load_shards, read_manifest, split_utterances
@@ -48,8 +50,9 @@ def _train(args: argparse.Namespace) -> int:
     tok = TextTokenizer.from_pretrained(args.text_tokenizer)
     tokens = load_shards(args.tokens)
     train_utts, val_utts = split_utterances(read_manifest(args.manifest), args.val_fraction)
-    ds = LLMDataset(train_utts, tokens, tok, cfg, args.single_speaker_fallback)
-    val = LLMDataset(val_utts, tokens, tok, cfg, "self") if val_utts else None
+    ds = LLMDataset(train_utts, tokens, tok, cfg, **reference_options(args))
+    # a held-out speaker rarely has two held-out utterances; self-references only flatter the val loss
+    val = LLMDataset(val_utts, tokens, tok, cfg, "self", max_self_fraction=1.0) if val_utts else None
     model, _ = train(cfg, ds, args.out, device=args.device, resume=not args.no_resume, val_dataset=val)
     tok.save(Path(args.out) / "text_tokenizer")
     return 0
@@ -93,12 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--qwen-pretrained", default=None, help="local Qwen2 folder to initialise the backbone from"
     )
-    sp.add_argument(
-        "--single-speaker-fallback",
-        choices=["self", "drop"],
-        default="self",
-        help="utterances whose speaker has no other utterance: use themselves as reference (leaky) or drop them",
-    )
+    add_reference_args(sp)
     sp = add_command(
         sub, "generate", "generate speech tokens for one text and a reference recording", _generate
     )

@@ -26,8 +26,9 @@ class LLMDataset(torch.utils.data.Dataset):
         tokens: dict[str, torch.Tensor],
         text_tokenizer: TextTokenizer,
         cfg: LLMConfig,
-        fallback: str = "self",
+        fallback: str = "drop",
         seed: int = 0,
+        max_self_fraction: float = 0.05,
     ) -> None:
         self.cfg = cfg
         self.utts, self.text, self.speech = [], [], []
@@ -44,7 +45,7 @@ class LLMDataset(torch.utils.data.Dataset):
         if max(int(t.max()) for t in self.text) >= cfg.model.text_vocab:
             raise ValueError("text tokenizer vocabulary is larger than model.text_vocab")
         self.missing = missing
-        self.picker = ReferencePicker([u.speaker for u in self.utts], fallback, seed)
+        self.picker = ReferencePicker([u.speaker for u in self.utts], fallback, seed, max_self_fraction)
         self.index = self.picker.usable
         self.rng = random.Random(seed)
 

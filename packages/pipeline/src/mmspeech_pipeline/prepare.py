@@ -52,6 +52,13 @@ def prepare(
         utts.append(Utterance(uid, str(p.resolve()), text, speaker))
     if not utts:
         raise ValueError(f"no usable audio under {root}")
+    if unlabelled := sum(u.speaker is None for u in utts):
+        log.warning(
+            "%d file(s) lie directly in %s and get no speaker label; the LM and the flow train only on "
+            "utterances whose speaker has another one: put each speaker's files in ROOT/<speaker>/",
+            unlabelled,
+            root,
+        )
     write_manifest(out, utts)
     log.info(
         "%d utterances -> %s (%d skipped, %d without text)",
