@@ -82,6 +82,34 @@ def test_snake_alpha_keeps_dac_init():
     assert alphas and all(torch.equal(a, torch.ones_like(a)) for a in alphas)
 
 
+def test_convs_start_as_dacs_do():
+    """Review item 11: dac's init_weights as DAC() applies it (zero conv biases; trunc-normal weights that
+    weight norm then recomputes)."""
+    m = _tiny_model()
+    convs = [c for c in m.modules() if isinstance(c, torch.nn.Conv1d) and c.bias is not None]
+    assert convs and all(torch.count_nonzero(c.bias) == 0 for c in convs)
+
+
+def test_clips_are_dacs_and_come_from_the_config(tmp_path, monkeypatch):
+    """Review item 11: generator 1e3 (train.grad_clip), discriminator 10 (loss.disc_grad_clip)."""
+    from mmspeech_vae.config import VAEConfig
+
+    assert VAEConfig().train.grad_clip == 1e3 and VAEConfig().loss.disc_grad_clip == 10.0
+    seen = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        seen.append(max_norm)
+        return real_clip(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    save_audio(tmp_path / "clip.wav", read_audio(WAVS[0], 24000)[:9600], 24000)
+    cfg = _cfg(1, disc_start_step=0, segment_s=0.4, disc_grad_clip=7.0)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_clip=123.0))
+    train(cfg, [Utterance("a", str(tmp_path / "clip.wav"))], tmp_path / "run", device="cpu")
+    assert sorted(seen) == [7.0, 123.0]
+
+
 def _cfg(steps, **loss):
     cfg = tiny_config()
     return dataclasses.replace(

@@ -51,15 +51,21 @@ class VAELossConfig:
     disc_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
     disc_fft_sizes: tuple[int, ...] = (2048, 1024, 512)
     disc_start_step: int = 0  # steps of reconstruction-only warm-up before the GAN joins
+    disc_grad_clip: float = 10.0  # discriminator gradient-norm clip (DAC's value)
     segment_s: float = 0.38  # training crop (rounded to a multiple of hop)
 
 
 @dataclass
 class VAEConfig:
+    """``train.grad_clip`` is the generator's gradient-norm clip: 1e3 as in DAC (was 1.0 before 0.2, which
+    clipped nearly every GAN step); ``loss.disc_grad_clip`` the discriminator's (10, as in DAC)."""
+
     model: VAEModelConfig = field(default_factory=VAEModelConfig)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(lr=1e-4, betas=(0.8, 0.99), weight_decay=0.0, max_batch=16)
+        default_factory=lambda: TrainConfig(
+            lr=1e-4, betas=(0.8, 0.99), weight_decay=0.0, max_batch=16, grad_clip=1e3
+        )
     )
 
 

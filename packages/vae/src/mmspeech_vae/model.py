@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
-from dac.model.dac import Decoder, Encoder
+from dac.model.dac import Decoder, Encoder, init_weights
 from mmspeech_core import Latents, PretrainedMixin, Waveform
 from torch import nn
 
@@ -27,6 +27,9 @@ class DACVAE(nn.Module, PretrainedMixin):
         m = config.model
         self.encoder = Encoder(m.encoder_dim, list(m.encoder_rates), 2 * m.latent_dim)
         self.decoder = Decoder(m.latent_dim, m.decoder_dim, list(m.decoder_rates))
+        # dac's own init, as DAC() applies it. On its weight-normed convs the truncated-normal weight is
+        # recomputed from (g, v) at the first forward, so what lasts is the zeroed bias, exactly as in dac.
+        self.apply(init_weights)
         # dac's transposed convs lose one sample per odd stride; output_padding restores frames × hop exactly
         rates = iter(m.decoder_rates)
         for mod in self.decoder.modules():

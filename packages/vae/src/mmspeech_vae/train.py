@@ -73,7 +73,7 @@ class VAETrainer(Trainer):
             d_loss = self.losses.discriminator_loss(fake.detach(), real)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
-            nn.utils.clip_grad_norm_(self.losses.discriminator.parameters(), 10.0)
+            nn.utils.clip_grad_norm_(self.losses.discriminator.parameters(), lc.disc_grad_clip)
             self.opt_d.step()
             self.sched_d.step()
             metrics["disc"] = float(d_loss.detach())
