@@ -296,3 +296,16 @@ def test_quickstart_fast(tmp_path):
     assert last < first
     assert report["outputs"]["stream_first_chunk_latency_s"] > 0
     assert TTS.from_pretrained(tmp_path / "qs" / "bundle", device="cpu").sample_rate == 24000
+
+
+def test_error_rate_ignores_case_and_punctuation_like_seed_tts_eval():
+    """Review item 9."""
+    from mmspeech_pipeline.evaluate import error_rate
+
+    assert error_rate("Hello, how are you today?", "Hello how are you today") == 0.0
+    assert error_rate("I have 25 apples.", "i have twenty-five apples") == 0.0  # English number normaliser
+    assert error_rate("The cat sat down.", "the cat down") == pytest.approx(0.25)
+    assert error_rate("the cat", "") == 1.0
+    assert error_rate("你好，世界。", "你好世界", unit="char", lang="zh") == 0.0
+    with pytest.raises(ValueError, match="nothing to score"):
+        error_rate("?!", "hello")

@@ -64,6 +64,12 @@ def test_openai_compatible_speech(server):
         ({"input": "hi", "voice": "bob"}, "unknown voice"),
         ({"input": "hi", "voice": "alice", "response_format": "mp3"}, "not supported"),
         ({"input": "hi", "voice": "alice", "speed": 1.5}, "speed"),
+        ({"input": "hi", "voice": "alice", "speed": "fast"}, "'speed' must be a number"),  # review item 13
+        ({"input": "hi", "voice": "alice", "speed": None}, "'speed' must be a number"),
+        ({"input": "hi", "voice": ["alice"]}, "unknown voice"),
+        ({"input": "hi", "voice": "alice", "response_format": ["wav"]}, "response_format"),
+        ({"input": "hi", "voice": "alice", "seed": 2**64}, "'seed' must be an integer"),
+        ({"input": "hi", "voice": "alice", "seed": True}, "'seed' must be an integer"),
         ({"input": "hi\x00", "voice": "alice"}, "unsupported characters"),
     ],
 )

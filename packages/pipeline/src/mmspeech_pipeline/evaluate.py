@@ -11,11 +11,15 @@ Nothing is downloaded: model folders must exist locally.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jiwer
 import torch
 from mmspeech_core import Waveform, save_audio
 from mmspeech_core.data import read_manifest
@@ -23,20 +27,38 @@ from mmspeech_core.data import read_manifest
 from .tts import TTS
 
 
-def edit_distance(a: list[str], b: list[str]) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
+def _english_normalizer() -> Callable[[str], str] | None:
+    """Whisper's English normaliser (numbers, spellings, contractions) when the ``eval`` extra is installed."""
+    try:  # optional: the eval extra
+        from whisper_normalizer.english import EnglishTextNormalizer
+    except ImportError:
+        return None
+    return EnglishTextNormalizer()  # type: ignore[no-any-return]
 
 
-def error_rate(ref: str, hyp: str, unit: str = "word") -> float:
-    r = ref.lower().split() if unit == "word" else list(ref.replace(" ", ""))
-    h = hyp.lower().split() if unit == "word" else list(hyp.replace(" ", ""))
-    return edit_distance(r, h) / max(len(r), 1)
+@functools.cache
+def _normalizers() -> dict[str, Callable[[str], str] | None]:
+    return {"en": _english_normalizer()}
+
+
+def normalize_for_scoring(text: str, lang: str = "en") -> str:
+    """As Seed-TTS-eval scores: lower case, punctuation (all but apostrophes) removed, whitespace collapsed;
+    for English, first Whisper's English normaliser where installed ("25" == "twenty-five")."""
+    english = _normalizers().get(lang)
+    if english is not None:
+        text = english(text)
+    text = "".join(" " if unicodedata.category(ch).startswith("P") and ch != "'" else ch for ch in text)
+    return " ".join(text.lower().split())
+
+
+def error_rate(ref: str, hyp: str, unit: str = "word", lang: str = "en") -> float:
+    """WER (``unit="word"``) or CER (``"char"``, spaces ignored) after :func:`normalize_for_scoring`."""
+    r, h = normalize_for_scoring(ref, lang), normalize_for_scoring(hyp, lang)
+    if not r:
+        raise ValueError(f"reference text {ref!r} has nothing to score after normalisation")
+    if unit == "char":
+        return float(jiwer.cer(r.replace(" ", ""), h.replace(" ", "")))
+    return float(jiwer.wer(r, h))
 
 
 class _SV:

@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
-from mmspeech_llm.text import TextError
+from mmspeech_llm.text import TextError, normalize_text
 
-from .text import split_sentences
 from .tts import TTS, Voice
 
 log = logging.getLogger(__name__)
@@ -108,18 +107,21 @@ class SpeechService:
         if len(text) > self.max_chars:
             raise RequestError(400, f"'input' has {len(text)} characters; the limit is {self.max_chars}")
         name = body.get("voice")
-        if name not in self.voices:
+        if not isinstance(name, str) or name not in self.voices:
             raise RequestError(400, f"unknown voice {name!r}; available: {sorted(self.voices)}")
         fmt = body.get("response_format", "wav")
-        if fmt not in FORMATS:
+        if not isinstance(fmt, str) or fmt not in FORMATS:
             raise RequestError(400, f"response_format {fmt!r} is not supported; use one of {sorted(FORMATS)}")
-        if float(body.get("speed", 1.0)) != 1.0:
-            raise RequestError(400, "only speed 1.0 is supported")
+        speed = body.get("speed", 1.0)
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)):
+            raise RequestError(400, f"'speed' must be a number, got {speed!r}")
+        if speed != 1.0:
+            raise RequestError(400, f"'speed' {speed} is not supported; only 1.0 is")
         seed = body.get("seed", 0)
-        if not isinstance(seed, int):
-            raise RequestError(400, "'seed' must be an integer")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise RequestError(400, f"'seed' must be an integer in [0, 2**63), got {seed!r}")
         try:
-            split_sentences(text)  # bad text fails here, alone, before it joins a batch
+            normalize_text(text)  # bad text fails here, alone, before it joins a batch
         except TextError as e:
             raise RequestError(400, str(e)) from e
         job = _Job(text, self.voices[name], seed)
