@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +148,14 @@ class TTS:
             flow_speaker=self.flow.embed_speaker(ref_lat).vectors[0].cpu(),
         )
         if reference_text is not None:
+            tokens, latents = self.tokenizer.encode(wav).unbatch()[0], ref_lat.unbatch()[0]
+            # the two extractors may disagree by a frame: trim once, here, so every consumer (the flow,
+            # streaming's chunk arithmetic) sees prompt latents of exactly len(tokens) × ratio frames
+            r = self.flow.config.model.ratio
+            n = min(len(tokens), latents.shape[-1] // r)
             voice.prompt_text = torch.tensor(self.text_tokenizer.encode(reference_text))
-            voice.prompt_tokens = self.tokenizer.encode(wav).unbatch()[0].cpu()
-            voice.prompt_latents = ref_lat.unbatch()[0].cpu()
+            voice.prompt_tokens = tokens[:n].cpu()
+            voice.prompt_latents = latents[:, : n * r].cpu()
         return voice
 
     # ---- synthesis --------------------------------------------------------------------------------
@@ -252,83 +257,94 @@ class TTS:
         sampling: SamplingConfig | None = None,
         flow_infer: FlowInferConfig | None = None,
         chunk_tokens: int | None = None,
-        decode_context: int = 8,
+        decode_context: int | None = None,
     ) -> Iterator[StreamChunk]:
         """Yield audio while the LM is still generating: every ``chunk_tokens`` (default the flow's chunk size)
         final tokens, the flow re-runs in chunk-causal mode (earlier frames never change), and the VAE decodes
-        the new frames with ``decode_context`` frames of left context (right context held back until final)."""
+        the new frames with ``decode_context`` frames of context on both sides (default: the decoder's
+        receptive field, so streamed audio equals the offline decode of the same latents); frames that
+        lack right context are held back until it arrives."""
         t0 = time.perf_counter()
-        fm = self.flow.config.model
-        chunk = chunk_tokens or fm.chunk_size
-        index = 0
         sentences = split_sentences(text)
-        for si, sent in enumerate(sentences):
-            s_seed = seed + si
-            ids = [torch.tensor(self.text_tokenizer.encode(sent))]
-            spk = SpeakerEmbedding(voice.llm_speaker[None])
-            prompt_args: tuple[Any, Any] = (None, None)
-            n_prompt = 0
-            if voice.one_shot:
-                assert voice.prompt_tokens is not None
-                n_prompt = len(voice.prompt_tokens)
-                prompt_args = (
-                    [voice.prompt_text],
-                    SpeechTokens.from_list([voice.prompt_tokens], fm.token_rate),
-                )
-            toks: list[int] = []
-            emitted = 0  # latent frames already sent
-            done_tokens = 0
-            for tok, alive in self.llm.stream(ids, spk, *prompt_args, sampling=sampling, seed=[s_seed]):
-                if bool(alive[0]):
-                    toks.append(int(tok[0]))
-                # tokens whose flow frames are final: whole chunks (counted from the prompt start) + lookahead
-                final = ((n_prompt + len(toks) - fm.lookahead) // fm.chunk_size) * fm.chunk_size - n_prompt
-                if bool(alive[0]) and final - done_tokens >= chunk:
-                    audio, emitted = self._stream_audio(
-                        toks, voice, flow_infer, s_seed, final, emitted, decode_context, last=False
-                    )
-                    done_tokens = final
-                    if audio.numel():
-                        yield StreamChunk(
-                            audio.cpu(), self.sample_rate, index, time.perf_counter() - t0, False
-                        )
-                        index += 1
-            if not toks:
-                raise RuntimeError(f"the LM produced no speech for {sent!r}")
-            audio, _ = self._stream_audio(
-                toks, voice, flow_infer, s_seed, len(toks), emitted, decode_context, last=True
+        index = 0
+        for si, sentence in enumerate(sentences):
+            pieces = self._stream_sentence(
+                sentence, voice, seed + si, sampling, flow_infer, chunk_tokens, decode_context
             )
-            yield StreamChunk(
-                audio.cpu(), self.sample_rate, index, time.perf_counter() - t0, si == len(sentences) - 1
-            )
-            index += 1
+            for audio, last in pieces:
+                if audio.numel() or last:
+                    final = last and si == len(sentences) - 1
+                    elapsed = time.perf_counter() - t0
+                    yield StreamChunk(audio.cpu(), self.sample_rate, index, elapsed, final)
+                    index += 1
 
-    def _stream_audio(
+    def _stream_sentence(
         self,
-        toks: list[int],
+        sentence: str,
         voice: Voice,
-        infer: FlowInferConfig | None,
         seed: int,
-        upto: int,
-        emitted: int,
-        ctx: int,
-        last: bool,
-    ) -> tuple[torch.Tensor, int]:
-        r = self.flow.config.model.ratio
-        lat = self._latents(
-            SpeechTokens.from_list([torch.tensor(toks)], self.flow.config.model.token_rate),
-            [voice],
-            infer,
-            [seed],
-            chunked=True,
+        sampling: SamplingConfig | None,
+        flow_infer: FlowInferConfig | None,
+        chunk_tokens: int | None,
+        decode_context: int | None,
+    ) -> Iterator[tuple[torch.Tensor, bool]]:
+        """(audio, is_last) pieces of one sentence; the last piece may be empty."""
+        fm = self.flow.config.model
+        state = _SentenceStream(
+            voice,
+            seed,
+            flow_infer,
+            decode_context if decode_context is not None else self.vae.decoder_context,
         )
-        z = lat.unbatch()[0][:, : upto * r]
-        end = (
-            z.shape[-1] if last else max(emitted, z.shape[-1] - ctx)
-        )  # hold back frames lacking right context
-        if end <= emitted:
-            return torch.zeros(0), emitted
-        start = max(0, emitted - ctx)
-        wav = self.vae.decode(Latents.from_list([z[:, start:end]], lat.frame_rate)).unbatch()[0]
+        chunk = chunk_tokens or fm.chunk_size
+        n_prompt = len(voice.prompt_tokens) if voice.prompt_tokens is not None else 0
+        prompt_args: tuple[Any, Any] = (None, None)
+        if voice.prompt_tokens is not None:
+            prompt_args = ([voice.prompt_text], SpeechTokens.from_list([voice.prompt_tokens], fm.token_rate))
+        ids = [torch.tensor(self.text_tokenizer.encode(sentence))]
+        spk = SpeakerEmbedding(voice.llm_speaker[None])
+        for tok, alive in self.llm.stream(ids, spk, *prompt_args, sampling=sampling, seed=[seed]):
+            if not bool(alive[0]):
+                continue
+            state.tokens.append(int(tok[0]))
+            # tokens whose flow frames are final: whole chunks (counted from the prompt start) - lookahead
+            final = (
+                (n_prompt + len(state.tokens) - fm.lookahead) // fm.chunk_size
+            ) * fm.chunk_size - n_prompt
+            if final - state.final_tokens >= chunk:
+                state.final_tokens = final
+                yield self._stream_audio(state, last=False), False
+        if not state.tokens:
+            raise RuntimeError(f"the LM produced no speech for {sentence!r}")
+        state.final_tokens = len(state.tokens)
+        yield self._stream_audio(state, last=True), True
+
+    def _stream_audio(self, state: _SentenceStream, last: bool) -> torch.Tensor:
+        """Audio of the frames that became final since the last call (those without enough right context
+        are held back unless ``last``); advances ``state.emitted``."""
+        r, ctx = self.flow.config.model.ratio, state.decode_context
+        tokens = SpeechTokens.from_list([torch.tensor(state.tokens)], self.flow.config.model.token_rate)
+        lat = self._latents(tokens, [state.voice], state.flow_infer, [state.seed], chunked=True)
+        z = lat.unbatch()[0][:, : state.final_tokens * r]
+        end = z.shape[-1] if last else max(state.emitted, z.shape[-1] - ctx)
+        if end <= state.emitted:
+            return torch.zeros(0)
+        start = max(0, state.emitted - ctx)  # left context ...
+        window = z[:, start : min(z.shape[-1], end + ctx)]  # ... and right context, cropped off below
+        wav = self.vae.decode(Latents.from_list([window], lat.frame_rate)).unbatch()[0]
         hop = self.vae.hop
-        return wav[(emitted - start) * hop :], end
+        state.emitted, emitted = end, state.emitted
+        return wav[(emitted - start) * hop : (end - start) * hop]
+
+
+@dataclass
+class _SentenceStream:
+    """Progress of one streamed sentence."""
+
+    voice: Voice
+    seed: int
+    flow_infer: FlowInferConfig | None
+    decode_context: int  # latent frames of context on each side of a decoded window
+    tokens: list[int] = field(default_factory=list)  # speech tokens generated so far
+    final_tokens: int = 0  # tokens whose latent frames are final
+    emitted: int = 0  # latent frames already sent as audio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -48,6 +49,22 @@ class DACVAE(nn.Module, PretrainedMixin):
     @property
     def hop(self) -> int:
         return self.config.model.hop
+
+    @property
+    def decoder_context(self) -> int:
+        """Latent frames on each side that can change a decoded sample (an upper bound of the decoder's
+        one-sided receptive field). Decoding a window with this much context on both sides and cropping
+        gives the samples of a full decode (streaming relies on it). Walks dac's layers in order: a conv of
+        kernel k and dilation d reaches (k−1)·d/2 samples at its rate; a transposed conv of stride s, k/s
+        input frames."""
+        reach, rate = 0.0, 1  # latent frames; output samples per latent frame so far
+        for mod in self.decoder.modules():
+            if isinstance(mod, nn.ConvTranspose1d):
+                reach += math.ceil(mod.kernel_size[0] / mod.stride[0]) / rate
+                rate *= mod.stride[0]
+            elif isinstance(mod, nn.Conv1d):
+                reach += (mod.kernel_size[0] - 1) * mod.dilation[0] / 2 / rate
+        return math.ceil(reach)
 
     @property
     def device(self) -> torch.device:
