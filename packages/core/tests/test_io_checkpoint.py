@@ -9,6 +9,7 @@ from mmspeech_core.config import config_from_dict, config_to_dict, load_config, 
 from mmspeech_core.data import (
     LengthBatchSampler,
     ManifestError,
+    ShardWriter,
     Utterance,
     holdout,
     load_shards,
@@ -150,6 +151,38 @@ def test_manifest_and_resumable_extraction(tmp_path):
         read_manifest(tmp_path / "dup.jsonl")
     (tmp_path / "wav.scp").write_text("k1 a.wav\n")
     assert read_manifest(tmp_path / "wav.scp")[0].id == "k1"
+
+
+def test_torn_index_line_is_redone_and_failures_are_recorded_once(tmp_path, caplog):
+    """Issue 11 item 7."""
+    from mmspeech_core.data import ShardIndexError
+
+    save_audio(tmp_path / "a.wav", torch.zeros(800), 16000)
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    utts = [Utterance(f"u{i}", str(tmp_path / "a.wav")) for i in range(4)] + [
+        Utterance("bad", str(tmp_path / "bad.wav"))
+    ]
+
+    def process(batch):
+        return [torch.tensor([len(x)]) for x in batch]
+
+    def extract():
+        return run_extraction(utts, lambda u: read_audio(u.audio), process, out, batch_size=2, shard_size=2)
+
+    out = tmp_path / "out"
+    extract()
+    index = out / "index-r0.jsonl"
+    lines = index.read_text().splitlines(keepends=True)
+    index.write_text("".join(lines[:-1]) + lines[-1][:9])  # killed while writing the last line
+    assert ShardWriter.done_ids(out) == {"u0", "u1", "u2"}
+    assert "incomplete last line" in caplog.text
+    stats = extract()  # the torn id is extracted again, the index stays readable
+    assert stats["done"] == 1 and ShardWriter.done_ids(out) == {"u0", "u1", "u2", "u3"}
+    assert sorted(load_shards(out)) == ["u0", "u1", "u2", "u3"]
+    assert [json.loads(x)["id"] for x in (out / "errors-r0.jsonl").read_text().splitlines()] == ["bad"]
+    index.write_text('{"id": "u0", "shard": "x"}\nnot json\n{"id": "u1", "shard": "x"}\n')
+    with pytest.raises(ShardIndexError, match="index-r0.jsonl:2"):
+        load_shards(out)
 
 
 def test_extraction_retries_failed_batch_item_by_item(tmp_path):

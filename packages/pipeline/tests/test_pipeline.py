@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -186,6 +187,41 @@ def test_bad_inputs(tts, tmp_path):
         tts.synthesize("hello")
 
 
+def test_non_finite_references_voices_and_outputs_are_refused(tts, tmp_path, monkeypatch):
+    """Issue 11 items 3 and 10: NaN/Inf never becomes a voice, a preset, or audio handed back."""
+    x = read_audio(REF, 24000)[:48000].clone()
+    x[100] = float("nan")
+    with pytest.raises(ReferenceAudioError, match="NaN"):
+        tts.make_voice(Waveform.from_list([x], 24000))
+    sf.write(tmp_path / "nan.wav", x.numpy(), 24000, subtype="FLOAT")
+    with pytest.raises(ReferenceAudioError, match="NaN"):
+        tts.make_voice(tmp_path / "nan.wav")
+    with pytest.raises(ReferenceAudioError, match="constant"):
+        tts.make_voice(Waveform.from_list([torch.full((48000,), 0.3)], 24000))
+    voice = tts.make_voice(REF, "a transcript")
+    voice.save(tmp_path / "ok.safetensors")
+    assert tts.load_voice(tmp_path / "ok.safetensors").one_shot
+    from mmspeech_core.checkpoint import save_state_dict
+
+    bad = {"llm_speaker": voice.llm_speaker * float("nan"), "flow_speaker": voice.flow_speaker}
+    save_state_dict(bad, tmp_path / "nan.safetensors")
+    with pytest.raises(CheckpointError, match="finite"):
+        tts.load_voice(tmp_path / "nan.safetensors")
+    wide = {"llm_speaker": torch.zeros(7), "flow_speaker": voice.flow_speaker}
+    save_state_dict(wide, tmp_path / "wide.safetensors")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        tts.load_voice(tmp_path / "wide.safetensors")
+    nan_latents = tts._latents  # a model that diverged: its NaN audio must not be returned as speech
+
+    def diverged(*a, **k):
+        lat = nan_latents(*a, **k)
+        return dataclasses.replace(lat, data=lat.data * float("nan"))
+
+    monkeypatch.setattr(tts, "_latents", diverged)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        tts.synthesize("hello there.", voice=tts.make_voice(REF), seed=0)
+
+
 def test_bundle_errors(tmp_path, make_parts):
     parts = make_parts(tmp_path)
     with pytest.raises(CheckpointError, match="missing"):
@@ -201,6 +237,51 @@ def test_bundle_errors(tmp_path, make_parts):
     b2 = write_bundle(tmp_path / "b2", **{**parts, "flow": bad["flow"]})
     with pytest.raises(CheckpointError, match="do not fit"):
         TTS.from_pretrained(b2, device="cpu")
+
+
+def test_bundle_never_deletes_what_it_was_not_asked_to_replace(tmp_path, make_parts):
+    """Issue 11 items 1 and 6."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    parts = make_parts(runs)  # runs/tok, runs/llm, ... as in the README's layout
+    (runs / "llm" / ".model.safetensors.x1.tmp").write_bytes(b"crash leftover")
+    (runs / "llm" / "rng-r0.pt").write_bytes(b"state")
+    with pytest.raises(CheckpointError, match="overlaps"):
+        write_bundle(runs, **parts)
+    with pytest.raises(CheckpointError, match="overlaps"):
+        write_bundle(runs / "llm" / "bundle", **parts)
+    assert sorted(p.name for p in runs.iterdir()) == sorted(["tok", "text", "llm", "flow", "vae"])
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not a bundle"):
+        write_bundle(tmp_path / "notes", **parts)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    b = write_bundle(tmp_path / "b", **parts)
+    assert not (b / "llm" / ".model.safetensors.x1.tmp").exists() and not (b / "llm" / "rng-r0.pt").exists()
+    with pytest.raises(CheckpointError, match="--overwrite"):
+        write_bundle(b, **parts)
+
+    def refuse(folder):
+        raise CheckpointError("parts do not fit")
+
+    with pytest.raises(CheckpointError, match="do not fit"):  # a failed check leaves the old bundle whole
+        write_bundle(b, overwrite=True, check=refuse, **parts)
+    assert (b / "pipeline.json").is_file() and not list(tmp_path.glob(".b.*"))
+    write_bundle(b, overwrite=True, **parts)
+    assert (b / "llm" / "model.safetensors").is_file()
+
+
+def test_corrupt_bundle_files_raise_checkpoint_errors(tmp_path, make_parts):
+    """Issue 11 item 10."""
+    b = write_bundle(tmp_path / "b", **make_parts(tmp_path))
+    for text, msg in [("{not json", "corrupted"), ("[1, 2]", "JSON object")]:
+        (b / "pipeline.json").write_text(text)
+        with pytest.raises(CheckpointError, match=msg):
+            TTS.from_pretrained(b, device="cpu")
+    (b / "pipeline.json").write_text(json.dumps({"format_version": 1}))
+    (b / "text_tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="tokenizer.json"):
+        TTS.from_pretrained(b, device="cpu")
 
 
 def test_cli_synthesize_voice_prepare_evaluate(bundle, tmp_path):

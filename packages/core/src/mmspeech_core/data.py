@@ -149,6 +149,44 @@ class LengthBatchSampler(torch.utils.data.Sampler[list[int]]):
 # Sharded, resumable extraction (tokens, latents): one safetensors shard per N utterances per rank.
 
 
+class ShardIndexError(ValueError):
+    """A corrupt line inside an extraction index or errors file."""
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of an index / errors file. An incomplete last line (a write cut off by a crash) is not a
+    record: its ids count as not done and are extracted again. Any other bad line is corruption."""
+    if not path.is_file():
+        return []
+    raw = path.read_text()
+    lines = raw.split("\n")
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "id" not in record:
+                raise ValueError("not an object with an 'id'")
+        except ValueError as e:
+            if n == len(lines):  # no newline after it: the write never finished
+                log.warning("%s: ignoring the incomplete last line (an interrupted write)", path)
+                continue
+            raise ShardIndexError(f"{path}:{n}: corrupt line ({e}): {line[:80]!r}") from e
+        records.append(record)
+    return records
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an unfinished last line (no newline) off ``path``, so the next append starts a fresh line."""
+    if not path.is_file():
+        return
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(raw.rfind(b"\n") + 1)
+
+
 class ShardWriter:
     """Collects ``id -> tensor`` and flushes shards ``<out>/shard-r{rank}-{k}.safetensors``.
 
@@ -163,15 +201,15 @@ class ShardWriter:
         self.buffer: dict[str, torch.Tensor] = {}
         existing = sorted(self.out.glob(f"shard-r{rank}-*.safetensors"))
         self.next_shard = 1 + max((int(p.stem.rsplit("-", 1)[1]) for p in existing), default=-1)
+        self.index_path = self.out / f"index-r{rank}.jsonl"
+        self.errors_path = self.out / f"errors-r{rank}.jsonl"
+        _drop_torn_tail(self.index_path)  # appending after a torn line would corrupt the next one
+        _drop_torn_tail(self.errors_path)
+        self.failed = {r["id"] for r in _read_jsonl(self.errors_path)}
 
     @staticmethod
     def done_ids(out_dir: str | os.PathLike[str]) -> set[str]:
-        done: set[str] = set()
-        for p in Path(out_dir).glob("index-r*.jsonl"):
-            for line in p.read_text().splitlines():
-                if line.strip():
-                    done.add(json.loads(line)["id"])
-        return done
+        return {r["id"] for p in Path(out_dir).glob("index-r*.jsonl") for r in _read_jsonl(p)}
 
     def add(self, utt_id: str, value: torch.Tensor) -> None:
         self.buffer[utt_id] = value.detach().cpu().contiguous()
@@ -179,8 +217,12 @@ class ShardWriter:
             self.flush()
 
     def error(self, utt_id: str, message: str) -> None:
+        """Log a failed utterance; each id is recorded once, however often a resumed run retries it."""
         log.warning("skipping %s: %s", utt_id, message)
-        with open(self.out / f"errors-r{self.rank}.jsonl", "a") as f:
+        if utt_id in self.failed:
+            return
+        self.failed.add(utt_id)
+        with open(self.errors_path, "a") as f:
             f.write(json.dumps({"id": utt_id, "error": message}) + "\n")
 
     def flush(self) -> None:
@@ -188,7 +230,7 @@ class ShardWriter:
             return
         name = f"shard-r{self.rank}-{self.next_shard:05d}.safetensors"
         save_state_dict(self.buffer, self.out / name)
-        with open(self.out / f"index-r{self.rank}.jsonl", "a") as f:
+        with open(self.index_path, "a") as f:
             for k in self.buffer:
                 f.write(json.dumps({"id": k, "shard": name}) + "\n")
             f.flush()
@@ -202,7 +244,7 @@ def load_shards(out_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     shards: set[str] = set()
     for p in sorted(Path(out_dir).glob("index-r*.jsonl")):
-        shards.update(json.loads(line)["shard"] for line in p.read_text().splitlines() if line.strip())
+        shards.update(r["shard"] for r in _read_jsonl(p))
     for name in sorted(shards):
         out.update(load_state_dict(Path(out_dir) / name))
     return out

@@ -7,6 +7,8 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
+from mmspeech_core import CheckpointError
+
 
 class TextError(ValueError):
     """Text that cannot be synthesised (empty, control characters, ...)."""
@@ -42,8 +44,16 @@ class TextTokenizer:
 
         d = Path(directory)
         if not d.is_dir():
-            raise FileNotFoundError(f"text tokenizer folder not found: {d}")
-        return cls(AutoTokenizer.from_pretrained(str(d), local_files_only=True))
+            raise CheckpointError(f"text tokenizer folder not found: {d}")
+        if not any((d / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+            # else transformers fails with an unrelated error about sentencepiece
+            raise CheckpointError(
+                f"text tokenizer folder {d} has no tokenizer.json (nor vocab.json, tokenizer.model)"
+            )
+        try:
+            return cls(AutoTokenizer.from_pretrained(str(d), local_files_only=True))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"cannot load the text tokenizer in {d}: {e}") from e
 
     @classmethod
     def train_bpe(cls, texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2) -> TextTokenizer:

@@ -45,10 +45,9 @@ def _voice_args(sp: argparse.ArgumentParser) -> None:
 
 
 def _get_voice(tts, args):  # type: ignore[no-untyped-def]
-    from .tts import Voice
 
     if args.voice:
-        return Voice.load(args.voice)
+        return tts.load_voice(args.voice)
     if not args.reference:
         raise SystemExit("give --reference or --voice")
     return tts.make_voice(args.reference, args.reference_text)
@@ -88,13 +87,14 @@ def _bundle(args: argparse.Namespace) -> int:
 
     d = write_bundle(
         args.out,
+        overwrite=args.overwrite,
+        check=lambda folder: TTS.from_pretrained(folder, device="cpu"),  # refuse parts that do not fit
         tokenizer=args.tokenizer,
         text_tokenizer=args.text_tokenizer,
         llm=args.llm,
         flow=args.flow,
         vae=args.vae,
     )
-    TTS.from_pretrained(d, device="cpu")  # fail now, not at first synthesis, if the parts do not fit
     print(f"bundle -> {d}")
     return 0
 
@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     for part in ("tokenizer", "text-tokenizer", "llm", "flow", "vae"):
         sp.add_argument(f"--{part}", required=True, help=f"{part} folder")
     sp.add_argument("--out", required=True, help="bundle folder")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     sp = add_command(
         sub, "prepare", "folder of recordings (speaker = parent folder) -> JSONL manifest", _prepare
     )

@@ -50,7 +50,12 @@ def load_reference(
             raise ReferenceAudioError(
                 f"reference {src} is sampled at {sr} Hz; at least {p.min_sample_rate} Hz is needed"
             )
-        x = read_audio(src)
+        try:
+            x = read_audio(src)
+        except AudioError as e:  # unreadable, empty, NaN/Inf samples
+            raise ReferenceAudioError(str(e)) from e
+    if not torch.isfinite(x).all():
+        raise ReferenceAudioError("reference has NaN or Inf samples")
     dur = len(x) / sr
     if dur < p.min_seconds:
         raise ReferenceAudioError(f"reference is {dur:.2f} s long; at least {p.min_seconds} s is needed")
@@ -58,7 +63,8 @@ def load_reference(
         raise ReferenceAudioError(
             f"reference is {dur:.1f} s long; trim it to at most {p.max_seconds} s (3-10 s works best)"
         )
-    rms = float(torch.sqrt((x.float() ** 2).mean()))
+    # RMS around the mean: a constant (DC) signal is as empty of voice as silence
+    rms = float(x.float().std(correction=0))
     if rms < p.silence_rms:
-        raise ReferenceAudioError(f"reference is silent (RMS {rms:.2e})")
+        raise ReferenceAudioError(f"reference is silent or constant (RMS around its mean {rms:.2e})")
     return Waveform.from_list([x], sr).resample(sample_rate)

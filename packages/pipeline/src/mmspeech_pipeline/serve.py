@@ -64,7 +64,7 @@ class SpeechService:
         self.voices: dict[str, Voice] = {}
         if voices_dir is not None:
             for p in sorted(Path(voices_dir).glob("*.safetensors")):
-                self.voices[p.stem] = Voice.load(p)
+                self.voices[p.stem] = tts.load_voice(p)
         self.jobs: queue.Queue[_Job] = queue.Queue()
         self.batch_sizes: list[int] = []  # observability: what the worker actually batched
         threading.Thread(target=self._worker, daemon=True, name="mmspeech-batcher").start()

@@ -55,10 +55,29 @@ class Voice:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Voice:
+        """A saved preset, checked for shape and finite values (:meth:`TTS.load_voice` also checks that it
+        fits a bundle)."""
         t = load_state_dict(Path(path))
-        if "llm_speaker" not in t or "flow_speaker" not in t:
-            raise CheckpointError(f"{path} is not a voice preset")
-        return cls(**t)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if "llm_speaker" not in t or "flow_speaker" not in t or not set(t) <= fields:
+            raise CheckpointError(f"{path} is not a voice preset (tensors {sorted(t)})")
+        try:
+            return cls(**t)
+        except ValueError as e:
+            raise CheckpointError(f"voice preset {path}: {e}") from e
+
+    def __post_init__(self) -> None:
+        prompt = [self.prompt_text, self.prompt_tokens, self.prompt_latents]
+        if any(x is None for x in prompt) and any(x is not None for x in prompt):
+            raise ValueError("a one-shot voice needs prompt_text, prompt_tokens and prompt_latents together")
+        for name in ("llm_speaker", "flow_speaker", "prompt_latents"):
+            x = getattr(self, name)
+            if x is not None and (not x.is_floating_point() or not torch.isfinite(x).all()):
+                raise ValueError(f"Voice.{name} must hold finite floats")
+        if self.llm_speaker.dim() != 1 or self.flow_speaker.dim() != 1:
+            raise ValueError("Voice speaker vectors must be 1-D")
+        if self.prompt_latents is not None and self.prompt_latents.dim() != 2:
+            raise ValueError(f"Voice.prompt_latents must be (C, T), got {tuple(self.prompt_latents.shape)}")
 
 
 @dataclass
@@ -136,6 +155,37 @@ class TTS:
             raise CheckpointError("bundle parts do not fit together: " + "; ".join(problems))
 
     # ---- voices -----------------------------------------------------------------------------------
+    def check_voice(self, voice: Voice) -> Voice:
+        """Raise ``ValueError`` unless ``voice`` was made for parts shaped like this bundle's."""
+        lm, fm = self.llm.config.model, self.flow.config.model
+        problems = []
+        if voice.llm_speaker.shape != (lm.spk_dim,):
+            problems.append(
+                f"llm_speaker has shape {tuple(voice.llm_speaker.shape)}, the LM expects ({lm.spk_dim},)"
+            )
+        if voice.flow_speaker.shape != (fm.spk_dim,):
+            problems.append(
+                f"flow_speaker has shape {tuple(voice.flow_speaker.shape)}, the flow expects ({fm.spk_dim},)"
+            )
+        if voice.prompt_tokens is not None and voice.prompt_latents is not None:
+            c, frames = voice.prompt_latents.shape
+            if c != fm.latent_dim or frames != len(voice.prompt_tokens) * fm.ratio:
+                problems.append(
+                    f"prompt latents are {(c, frames)}, expected ({fm.latent_dim}, {len(voice.prompt_tokens)} × {fm.ratio})"
+                )
+            if len(voice.prompt_tokens) and int(voice.prompt_tokens.max()) >= fm.vocab_size:
+                problems.append(f"prompt tokens exceed the speech vocabulary ({fm.vocab_size})")
+        if problems:
+            raise ValueError("voice does not fit this bundle: " + "; ".join(problems))
+        return voice
+
+    def load_voice(self, path: str | os.PathLike[str]) -> Voice:
+        """A saved preset, checked for finite values and for fit with this bundle."""
+        try:
+            return self.check_voice(Voice.load(path))
+        except ValueError as e:
+            raise CheckpointError(f"voice preset {path}: {e}") from e
+
     @torch.inference_mode()
     def make_voice(
         self, reference: str | os.PathLike[str] | Waveform, reference_text: str | None = None
@@ -209,6 +259,8 @@ class TTS:
             raise ValueError(f"{len(texts)} texts for {len(voices)} voices")
         if len({v.one_shot for v in voices}) > 1:
             raise ValueError("mix of one-shot and zero-shot voices in one batch: synthesise them separately")
+        for v in {id(v): v for v in voices}.values():
+            self.check_voice(v)
         jobs = [(i, s) for i, t in enumerate(texts) for s in split_sentences(t, max_sentence_chars)]
         sent_voices = [voices[i] for i, _ in jobs]
         base = [seed + 1000 * i for i in range(len(texts))] if isinstance(seed, int) else list(seed)
@@ -225,6 +277,7 @@ class TTS:
         if empty:
             raise RuntimeError(f"the LM produced no speech for sentence(s) {[jobs[k][1] for k in empty]}")
         wavs = self.vae.decode(self._latents(tokens, sent_voices, flow_infer, seeds)).unbatch()
+        _check_finite(wavs)
         pause = torch.zeros(int(pause_s * self.sample_rate), device=wavs[0].device)
         out: list[list[torch.Tensor]] = [[] for _ in texts]
         for (i, _), w in zip(jobs, wavs):
@@ -332,9 +385,19 @@ class TTS:
         start = max(0, state.emitted - ctx)  # left context ...
         window = z[:, start : min(z.shape[-1], end + ctx)]  # ... and right context, cropped off below
         wav = self.vae.decode(Latents.from_list([window], lat.frame_rate)).unbatch()[0]
+        _check_finite([wav])
         hop = self.vae.hop
         state.emitted, emitted = end, state.emitted
         return wav[(emitted - start) * hop : (end - start) * hop]
+
+
+def _check_finite(wavs: Sequence[torch.Tensor]) -> None:
+    """Never hand back NaN / Inf audio as if it were speech (a server would play it as full-scale noise)."""
+    bad = [i for i, w in enumerate(wavs) if not torch.isfinite(w).all()]
+    if bad:
+        raise RuntimeError(
+            f"synthesis produced non-finite audio for item(s) {bad}: check the voice and the models"
+        )
 
 
 @dataclass
