@@ -111,7 +111,7 @@ def test_batch_equals_single(tts):
 def test_one_shot_prompt_is_not_in_output(tts):
     voice = tts.make_voice(REF, reference_text="hello there")
     assert voice.one_shot and voice.prompt_tokens is not None and voice.prompt_latents is not None
-    tokens = tts._tokens(["good morning."], [voice], None, [0])
+    tokens = tts._tokens([torch.tensor(tts.text_tokenizer.encode("good morning."))], [voice], None, [0])
     lat = tts._latents(tokens, [voice], None, [0])
     assert lat.lengths.tolist() == [int(tokens.lengths[0]) * 2]  # prompt frames are cut
     wav = tts.synthesize("good morning.", voice=voice, seed=0)
@@ -156,16 +156,33 @@ def test_streamed_audio_equals_the_offline_decode_of_the_same_latents(tts, one_s
     chunks = list(tts.stream(text, voice, seed=2, chunk_tokens=4))
     assert len(chunks) >= 3
     streamed = torch.cat([c.audio for c in chunks])
-    tokens = tts._tokens([text], [voice], None, [2])
+    tokens = tts._tokens([torch.tensor(tts.text_tokenizer.encode(text))], [voice], None, [2])
     latents = tts._latents(tokens, [voice], None, [2], chunked=True)
     offline = tts.vae.decode(latents).unbatch()[0]
     assert streamed.shape == offline.shape
     torch.testing.assert_close(streamed, offline, atol=1e-5, rtol=0)
 
 
+def test_long_text_runs_in_bounded_batches_with_the_same_audio(tts, monkeypatch):
+    """Issue 11 item 5: memory bounded by the batch, not the text; the batching never changes the audio."""
+    voice = tts.make_voice(REF)
+    text = " ".join(["hello there.", "good morning to you.", "how are you today?"] * 2)
+    whole = tts.synthesize_batch([text], [voice], seed=1)
+    sizes = []
+    run = tts._synthesize_sentences
+    monkeypatch.setattr(
+        tts, "_synthesize_sentences", lambda jobs, *a: sizes.append(len(jobs)) or run(jobs, *a)
+    )
+    pieces = tts.synthesize_batch([text], [voice], seed=1, max_batch_sentences=4)
+    assert sizes == [4, 2]
+    assert torch.equal(pieces.audio, whole.audio)
+    with pytest.raises(TextError, match="limit is 20"):
+        tts.synthesize_batch([text], [voice], max_chars=20)
+
+
 def test_bad_inputs(tts, tmp_path):
     voice = tts.make_voice(REF)
-    with pytest.raises(TextError, match="empty"):
+    with pytest.raises(TextError, match="nothing to speak"):
         tts.synthesize("   ", voice=voice)
     with pytest.raises(TextError, match="unsupported"):
         tts.synthesize("hi\x00there", voice=voice)

@@ -24,8 +24,9 @@ from mmspeech_flow.config import FlowInferConfig
 from mmspeech_flow.model import FlowModel
 from mmspeech_llm.config import SamplingConfig
 from mmspeech_llm.model import SpeechLM
-from mmspeech_llm.text import TextTokenizer
+from mmspeech_llm.text import TextError, TextTokenizer
 from mmspeech_vae.model import DACVAE
+from tqdm import tqdm
 
 from .bundle import check_bundle
 from .reference import ReferencePolicy, load_reference
@@ -210,9 +211,8 @@ class TTS:
 
     # ---- synthesis --------------------------------------------------------------------------------
     def _tokens(
-        self, texts: list[str], voices: list[Voice], sampling: SamplingConfig | None, seeds: list[int]
+        self, ids: list[torch.Tensor], voices: list[Voice], sampling: SamplingConfig | None, seeds: list[int]
     ) -> SpeechTokens:
-        ids = [torch.tensor(self.text_tokenizer.encode(t)) for t in texts]
         spk = SpeakerEmbedding(torch.stack([v.llm_speaker for v in voices]))
         if voices[0].one_shot:
             return self.llm.generate(
@@ -250,39 +250,78 @@ class TTS:
         flow_infer: FlowInferConfig | None = None,
         pause_s: float = 0.15,
         max_sentence_chars: int = 200,
+        max_batch_sentences: int = 16,
+        max_chars: int | None = None,
+        progress: bool | None = None,
     ) -> Waveform:
-        """Many texts, one voice each, in one batch per stage. Item i's result does not depend on its batch-mates.
+        """Many texts, one voice each. The texts' sentences run through the stages in batches of at most
+        ``max_batch_sentences`` (memory stays bounded however long the text); item i's result does not
+        depend on its batch-mates or on the batching.
 
         ``seed``: one per text, or an int (text i then uses ``seed + 1000·i``); sentence k of a text adds k.
+        ``max_chars``: refuse a text longer than this (``TextError``). ``progress``: a progress bar (default:
+        when there is more than one batch).
         """
+        jobs = self._plan(texts, voices, seed, max_sentence_chars, max_chars)
+        batches = [jobs[k : k + max_batch_sentences] for k in range(0, len(jobs), max_batch_sentences)]
+        show = progress if progress is not None else len(batches) > 1
+        wavs: list[torch.Tensor] = []
+        with tqdm(total=len(jobs), desc="synthesise", unit="sentence", disable=not show) as bar:
+            for batch in batches:
+                wavs += self._synthesize_sentences(batch, sampling, flow_infer)
+                bar.update(len(batch))
+        return self._join(len(texts), jobs, wavs, pause_s)
+
+    def _plan(
+        self,
+        texts: Sequence[str],
+        voices: Sequence[Voice],
+        seed: int | Sequence[int],
+        max_sentence_chars: int,
+        max_chars: int | None,
+    ) -> list[_SentenceJob]:
+        """Validate the request and split it into sentences, each with its text ids, voice and seed."""
         if len(texts) != len(voices):
             raise ValueError(f"{len(texts)} texts for {len(voices)} voices")
         if len({v.one_shot for v in voices}) > 1:
             raise ValueError("mix of one-shot and zero-shot voices in one batch: synthesise them separately")
         for v in {id(v): v for v in voices}.values():
             self.check_voice(v)
-        jobs = [(i, s) for i, t in enumerate(texts) for s in split_sentences(t, max_sentence_chars)]
-        sent_voices = [voices[i] for i, _ in jobs]
         base = [seed + 1000 * i for i in range(len(texts))] if isinstance(seed, int) else list(seed)
         if len(base) != len(texts):
             raise ValueError(f"{len(base)} seeds for {len(texts)} texts")
-        # seeds follow (text, sentence index): independent of what else is in the batch
-        counts: dict[int, int] = {}
-        seeds = []
-        for i, _ in jobs:
-            seeds.append(base[i] + counts.get(i, 0))
-            counts[i] = counts.get(i, 0) + 1
-        tokens = self._tokens([s for _, s in jobs], sent_voices, sampling, seeds)
-        empty = [k for k, n in enumerate(tokens.lengths.tolist()) if n == 0]
+        jobs = []
+        for i, text in enumerate(texts):
+            if max_chars is not None and len(text) > max_chars:
+                raise TextError(f"text {i} has {len(text)} characters; the limit is {max_chars}")
+            for k, sentence in enumerate(split_sentences(text, max_sentence_chars)):
+                # seeds follow (text, sentence index): independent of what else is in the batch
+                ids = torch.tensor(self.text_tokenizer.encode(sentence))  # bad text fails before any work
+                jobs.append(_SentenceJob(i, sentence, ids, voices[i], base[i] + k))
+        return jobs
+
+    def _synthesize_sentences(
+        self, jobs: list[_SentenceJob], sampling: SamplingConfig | None, flow_infer: FlowInferConfig | None
+    ) -> list[torch.Tensor]:
+        """One batch through the LM, the flow and the VAE -> one (T,) waveform per sentence, on the CPU."""
+        voices, seeds = [j.voice for j in jobs], [j.seed for j in jobs]
+        tokens = self._tokens([j.ids for j in jobs], voices, sampling, seeds)
+        empty = [j.sentence for j, n in zip(jobs, tokens.lengths.tolist()) if n == 0]
         if empty:
-            raise RuntimeError(f"the LM produced no speech for sentence(s) {[jobs[k][1] for k in empty]}")
-        wavs = self.vae.decode(self._latents(tokens, sent_voices, flow_infer, seeds)).unbatch()
+            raise RuntimeError(f"the LM produced no speech for sentence(s) {empty}")
+        wavs = self.vae.decode(self._latents(tokens, voices, flow_infer, seeds)).unbatch()
         _check_finite(wavs)
-        pause = torch.zeros(int(pause_s * self.sample_rate), device=wavs[0].device)
-        out: list[list[torch.Tensor]] = [[] for _ in texts]
-        for (i, _), w in zip(jobs, wavs):
-            out[i] += [pause, w] if out[i] else [w]
-        return Waveform.from_list([torch.cat(x).cpu() for x in out], self.sample_rate)
+        return [w.cpu() for w in wavs]
+
+    def _join(
+        self, n_texts: int, jobs: list[_SentenceJob], wavs: list[torch.Tensor], pause_s: float
+    ) -> Waveform:
+        """Each text's sentences in order, with ``pause_s`` of silence between them."""
+        pause = torch.zeros(int(pause_s * self.sample_rate))
+        out: list[list[torch.Tensor]] = [[] for _ in range(n_texts)]
+        for job, w in zip(jobs, wavs):
+            out[job.text_index] += [pause, w] if out[job.text_index] else [w]
+        return Waveform.from_list([torch.cat(x) for x in out], self.sample_rate)
 
     def synthesize(
         self,
@@ -398,6 +437,17 @@ def _check_finite(wavs: Sequence[torch.Tensor]) -> None:
         raise RuntimeError(
             f"synthesis produced non-finite audio for item(s) {bad}: check the voice and the models"
         )
+
+
+@dataclass
+class _SentenceJob:
+    """One sentence of a request: which text it belongs to, its text ids, voice and seed."""
+
+    text_index: int
+    sentence: str
+    ids: torch.Tensor  # (N,) text token ids
+    voice: Voice
+    seed: int
 
 
 @dataclass
