@@ -1,5 +1,8 @@
 import dataclasses
 import json
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -301,62 +304,35 @@ def test_corrupt_bundle_files_raise_checkpoint_errors(tmp_path, make_parts):
         TTS.from_pretrained(b, device="cpu")
 
 
+def mmspeech(command: str) -> int:
+    return main(shlex.split(command))
+
+
 def test_cli_synthesize_voice_prepare_evaluate(bundle, tmp_path):
-    out = tmp_path / "o.wav"
+    out, voice = tmp_path / "o.wav", tmp_path / "v.safetensors"
     assert (
-        main(
-            [
-                "synthesize",
-                "--bundle",
-                str(bundle),
-                "--reference",
-                str(REF),
-                "--text",
-                "hello there.",
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
+        mmspeech(
+            f"synthesize --bundle {bundle} --reference {REF} --text 'hello there.' --out {out} --device cpu"
         )
         == 0
     )
     assert sf.info(out).samplerate == 24000
+    assert mmspeech(f"voice --bundle {bundle} --reference {REF} --out {voice} --device cpu") == 0
+    out2 = tmp_path / "o2.wav"
     assert (
-        main(
-            [
-                "voice",
-                "--bundle",
-                str(bundle),
-                "--reference",
-                str(REF),
-                "--out",
-                str(tmp_path / "v.safetensors"),
-                "--device",
-                "cpu",
-            ]
+        mmspeech(
+            f"synthesize --bundle {bundle} --voice {voice} --text 'hello there.' --out {out2} --device cpu"
         )
         == 0
     )
+    assert np.array_equal(sf.read(out)[0], sf.read(out2)[0])
     assert (
-        main(
-            [
-                "synthesize",
-                "--bundle",
-                str(bundle),
-                "--voice",
-                str(tmp_path / "v.safetensors"),
-                "--text",
-                "hello there.",
-                "--out",
-                str(tmp_path / "o2.wav"),
-                "--device",
-                "cpu",
-            ]
+        mmspeech(
+            f"synthesize --bundle {bundle} --voice {voice} --text 'hi there.' --out {tmp_path / 'o.flac'}"
         )
         == 0
     )
-    assert np.array_equal(sf.read(out)[0], sf.read(tmp_path / "o2.wav")[0])
+    assert sf.info(tmp_path / "o.flac").format == "FLAC"  # the suffix names the format
     # prepare: speaker from folder names, text from .txt, bad and too-short files logged and skipped
     corpus = tmp_path / "corpus"
     for spk in ("alice", "bob"):
@@ -375,23 +351,48 @@ def test_cli_synthesize_voice_prepare_evaluate(bundle, tmp_path):
         json.dumps({"id": "t1", "text": "good morning.", "audio": str(REF)}) + "\n"
     )
     assert (
-        main(
-            [
-                "evaluate",
-                "--bundle",
-                str(bundle),
-                "--manifest",
-                str(tmp_path / "test.jsonl"),
-                "--out",
-                str(tmp_path / "ev"),
-                "--device",
-                "cpu",
-            ]
-        )
+        mmspeech(f"evaluate --bundle {bundle} --manifest {tmp_path / 'test.jsonl'} --out {tmp_path / 'ev'}")
         == 0
     )
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["n"] == 1 and summary["rtf"] > 0 and -1 <= summary["sim_proxy"] <= 1
+
+
+def test_cli_user_errors_are_one_line_and_exit_2(bundle, tmp_path, capsys):
+    """Issue 11 item 11."""
+    sf.write(tmp_path / "silent.wav", np.zeros(48000, dtype=np.float32), 24000)
+    (tmp_path / "taken.wav").write_bytes(b"mine")
+    voice = tmp_path / "v.safetensors"
+    mmspeech(f"voice --bundle {bundle} --reference {REF} --out {voice}")
+    capsys.readouterr()
+    cases = {
+        f"synthesize --bundle {bundle} --reference {tmp_path / 'silent.wav'} --text hi --out {tmp_path / 'a.wav'}": "silent",
+        f"synthesize --bundle {bundle} --voice {voice} --reference-text hi --text hi --out {tmp_path / 'a.wav'}": "--reference-text goes with --reference",
+        f"synthesize --bundle {bundle} --voice {voice} --text hi --out {tmp_path / 'a.xyz'}": "cannot write .xyz",
+        f"synthesize --bundle {bundle} --voice {voice} --text hi --out {tmp_path / 'taken.wav'}": "--overwrite",
+        f"synthesize --bundle {tmp_path / 'nope'} --voice {voice} --text hi --out {tmp_path / 'a.wav'}": "bundle folder not found",
+        f"serve --bundle {bundle} --voices {tmp_path / 'none'}": "--voices folder not found",
+    }
+    for command, message in cases.items():
+        assert mmspeech(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert (tmp_path / "taken.wav").read_bytes() == b"mine"
+    with pytest.raises(SystemExit) as e:  # argparse: --reference and --voice together
+        mmspeech(
+            f"synthesize --bundle {bundle} --voice {voice} --reference {REF} --text hi --out {tmp_path / 'b.wav'}"
+        )
+    assert e.value.code == 2
+    with pytest.raises(ReferenceAudioError):  # --debug keeps the traceback
+        mmspeech(
+            f"--debug synthesize --bundle {bundle} --reference {tmp_path / 'silent.wav'} --text hi --out {tmp_path / 'c.wav'}"
+        )
+
+
+def test_cli_help_is_fast_and_imports_no_torch():
+    code = "import sys, mmspeech_pipeline.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False", r.stderr
 
 
 def test_quickstart_fast(tmp_path):

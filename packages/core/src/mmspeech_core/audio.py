@@ -9,6 +9,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from .checkpoint import atomic_write
 from .types import Waveform
 
 
@@ -64,10 +65,32 @@ def load_audio(paths: str | os.PathLike[str] | list[str | os.PathLike[str]], sam
     return Waveform.from_list([read_audio(p, sample_rate) for p in items], sample_rate)
 
 
+# output container by file suffix: (soundfile format, subtype)
+AUDIO_FORMATS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),  # needs libsndfile >= 1.1 (soundfile's wheels ship it)
+}
+
+
+def audio_format(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """(format, subtype) that ``path``'s suffix names; ``ValueError`` for a suffix that cannot be written."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in AUDIO_FORMATS or AUDIO_FORMATS[suffix][0] not in sf.available_formats():
+        usable = [k for k, (f, _) in AUDIO_FORMATS.items() if f in sf.available_formats()]
+        raise ValueError(
+            f"cannot write {suffix or 'a file without a suffix'} audio ({path}); use one of {usable}"
+        )
+    return AUDIO_FORMATS[suffix]
+
+
 def save_audio(
     path: str | os.PathLike[str], wav: Waveform | torch.Tensor, sample_rate: int | None = None
 ) -> None:
-    """Write one item (B must be 1 for a Waveform) as 16-bit PCM WAV, atomically."""
+    """Write one item (B must be 1 for a Waveform), atomically, in the format its suffix names
+    (.wav / .flac: 16-bit PCM, .ogg: Vorbis, .mp3)."""
+    fmt, subtype = audio_format(path)
     if isinstance(wav, Waveform):
         if wav.batch_size != 1:
             raise ValueError(f"save_audio writes one item, got a batch of {wav.batch_size}")
@@ -79,8 +102,4 @@ def save_audio(
     x = x.detach().float().cpu().clamp(-1, 1)
     if x.dim() != 1:
         raise ValueError(f"expected mono (T,) audio, got shape {tuple(x.shape)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    sf.write(str(tmp), x.numpy(), sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    atomic_write(Path(path), lambda tmp: sf.write(tmp, x.numpy(), sample_rate, subtype=subtype, format=fmt))

@@ -41,7 +41,7 @@ def current_umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temp file in the same folder + rename, so a crash never leaves a half-written file.
 
     mkstemp creates 0600 files; the final file gets the mode a plain ``open`` would (0666 less the umask),
@@ -65,16 +65,16 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save, atomic (see :func:`_atomic_write`)."""
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save, atomic (see :func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def is_temp_file(path: Path) -> bool:
-    """A temp file of :func:`_atomic_write` (left behind only by a killed process)."""
+    """A temp file of :func:`atomic_write` (left behind only by a killed process)."""
     return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
 
 
@@ -98,7 +98,7 @@ def save_state_dict(
         clean[k] = v.clone().contiguous().cpu() if ptr in seen else v.contiguous().cpu()
         if ptr != -1:
             seen[ptr] = k
-    _atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
 
 
 def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -12,12 +14,23 @@ C = TypeVar("C")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows defaults, except where there is none to show (required options, unset ``None``, flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if (
+            action.required
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+        ):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def make_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="show the full traceback when a command fails")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     return p, sub
 
@@ -44,14 +57,41 @@ def add_extraction_args(sp: argparse.ArgumentParser) -> None:
     )
 
 
+# what a user can cause and fix (bad paths, inputs, configs, checkpoints): exit 2 with one line
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, LookupError, RuntimeError)
+
+
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse and run one command. A failure prints one line naming the problem (``--debug``: the full
+    traceback) and exits 2 for a user error, 1 for anything else."""
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    rc = args.func(args)
-    return int(rc or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {e}  (--debug shows the traceback)", file=sys.stderr)
+        return 2 if isinstance(e, USER_ERRORS) else 1
+
+
+def add_device_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: cuda when available)")
+
+
+def add_seed_arg(sp: argparse.ArgumentParser, help: str = "sampling and noise seed") -> None:
+    sp.add_argument("--seed", type=int, default=0, help=help)
+
+
+def check_output(path: str, overwrite: bool) -> None:
+    """Refuse to replace an existing file unless asked (``--overwrite``)."""
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists: pass --overwrite to replace it")
 
 
 def add_config_command(sub: argparse._SubParsersAction, presets: dict[str, Callable[[], object]]) -> None:

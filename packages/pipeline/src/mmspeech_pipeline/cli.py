@@ -18,12 +18,20 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mmspeech_core import save_audio
-from mmspeech_core.cli import add_command, make_parser, run
+from mmspeech_core.cli import add_command, add_device_arg, add_seed_arg, check_output, make_parser, run
+
+if TYPE_CHECKING:
+    from mmspeech_core import Waveform
+
+    from .tts import TTS, Voice
+
+# The library (torch and the stages) is imported inside each command rather than here, so that
+# `mmspeech --help` answers at once instead of after seconds of importing torch.
 
 
-def _tts(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _tts(args: argparse.Namespace) -> TTS:
     from .tts import TTS
 
     return TTS.from_pretrained(args.bundle, device=args.device)
@@ -31,32 +39,48 @@ def _tts(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _voice_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--bundle", required=True, help="bundle folder (see `mmspeech bundle`)")
-    sp.add_argument(
-        "--reference", default=None, help="reference recording of the target voice (1-30 s, mono)"
-    )
-    sp.add_argument(
-        "--reference-text", default=None, help="transcript of the reference: switches to one-shot"
-    )
-    sp.add_argument(
-        "--voice", default=None, help="a voice preset file (from `mmspeech voice`) instead of --reference"
-    )
-    sp.add_argument("--seed", type=int, default=0, help="sampling and noise seed")
-    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--reference", help="reference recording of the target voice (1-30 s, mono)")
+    g.add_argument("--voice", help="a voice preset file (from `mmspeech voice`) instead of --reference")
+    sp.add_argument("--reference-text", help="transcript of --reference: switches to one-shot")
+    add_seed_arg(sp)
+    add_device_arg(sp)
 
 
-def _get_voice(tts, args):  # type: ignore[no-untyped-def]
+def _output_args(sp: argparse.ArgumentParser, help: str) -> None:
+    sp.add_argument("--out", required=True, help=help)
+    sp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
-    if args.voice:
-        return tts.load_voice(args.voice)
-    if not args.reference:
-        raise SystemExit("give --reference or --voice")
-    return tts.make_voice(args.reference, args.reference_text)
+
+def _check_audio_output(args: argparse.Namespace) -> None:
+    from mmspeech_core.audio import audio_format
+
+    audio_format(args.out)  # a suffix we cannot write fails now, not after synthesis
+    check_output(args.out, args.overwrite)
+
+
+def _tts_and_voice(args: argparse.Namespace) -> tuple[TTS, Voice]:
+    """The reference is checked before the bundle loads: a bad recording fails in a moment, not seconds."""
+    if args.voice and args.reference_text is not None:
+        raise ValueError("--reference-text goes with --reference; a --voice preset already holds its prompt")
+    reference: Waveform | None = None
+    if args.reference:
+        from .reference import load_reference
+
+        reference = load_reference(args.reference, None)
+    tts = _tts(args)
+    if reference is None:
+        return tts, tts.load_voice(args.voice)
+    return tts, tts.make_voice(reference, args.reference_text)
 
 
 def _synthesize(args: argparse.Namespace) -> int:
-    tts = _tts(args)
-    text = args.text if args.text is not None else Path(args.text_file).read_text()
-    wav = tts.synthesize(text, voice=_get_voice(tts, args), seed=args.seed)
+    from mmspeech_core import save_audio
+
+    _check_audio_output(args)
+    text = args.text if args.text is not None else Path(args.text_file).read_text(encoding="utf-8")
+    tts, voice = _tts_and_voice(args)
+    wav = tts.synthesize_batch([text], [voice], seed=args.seed, max_chars=args.max_chars)
     save_audio(args.out, wav)
     print(f"{float(wav.durations()[0]):.2f} s at {wav.sample_rate} Hz -> {args.out}")
     return 0
@@ -64,10 +88,12 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 def _stream(args: argparse.Namespace) -> int:
     import torch
+    from mmspeech_core import save_audio
 
-    tts = _tts(args)
+    _check_audio_output(args)
+    tts, voice = _tts_and_voice(args)
     chunks = []
-    for c in tts.stream(args.text, _get_voice(tts, args), seed=args.seed):
+    for c in tts.stream(args.text, voice, seed=args.seed):
         chunks.append(c.audio)
         print(f"chunk {c.index}: {len(c.audio) / c.sample_rate:.2f} s audio at t={c.elapsed_s:.3f} s")
     save_audio(args.out, torch.cat(chunks), tts.sample_rate)
@@ -75,8 +101,9 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _voice(args: argparse.Namespace) -> int:
-    tts = _tts(args)
-    _get_voice(tts, args).save(args.out)
+    check_output(args.out, args.overwrite)
+    _, voice = _tts_and_voice(args)
+    voice.save(args.out)
     print(f"voice preset -> {args.out}")
     return 0
 
@@ -120,6 +147,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .serve import SpeechService, make_server
 
+    if not Path(args.voices).is_dir():
+        raise FileNotFoundError(
+            f"--voices folder not found: {args.voices} (make presets with `mmspeech voice`)"
+        )
     service = SpeechService(_tts(args), args.voices, args.max_chars, args.max_batch, args.batch_window_ms)
     server = make_server(service, args.host, args.port)
     print(
@@ -151,15 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     _voice_args(sp)
     g = sp.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", help="text to speak (long text is split at sentences)")
-    g.add_argument("--text-file", help="file holding the text to speak")
-    sp.add_argument("--out", required=True, help="output wav")
+    g.add_argument("--text-file", help="UTF-8 file holding the text to speak")
+    sp.add_argument("--max-chars", type=int, default=100_000, help="refuse a longer text")
+    _output_args(sp, "output audio: .wav, .flac, .ogg or .mp3")
     sp = add_command(sub, "stream", "synthesise while generating; prints each chunk's arrival time", _stream)
     _voice_args(sp)
     sp.add_argument("--text", required=True, help="text to speak")
-    sp.add_argument("--out", required=True, help="output wav (all chunks)")
+    _output_args(sp, "output audio of all chunks: .wav, .flac, .ogg or .mp3")
     sp = add_command(sub, "voice", "save a voice preset (speaker vectors + one-shot prompt) to reuse", _voice)
     _voice_args(sp)
-    sp.add_argument("--out", required=True, help="output .safetensors")
+    _output_args(sp, "output .safetensors")
     sp = add_command(
         sub, "bundle", "assemble trained stage folders into one bundle (checked for fit)", _bundle
     )
@@ -190,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--asr-model", default=None, help="local ASR model folder (e.g. whisper-large-v3) for WER"
     )
     sp.add_argument("--sv-model", default=None, help="local WavLM x-vector folder for SIM (else a proxy)")
-    sp.add_argument("--seed", type=int, default=0, help="seed")
-    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    add_seed_arg(sp)
+    add_device_arg(sp)
     sp = add_command(sub, "serve", "OpenAI-compatible HTTP server: POST /v1/audio/speech", _serve)
     sp.add_argument("--bundle", required=True, help="bundle folder")
     sp.add_argument(
@@ -206,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--batch-window-ms", type=float, default=10.0, help="how long a request waits for batch-mates"
     )
-    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    add_device_arg(sp)
     sp = add_command(
         sub,
         "quickstart",
@@ -215,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--out", default="quickstart", help="output folder")
     sp.add_argument("--fast", action="store_true", help="~10x fewer steps (a smoke test)")
-    sp.add_argument("--seed", type=int, default=0, help="seed")
+    add_seed_arg(sp, "seed of the corpus, the training runs and the synthesis")
     return p
 
 

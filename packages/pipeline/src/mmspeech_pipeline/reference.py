@@ -24,9 +24,9 @@ class ReferencePolicy:
 
 
 def load_reference(
-    src: str | os.PathLike[str] | Waveform, sample_rate: int, policy: ReferencePolicy | None = None
+    src: str | os.PathLike[str] | Waveform, sample_rate: int | None, policy: ReferencePolicy | None = None
 ) -> Waveform:
-    """Path or single-item Waveform -> checked mono Waveform at ``sample_rate``."""
+    """Path or single-item Waveform -> checked mono Waveform at ``sample_rate`` (None: its own rate)."""
     p = policy or ReferencePolicy()
     if isinstance(src, Waveform):
         if src.batch_size != 1:
@@ -67,4 +67,5 @@ def load_reference(
     rms = float(x.float().std(correction=0))
     if rms < p.silence_rms:
         raise ReferenceAudioError(f"reference is silent or constant (RMS around its mean {rms:.2e})")
-    return Waveform.from_list([x], sr).resample(sample_rate)
+    wav = Waveform.from_list([x], sr)
+    return wav.resample(sample_rate) if sample_rate else wav

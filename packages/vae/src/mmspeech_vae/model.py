@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 
 import torch
@@ -26,8 +27,12 @@ class DACVAE(nn.Module, PretrainedMixin):
         super().__init__()
         self.config = config
         m = config.model
-        self.encoder = Encoder(m.encoder_dim, list(m.encoder_rates), 2 * m.latent_dim)
-        self.decoder = Decoder(m.latent_dim, m.decoder_dim, list(m.decoder_rates))
+        with (
+            warnings.catch_warnings()
+        ):  # dac builds its convs with the deprecated (still working) weight_norm
+            warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+            self.encoder = Encoder(m.encoder_dim, list(m.encoder_rates), 2 * m.latent_dim)
+            self.decoder = Decoder(m.latent_dim, m.decoder_dim, list(m.decoder_rates))
         # dac's own init, as DAC() applies it. On its weight-normed convs the truncated-normal weight is
         # recomputed from (g, v) at the first forward, so what lasts is the zeroed bias, exactly as in dac.
         self.apply(init_weights)
