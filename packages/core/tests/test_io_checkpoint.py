@@ -243,3 +243,30 @@ def test_trainer_validation_is_reproducible(tmp_path):
     val = [torch.ones(3), torch.zeros(3)]
     a, b = t.evaluate(val), t.evaluate(val)
     assert a == b  # losses that draw random numbers still compare across evaluations
+
+
+def test_extraction_records_its_model_and_refuses_to_mix_two(tmp_path):
+    """Issue 11 item 4: a feature folder knows which model made it."""
+    from mmspeech_core.data import extract_features, features_fingerprint
+
+    save_audio(tmp_path / "a.wav", torch.zeros(1600), 16000)
+    utts = [Utterance("u0", str(tmp_path / "a.wav"))]
+
+    class Encoder:
+        sample_rate = 16000
+
+        def __init__(self, fp):
+            self.fp = fp
+
+        def fingerprint(self):
+            return self.fp
+
+        def encode(self, wav):
+            from mmspeech_core import SpeechTokens
+
+            return SpeechTokens.from_list([torch.zeros(2, dtype=torch.long)], 25.0)
+
+    extract_features(Encoder("abc"), utts, tmp_path / "out")
+    assert features_fingerprint(tmp_path / "out") == "abc"
+    with pytest.raises(ValueError, match="another model"):
+        extract_features(Encoder("xyz"), utts, tmp_path / "out")

@@ -291,6 +291,43 @@ def test_bundle_never_deletes_what_it_was_not_asked_to_replace(tmp_path, make_pa
     assert (b / "llm" / "model.safetensors").is_file()
 
 
+def test_parts_from_another_training_run_are_refused(tmp_path, make_parts):
+    """Issue 11 item 4: the LM and the flow record fingerprints of the parts they were trained against."""
+    from mmspeech_flow.model import FlowModel
+    from mmspeech_llm.model import SpeechLM
+    from mmspeech_llm.text import TextTokenizer
+    from mmspeech_vae.model import DACVAE
+
+    parts = make_parts(tmp_path)
+    text_tok = TextTokenizer.from_pretrained(parts["text_tokenizer"])
+    other_tok = TextTokenizer.train_bpe(["another corpus entirely"] * 3, vocab_size=280, min_frequency=1)
+    llm = SpeechLM.from_pretrained(parts["llm"])
+    llm.trained_with = {"text_tokenizer": other_tok.fingerprint()}
+    llm.save_pretrained(tmp_path / "llm_other")
+    assert SpeechLM.from_pretrained(tmp_path / "llm_other").trained_with == llm.trained_with
+    mixed = {**parts, "llm": tmp_path / "llm_other"}
+    check = lambda folder: TTS.from_pretrained(folder, device="cpu")  # noqa: E731 (as `mmspeech bundle`)
+    with pytest.raises(CheckpointError, match="trained with text_tokenizer"):
+        write_bundle(tmp_path / "b", check=check, **mixed)
+    assert not (tmp_path / "b").exists()
+    write_bundle(tmp_path / "b", allow_part_mismatch=True, **mixed)  # explicit override, recorded
+    TTS.from_pretrained(tmp_path / "b", device="cpu")
+    # matching provenance loads; a re-saved copy of the same tokenizer keeps its fingerprint
+    llm.trained_with = {"text_tokenizer": text_tok.fingerprint()}
+    llm.save_pretrained(tmp_path / "llm_ok")
+    flow = FlowModel.from_pretrained(parts["flow"])
+    flow.trained_with = {"vae": DACVAE.from_pretrained(parts["vae"]).fingerprint()}
+    flow.save_pretrained(tmp_path / "flow_ok")
+    text_tok.save(tmp_path / "text_copy")
+    ok = {
+        **parts,
+        "llm": tmp_path / "llm_ok",
+        "flow": tmp_path / "flow_ok",
+        "text_tokenizer": tmp_path / "text_copy",
+    }
+    TTS.from_pretrained(write_bundle(tmp_path / "b_ok", **ok), device="cpu")
+
+
 def test_corrupt_bundle_files_raise_checkpoint_errors(tmp_path, make_parts):
     """Issue 11 item 10."""
     b = write_bundle(tmp_path / "b", **make_parts(tmp_path))

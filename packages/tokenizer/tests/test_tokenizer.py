@@ -6,9 +6,9 @@ import torch
 from mmspeech_core import CheckpointError, Waveform, load_audio, read_audio, save_audio
 from mmspeech_core.data import Utterance, extract_features, load_shards, read_manifest
 from mmspeech_core.training import TrainConfig
-from mmspeech_tokenizer.cli import load_tokenizer, main
+from mmspeech_tokenizer.cli import main
 from mmspeech_tokenizer.config import S3Config, tiny_fsq_config
-from mmspeech_tokenizer.infer import sample_wavs
+from mmspeech_tokenizer.infer import load_speech_tokenizer, sample_wavs
 from mmspeech_tokenizer.model import FSQTokenizer, build_vocab, fsq_decode_codes, fsq_quantize
 from mmspeech_tokenizer.s3 import S3SpeechTokenizer
 from mmspeech_tokenizer.train import train
@@ -199,7 +199,7 @@ def test_extract_cli_sharded_resumable_and_logs_bad_audio(s3, tmp_path):
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors-r0.jsonl").read_text().splitlines()]
     assert {e["id"] for e in errors} == {"bad"}
     stats = extract_features(
-        load_tokenizer(str(tmp_path / "tok")), read_manifest(tmp_path / "m.jsonl"), tmp_path / "out"
+        load_speech_tokenizer(str(tmp_path / "tok")), read_manifest(tmp_path / "m.jsonl"), tmp_path / "out"
     )
     assert stats["skipped"] == 2 and stats["done"] == 0
 
@@ -241,7 +241,7 @@ def test_fsq_tokenizer_ctc_loss_falls_and_encodes(tmp_path):
     toks = model.eval().encode(wav)
     assert toks.vocab_size == 6561 and abs(int(toks.lengths[0]) - 25 * float(wav.durations()[0])) <= 1
     # the extract CLI reads an FSQ folder too
-    re = load_tokenizer(str(tmp_path / "run" / "checkpoint-00000040"))
+    re = load_speech_tokenizer(str(tmp_path / "run" / "checkpoint-00000040"))
     assert isinstance(re, FSQTokenizer) and torch.equal(re.encode(wav).tokens, toks.tokens)
 
 

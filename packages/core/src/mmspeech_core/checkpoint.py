@@ -9,11 +9,13 @@ Layout of a pretrained directory::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -101,6 +103,17 @@ def save_state_dict(
     atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
 
 
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """A short hash of a state dict's names, dtypes, shapes and values: the same weights give the same
+    fingerprint however they were stored (ONNX-converted, re-saved, copied into a bundle)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
@@ -111,13 +124,25 @@ def load_state_dict(path: Path, device: str | torch.device = "cpu") -> dict[str,
 
 
 def save_pretrained_dir(
-    directory: str | Path, kind: str, config: Any, state: dict[str, torch.Tensor], package_version: str
+    directory: str | Path,
+    kind: str,
+    config: Any,
+    state: dict[str, torch.Tensor],
+    package_version: str,
+    trained_with: Mapping[str, str] | None = None,
 ) -> Path:
+    """``trained_with``: fingerprints of the parts this one was trained against (its provenance)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     save_state_dict(state, d / WEIGHTS_NAME, metadata={"kind": kind, "format_version": str(FORMAT_VERSION)})
     atomic_write_text(d / CONFIG_NAME, json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n")
-    meta = {"kind": kind, "format_version": FORMAT_VERSION, "package_version": package_version}
+    meta: dict[str, Any] = {
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "package_version": package_version,
+    }
+    if trained_with:
+        meta["trained_with"] = dict(trained_with)
     atomic_write_text(d / META_NAME, json.dumps(meta, indent=2) + "\n")
     return d
 
@@ -153,6 +178,16 @@ def load_pretrained_dir(
     return config, load_state_dict(d / WEIGHTS_NAME, device)
 
 
+def read_trained_with(directory: str | Path) -> dict[str, str]:
+    """The provenance a pretrained folder records (empty for folders written before it was recorded)."""
+    meta = Path(directory) / META_NAME
+    try:
+        value = json.loads(meta.read_text()).get("trained_with", {}) if meta.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta} is corrupted: {e}") from e
+    return dict(value)
+
+
 M = TypeVar("M", bound="PretrainedMixin")
 
 
@@ -166,12 +201,25 @@ class PretrainedMixin:
     config_class: ClassVar[type]
     package_version: ClassVar[str] = "0.0.0"
     config: Any
+    # fingerprints of the parts this model was trained against ({"vae": ..., "tokenizer": ...}), saved in
+    # meta.json so a bundle can refuse parts from another training run
+    trained_with: Mapping[str, str] = MappingProxyType({})  # replaced, never mutated
 
     def save_pretrained(self, directory: str | Path) -> Path:
         assert isinstance(self, torch.nn.Module)
         return save_pretrained_dir(
-            directory, self.checkpoint_kind, self.config, self.state_dict(), self.package_version
+            directory,
+            self.checkpoint_kind,
+            self.config,
+            self.state_dict(),
+            self.package_version,
+            dict(self.trained_with),
         )
+
+    def fingerprint(self) -> str:
+        """:func:`weights_fingerprint` of this model's weights."""
+        assert isinstance(self, torch.nn.Module)
+        return weights_fingerprint(self.state_dict())
 
     @classmethod
     def from_pretrained(cls: type[M], directory: str | Path, device: str | torch.device = "cpu") -> M:
@@ -189,4 +237,5 @@ class PretrainedMixin:
                 f"missing {sorted(missing)[:8]}{'...' if len(missing) > 8 else ''}, "
                 f"unexpected {sorted(unexpected)[:8]}{'...' if len(unexpected) > 8 else ''}"
             )
+        model.trained_with = read_trained_with(directory)  # type: ignore[attr-defined]
         return model.to(device).eval()  # type: ignore[return-value]

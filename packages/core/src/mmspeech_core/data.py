@@ -395,6 +395,30 @@ class ReferencePicker:
         return others[j]
 
 
+SOURCE_NAME = "source.json"
+
+
+def features_fingerprint(out_dir: str | os.PathLike[str]) -> str | None:
+    """Fingerprint of the model that extracted a feature folder (None if it was not recorded)."""
+    p = Path(out_dir) / SOURCE_NAME
+    return str(json.loads(p.read_text())["fingerprint"]) if p.is_file() else None
+
+
+def _record_source(encoder: Any, out_dir: str | os.PathLike[str], write: bool) -> None:
+    """Write which model extracts into ``out_dir``; refuse to mix features of two models in one folder."""
+    fingerprint = getattr(encoder, "fingerprint", None)
+    if fingerprint is None:
+        return
+    fp, done = fingerprint(), features_fingerprint(out_dir)
+    if done is not None and done != fp:
+        raise ValueError(
+            f"{out_dir} holds features of another model (fingerprint {done}, this one {fp}): "
+            "extract into a new folder"
+        )
+    if done is None and write:
+        atomic_write_text(Path(out_dir) / SOURCE_NAME, json.dumps({"fingerprint": fp}) + "\n")
+
+
 def extract_features(
     encoder: Any,
     utts: Sequence[Utterance],
@@ -411,6 +435,7 @@ def extract_features(
     from .types import Waveform
 
     sr = encoder.sample_rate
+    _record_source(encoder, out_dir, write=rank == 0)
 
     def process(items: list[torch.Tensor]) -> list[torch.Tensor]:
         return encoder.encode(Waveform.from_list(items, sr)).unbatch()  # type: ignore[no-any-return]

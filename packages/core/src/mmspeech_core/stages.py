@@ -9,13 +9,22 @@ from .types import Latents, SpeakerEmbedding, SpeechTokens, Waveform
 
 @runtime_checkable
 class SpeechTokenizerStage(Protocol):
-    """Audio -> discrete speech tokens (stage 0)."""
+    """Audio -> discrete speech tokens (stage 0). Attributes are read-only (a class constant or a property)."""
 
-    sample_rate: int
-    frame_rate: float
-    vocab_size: int
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def frame_rate(self) -> float: ...
+
+    @property
+    def vocab_size(self) -> int: ...
 
     def encode(self, wav: Waveform) -> SpeechTokens: ...
+
+    def fingerprint(self) -> str:
+        """A hash of the weights: what stages trained on this one's output record (their provenance)."""
+        ...
 
 
 @runtime_checkable
@@ -28,6 +37,8 @@ class LatentCodecStage(Protocol):
     def encode(self, wav: Waveform) -> Latents: ...
 
     def decode(self, latents: Latents) -> Waveform: ...
+
+    def fingerprint(self) -> str: ...
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from mmspeech_core.cli import (
     reference_options,
     run,
 )
-from mmspeech_core.data import ShardWriter, load_shards, read_manifest
+from mmspeech_core.data import ShardWriter, features_fingerprint, load_shards, read_manifest
 from mmspeech_core.training import default_device
 
 from .config import FlowConfig, tiny_config
@@ -42,7 +42,9 @@ def _train(args: argparse.Namespace) -> int:
         args.val_fraction,
         **reference_options(args),
     )
-    train(cfg, ds, args.out, device=args.device, resume=not args.no_resume, val_dataset=val)
+    sources = {"tokenizer": features_fingerprint(args.tokens), "vae": features_fingerprint(args.latents)}
+    trained_with = {part: fp for part, fp in sources.items() if fp is not None}
+    train(cfg, ds, args.out, args.device, not args.no_resume, val_dataset=val, trained_with=trained_with)
     return 0
 
 

@@ -38,6 +38,7 @@ def train(
     resume: bool = True,
     init: FlowModel | None = None,
     val_dataset: FlowDataset | None = None,
+    trained_with: dict[str, str] | None = None,
 ) -> tuple[FlowModel, list[dict[str, float]]]:
     """Train (or resume) a flow model; returns it with the per-step metrics of this call
     (steps that validated on ``val_dataset`` carry ``val/...`` entries)."""
@@ -45,6 +46,8 @@ def train(
     set_seed(cfg.train.seed + info.rank)
     model = init if init is not None else FlowModel(cfg)
     model.config = dataclasses.replace(model.config, train=cfg.train)
+    if trained_with is not None:  # fingerprints of the parts behind the data, saved with every checkpoint
+        model.trained_with = dict(trained_with)
     loader = make_loader(dataset, cfg, info.rank, info.world_size)
     val = make_loader(val_dataset, cfg, shuffle=False) if val_dataset is not None else None
     trainer = Trainer(model, cfg.train, out_dir, info)

@@ -19,7 +19,7 @@ from mmspeech_core.cli import (
     reference_options,
     run,
 )
-from mmspeech_core.data import load_shards, read_manifest, split_utterances
+from mmspeech_core.data import features_fingerprint, load_shards, read_manifest, split_utterances
 from mmspeech_core.training import default_device
 
 from .config import LLMConfig, small_config, tiny_config
@@ -53,7 +53,12 @@ def _train(args: argparse.Namespace) -> int:
     ds = LLMDataset(train_utts, tokens, tok, cfg, **reference_options(args))
     # a held-out speaker rarely has two held-out utterances; self-references only flatter the val loss
     val = LLMDataset(val_utts, tokens, tok, cfg, "self", max_self_fraction=1.0) if val_utts else None
-    model, _ = train(cfg, ds, args.out, device=args.device, resume=not args.no_resume, val_dataset=val)
+    trained_with = {"text_tokenizer": tok.fingerprint()}
+    if (speech_tokenizer := features_fingerprint(args.tokens)) is not None:
+        trained_with["tokenizer"] = speech_tokenizer
+    model, _ = train(
+        cfg, ds, args.out, args.device, not args.no_resume, val_dataset=val, trained_with=trained_with
+    )
     tok.save(Path(args.out) / "text_tokenizer")
     return 0
 

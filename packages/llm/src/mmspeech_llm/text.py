@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import unicodedata
 from collections.abc import Iterable
@@ -79,6 +81,11 @@ class TextTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.tok)  # type: ignore[arg-type]
+
+    def fingerprint(self) -> str:
+        """Hash of the vocabulary (token -> id): a re-saved copy of the same tokenizer keeps it."""
+        vocab = sorted(self.tok.get_vocab().items())  # type: ignore[attr-defined]
+        return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
 
     def encode(self, text: str) -> list[int]:
         ids = self.tok.encode(normalize_text(text), add_special_tokens=False)  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ def train(
     resume: bool = True,
     init: SpeechLM | None = None,
     val_dataset: LLMDataset | None = None,
+    trained_with: dict[str, str] | None = None,
 ) -> tuple[SpeechLM, list[dict[str, float]]]:
     """Train (or resume) the LM. With ``cfg.model.backbone.pretrained`` set, a fresh model starts from that
     local Qwen2 folder's weights. Steps that validated on ``val_dataset`` carry ``val/...`` metrics."""
@@ -34,6 +35,8 @@ def train(
         if cfg.model.backbone.pretrained:
             model.load_backbone(cfg.model.backbone.pretrained)
     model.config = dataclasses.replace(model.config, train=cfg.train)
+    if trained_with is not None:  # fingerprints of the parts behind the data, saved with every checkpoint
+        model.trained_with = dict(trained_with)
     t = cfg.train
     sampler = LengthBatchSampler(
         dataset.lengths(), t.max_frames, t.max_batch, True, t.seed, info.rank, info.world_size

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mmspeech_core import CheckpointError
 from mmspeech_core.checkpoint import atomic_write_text, current_umask, is_temp_file
@@ -38,13 +39,16 @@ def write_bundle(
     out: str | Path,
     overwrite: bool = False,
     check: Callable[[Path], object] | None = None,
+    allow_part_mismatch: bool = False,
     **parts: str | Path,
 ) -> Path:
     """Copy stage folders into one bundle (``write_bundle(out, llm=..., flow=..., ...)``).
 
     Nothing the caller did not ask to replace is touched: the bundle is assembled in a temporary sibling
     folder, checked with ``check(folder)`` if given, and only then renamed into place. An ``out`` that
-    overlaps a source is refused; an existing ``out`` is replaced only if it is a bundle and ``overwrite``."""
+    overlaps a source is refused; an existing ``out`` is replaced only if it is a bundle and ``overwrite``.
+    ``allow_part_mismatch`` is recorded in ``pipeline.json``: loading then accepts parts from different
+    training runs (see :meth:`TTS.check_provenance`)."""
     missing = [p for p in PARTS if p not in parts]
     if missing:
         raise CheckpointError(f"a bundle needs every part; missing {missing}")
@@ -67,10 +71,12 @@ def write_bundle(
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; a bundle must be readable like any folder
         for name, src in sources.items():
             shutil.copytree(src, tmp / name, ignore=_copy_ignore)
-        atomic_write_text(
-            tmp / "pipeline.json",
-            json.dumps({"format_version": FORMAT_VERSION, "parts": list(PARTS)}, indent=2) + "\n",
-        )
+        info = {
+            "format_version": FORMAT_VERSION,
+            "parts": list(PARTS),
+            "allow_part_mismatch": allow_part_mismatch,
+        }
+        atomic_write_text(tmp / "pipeline.json", json.dumps(info, indent=2) + "\n")
         if check is not None:
             check(tmp)
         _replace_dir(tmp, d)
@@ -94,7 +100,8 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def check_bundle(directory: str | Path) -> Path:
+def check_bundle(directory: str | Path) -> dict[str, Any]:
+    """The bundle's ``pipeline.json``, after checking the folder holds a readable bundle."""
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"bundle folder not found: {d}")
@@ -113,4 +120,4 @@ def check_bundle(directory: str | Path) -> Path:
     missing = [p for p in PARTS if not (d / p).is_dir()]
     if missing:
         raise CheckpointError(f"bundle {d} is missing parts: {missing}")
-    return d
+    return info

@@ -115,7 +115,9 @@ def _bundle(args: argparse.Namespace) -> int:
     d = write_bundle(
         args.out,
         overwrite=args.overwrite,
-        check=lambda folder: TTS.from_pretrained(folder, device="cpu"),  # refuse parts that do not fit
+        # refuse parts that do not fit (shapes, rates, vocabularies, provenance) before anything is replaced
+        check=lambda folder: TTS.from_pretrained(folder, "cpu", args.allow_part_mismatch),
+        allow_part_mismatch=args.allow_part_mismatch,
         tokenizer=args.tokenizer,
         text_tokenizer=args.text_tokenizer,
         llm=args.llm,
@@ -199,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(f"--{part}", required=True, help=f"{part} folder")
     sp.add_argument("--out", required=True, help="bundle folder")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    sp.add_argument(
+        "--allow-part-mismatch",
+        action="store_true",
+        help="accept parts that are not the ones the LM / flow were trained with (recorded in the bundle)",
+    )
     sp = add_command(
         sub, "prepare", "folder of recordings (speaker = parent folder) -> JSONL manifest", _prepare
     )

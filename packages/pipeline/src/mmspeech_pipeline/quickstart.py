@@ -170,7 +170,10 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
     lcfg = dataclasses.replace(lcfg, train=_tc(steps["llm"], 2e-3, max_frames=4000))
     tokens = load_shards(out / "features/tokens")
     llm_ds = LLMDataset(train_utts, tokens, text_tok, lcfg)
-    llm, h = timed("train_llm", train_llm, lcfg, llm_ds, out / "runs/llm", device="cpu", resume=False)
+    llm_parts = {"text_tokenizer": text_tok.fingerprint(), "tokenizer": tok.fingerprint()}
+    llm, h = timed(
+        "train_llm", train_llm, lcfg, llm_ds, out / "runs/llm", "cpu", False, trained_with=llm_parts
+    )
     losses["llm"] = [m["loss"] for m in h]
 
     stats = latent_stats(out / "features/latents")
@@ -190,7 +193,10 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
         fcfg.model.ratio,
         {u.id: u.speaker for u in train_utts},
     )
-    flow, h = timed("train_flow", train_flow, fcfg, flow_ds, out / "runs/flow", device="cpu", resume=False)
+    flow_parts = {"tokenizer": tok.fingerprint(), "vae": vae.fingerprint()}
+    flow, h = timed(
+        "train_flow", train_flow, fcfg, flow_ds, out / "runs/flow", "cpu", False, trained_with=flow_parts
+    )
     losses["flow"] = [m["fm"] for m in h]
 
     def last_ckpt(run: str) -> Path:
@@ -198,6 +204,7 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
 
     bundle = write_bundle(
         out / "bundle",
+        overwrite=True,  # the quickstart's own output folder
         tokenizer=last_ckpt("tokenizer"),
         text_tokenizer=out / "runs/text_tokenizer",
         llm=last_ckpt("llm"),

@@ -7,6 +7,7 @@ text ─► LLM (speaker vector from the reference) ─► speech tokens ─► 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from mmspeech_flow.model import FlowModel
 from mmspeech_llm.config import SamplingConfig
 from mmspeech_llm.model import SpeechLM
 from mmspeech_llm.text import TextError, TextTokenizer
+from mmspeech_tokenizer.infer import load_speech_tokenizer
 from mmspeech_vae.model import DACVAE
 from tqdm import tqdm
 
@@ -99,6 +101,7 @@ class TTS:
         flow: FlowModel,
         vae: DACVAE,
         reference_policy: ReferencePolicy | None = None,
+        allow_part_mismatch: bool = False,
     ) -> None:
         self.tokenizer, self.text_tokenizer, self.llm, self.flow, self.vae = (
             tokenizer,
@@ -109,23 +112,28 @@ class TTS:
         )
         self.policy = reference_policy or ReferencePolicy()
         self.check_compatible()
+        self.check_provenance(allow_part_mismatch)
 
     @property
     def sample_rate(self) -> int:
         return self.vae.sample_rate
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], device: str | None = None) -> TTS:
-        from mmspeech_tokenizer.cli import load_tokenizer
-
-        d = check_bundle(Path(directory))
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], device: str | None = None, allow_part_mismatch: bool = False
+    ) -> TTS:
+        """Load a bundle. Parts from different training runs are refused unless ``allow_part_mismatch`` or
+        the bundle was written with it."""
+        d = Path(directory)
+        info = check_bundle(d)
         device = default_device(device)
         return cls(
-            load_tokenizer(str(d / "tokenizer"), device),
+            load_speech_tokenizer(d / "tokenizer", device),
             TextTokenizer.from_pretrained(d / "text_tokenizer"),
             SpeechLM.from_pretrained(d / "llm", device),
             FlowModel.from_pretrained(d / "flow", device),
             DACVAE.from_pretrained(d / "vae", device),
+            allow_part_mismatch=allow_part_mismatch or bool(info.get("allow_part_mismatch", False)),
         )
 
     def check_compatible(self) -> None:
@@ -154,6 +162,30 @@ class TTS:
             )
         if problems:
             raise CheckpointError("bundle parts do not fit together: " + "; ".join(problems))
+
+    def check_provenance(self, allow_mismatch: bool = False) -> None:
+        """The LM and the flow record fingerprints of the parts they were trained against (the text and
+        speech tokenizers, the VAE); parts from another run fit by shape yet give wrong audio. A mismatch
+        raises ``CheckpointError`` unless ``allow_mismatch`` (then it is logged)."""
+        parts: dict[str, Any] = {
+            "text_tokenizer": self.text_tokenizer,
+            "tokenizer": self.tokenizer,
+            "vae": self.vae,
+        }
+        fingerprint = functools.cache(lambda part: parts[part].fingerprint())  # hashing weights: once each
+        problems = []
+        for name, stage in (("llm", self.llm), ("flow", self.flow)):
+            for part, expected in stage.trained_with.items():
+                if part in parts and (found := fingerprint(part)) != expected:
+                    problems.append(f"the {name} was trained with {part} {expected}, this bundle has {found}")
+        if not problems:
+            return
+        message = "bundle parts come from different training runs: " + "; ".join(problems)
+        if not allow_mismatch:
+            raise CheckpointError(
+                message + " (use the parts each stage was trained with, or allow_part_mismatch)"
+            )
+        log.warning("%s (allowed)", message)
 
     # ---- voices -----------------------------------------------------------------------------------
     def check_voice(self, voice: Voice) -> Voice:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from mmspeech_core.cli import (
     add_command,
@@ -20,23 +19,11 @@ from mmspeech_core.cli import (
 from mmspeech_core.data import read_manifest, split_utterances
 
 from .config import FSQTokenizerConfig, tiny_fsq_config
-
-
-def load_tokenizer(path: str, device: str = "cpu"):  # type: ignore[no-untyped-def]
-    """A folder from `train` (FSQ) or anything :meth:`S3SpeechTokenizer.from_pretrained` reads."""
-    import json
-
-    from .model import FSQTokenizer
-    from .s3 import S3SpeechTokenizer
-
-    meta = Path(path) / "meta.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("kind") == FSQTokenizer.checkpoint_kind:
-        return FSQTokenizer.from_pretrained(path, device=device)
-    return S3SpeechTokenizer.from_pretrained(path, device=device)
+from .infer import load_speech_tokenizer
 
 
 def _extract(args: argparse.Namespace) -> int:
-    return run_extract_command(args, lambda device: load_tokenizer(args.model, device), "tokens")
+    return run_extract_command(args, lambda device: load_speech_tokenizer(args.model, device), "tokens")
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from mmspeech_core import CheckpointError, SpeechTokens, Waveform
-from mmspeech_core.checkpoint import load_pretrained_dir, save_pretrained_dir
+from mmspeech_core.checkpoint import load_pretrained_dir, save_pretrained_dir, weights_fingerprint
 
 from . import __version__
 from .config import S3Config
@@ -110,6 +110,10 @@ class S3SpeechTokenizer:
         return save_pretrained_dir(
             Path(directory), "s3tokenizer", self.config, self.model.state_dict(), __version__
         )
+
+    def fingerprint(self) -> str:
+        """Hash of the weights (the same for the ONNX file and the folder converted from it)."""
+        return weights_fingerprint(self.model.state_dict())
 
     def to(self, device: str | torch.device) -> S3SpeechTokenizer:
         self.model.to(device)
