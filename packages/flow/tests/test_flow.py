@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 import torch
-from mmspeech_core import Latents, SpeakerEmbedding, SpeechTokens
+from mmspeech_core import FlowPrompt, Latents, SpeakerEmbedding, SpeechTokens
 from mmspeech_core.training import TrainConfig
 from mmspeech_flow.config import FlowInferConfig, FlowLossConfig, FlowModelConfig, tiny_config
 from mmspeech_flow.data import FlowDataset, align, collate
@@ -93,12 +93,10 @@ def test_one_shot_prompt_is_cut_from_output():
     spk = m.embed_speaker(b["reference"])
     pt = SpeechTokens.from_list([torch.randint(0, 64, (3,)), torch.randint(0, 64, (5,))])
     pl = Latents.from_list([torch.randn(8, 7), torch.randn(8, 10)])  # item 0 has one latent frame too many
-    out = m.generate(
-        b["tokens"], spk, prompt_tokens=pt, prompt_latents=pl, seed=0, infer=FlowInferConfig(steps=2)
-    )
+    out = m.generate(b["tokens"], spk, FlowPrompt(pt, pl), seed=0, infer=FlowInferConfig(steps=2))
     assert out.lengths.tolist() == [12, 8]
-    with pytest.raises(ValueError, match="together"):
-        m.generate(b["tokens"], spk, prompt_tokens=pt)
+    with pytest.raises(ValueError, match="2 token sequences for 1 latent"):
+        FlowPrompt(pt, Latents.from_list([torch.randn(8, 7)]))
 
 
 def test_bad_inputs_raise():

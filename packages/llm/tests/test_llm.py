@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 import torch
-from mmspeech_core import SpeakerEmbedding, SpeechTokens, Waveform, save_audio
+from mmspeech_core import LMPrompt, SpeakerEmbedding, SpeechTokens, Waveform, save_audio
 from mmspeech_core.data import ReferencePicker, Utterance
 from mmspeech_core.training import TrainConfig
 from mmspeech_llm.config import SamplingConfig, tiny_config
@@ -191,9 +191,9 @@ def test_static_cache_decoder_matches_dynamic():
     pt = [torch.randint(0, 300, (3,)) for _ in range(3)]
     ps = SpeechTokens.from_list([torch.randint(0, 64, (n,)) for n in (5, 1, 3)])
     for sampling, seed in [(GREEDY, None), (SamplingConfig(min_len_ratio=1.0, max_len_ratio=5.0), 7)]:
-        for prompts in [(None, None), (pt, ps)]:
-            a = m.generate(texts, spk, *prompts, sampling=sampling, seed=seed)
-            b = m.generate(texts, spk, *prompts, sampling=sampling, seed=seed, decode="static")
+        for prompt in [None, LMPrompt(pt, ps)]:
+            a = m.generate(texts, spk, prompt, sampling=sampling, seed=seed)
+            b = m.generate(texts, spk, prompt, sampling=sampling, seed=seed, decode="static")
             assert [x.tolist() for x in a.unbatch()] == [x.tolist() for x in b.unbatch()]
     with pytest.raises(ValueError, match="CUDA"):
         m.generate(texts[:1], SpeakerEmbedding(spk.vectors[:1]), decode="cuda_graph")
@@ -208,8 +208,9 @@ def test_bad_inputs():
         m.generate([torch.zeros(0, dtype=torch.long)], spk)
     with pytest.raises(ValueError, match="tokenizer match"):
         m.generate([torch.tensor([5000])], spk)
-    with pytest.raises(ValueError, match="together"):
-        m.generate([torch.tensor([1])], spk, prompt_text=[torch.tensor([1])])
+    with pytest.raises(ValueError, match="prompt batch size 2"):
+        prompt = LMPrompt([torch.tensor([1])] * 2, SpeechTokens.from_list([torch.tensor([1])] * 2))
+        m.generate([torch.tensor([1])], spk, prompt)
 
 
 def test_reference_picker_never_leaks():
@@ -306,8 +307,7 @@ def test_overfit_tiny_batch_and_checkpoint(tmp_path):
     os_out = model.generate(
         [ds.text[i1]],
         SpeakerEmbedding(spk.vectors[1:2]),
-        prompt_text=[ds.text[i0]],
-        prompt_speech=SpeechTokens.from_list([ds.speech[i0]]),
+        prompt=LMPrompt([ds.text[i0]], SpeechTokens.from_list([ds.speech[i0]])),
         sampling=dataclasses.replace(GREEDY, min_len_ratio=1.0, max_len_ratio=2.0),
     )
     # min/max lengths count the target text only, not the prompt text

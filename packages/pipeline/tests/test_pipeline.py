@@ -113,7 +113,7 @@ def test_batch_equals_single(tts):
 
 def test_one_shot_prompt_is_not_in_output(tts):
     voice = tts.make_voice(REF, reference_text="hello there")
-    assert voice.one_shot and voice.prompt_tokens is not None and voice.prompt_latents is not None
+    assert voice.one_shot and voice.prompt is not None
     tokens = tts._tokens([torch.tensor(tts.text_tokenizer.encode("good morning."))], [voice], None, [0])
     lat = tts._latents(tokens, [voice], None, [0])
     assert lat.lengths.tolist() == [int(tokens.lengths[0]) * 2]  # prompt frames are cut
@@ -154,7 +154,7 @@ def test_streamed_audio_equals_the_offline_decode_of_the_same_latents(tts, one_s
     ref = Waveform.from_list([read_audio(REF, 24000)[: frames * tts.vae.hop]], 24000)
     voice = tts.make_voice(ref, "a reference transcript" if one_shot else None)
     if one_shot:
-        assert voice.prompt_latents.shape[-1] == len(voice.prompt_tokens) * tts.flow.config.model.ratio
+        assert voice.prompt.latents.shape[-1] == len(voice.prompt.tokens) * tts.flow.config.model.ratio
     text = "hello there, this is a test."
     chunks = list(tts.stream(text, voice, seed=2, chunk_tokens=4))
     assert len(chunks) >= 3

@@ -19,7 +19,18 @@ _EXPORTS = {
     **dict.fromkeys(
         ["ConfigError", "config_from_dict", "config_to_dict", "load_config", "save_config"], ".config"
     ),
-    **dict.fromkeys(["Latents", "SpeakerEmbedding", "SpeechTokens", "Waveform", "lengths_to_mask"], ".types"),
+    **dict.fromkeys(
+        [
+            "FlowPrompt",
+            "LMPrompt",
+            "Latents",
+            "SpeakerEmbedding",
+            "SpeechTokens",
+            "Waveform",
+            "lengths_to_mask",
+        ],
+        ".types",
+    ),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
@@ -28,4 +39,12 @@ if TYPE_CHECKING:  # the names above, for type checkers and IDEs
     from .audio import AudioError, audio_info, load_audio, read_audio, resample, save_audio  # noqa: F401
     from .checkpoint import CheckpointError, PretrainedMixin, load_pretrained_dir, save_pretrained_dir  # noqa: F401
     from .config import ConfigError, config_from_dict, config_to_dict, load_config, save_config  # noqa: F401
-    from .types import Latents, SpeakerEmbedding, SpeechTokens, Waveform, lengths_to_mask  # noqa: F401
+    from .types import (  # noqa: F401
+        FlowPrompt,
+        Latents,
+        LMPrompt,
+        SpeakerEmbedding,
+        SpeechTokens,
+        Waveform,
+        lengths_to_mask,
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
 
 from .types import Latents, SpeakerEmbedding, SpeechTokens, Waveform
 
@@ -55,3 +58,13 @@ class TokensToLatentsStage(Protocol):
     def generate(
         self, tokens: SpeechTokens, speaker: SpeakerEmbedding, prompt: Latents | None = None
     ) -> Latents: ...
+
+
+@runtime_checkable
+class TrainableStage(Protocol):
+    """What the shared :class:`~mmspeech_core.training.Trainer` needs of a model: the losses of a batch
+    (with the ``"loss"`` to minimise; other entries are logged) and a pretrained folder to checkpoint into."""
+
+    def training_loss(self, batch: Any) -> dict[str, torch.Tensor]: ...
+
+    def save_pretrained(self, directory: str | Path) -> Path: ...

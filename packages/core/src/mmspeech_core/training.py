@@ -368,12 +368,18 @@ class Trainer:
             raise FloatingPointError(f"non-finite {what} at step {self.step} on rank(s) {ranks}")
 
     # ---- loop -------------------------------------------------------------------------------------
+    def compute_losses(self, batch: Any) -> dict[str, torch.Tensor | float]:
+        """The losses of one training batch, with the ``"loss"`` to minimise (the model's ``training_loss``
+        through DDP). The hook for a stage with more to do per step: a GAN runs its discriminator's step
+        here and adds the adversarial terms; the backward, clipping, optimiser and scheduler stay shared."""
+        with autocast(self.dist.device, self.cfg.amp):
+            return self.loss_module(batch)  # type: ignore[no-any-return]
+
     def train_step(self, batch: Any) -> dict[str, float]:
         self.loss_module.train()
-        batch = move_to(batch, self.dist.device)
-        with autocast(self.dist.device, self.cfg.amp):
-            losses = self.loss_module(batch)
+        losses = self.compute_losses(move_to(batch, self.dist.device))
         loss = losses["loss"]
+        assert isinstance(loss, torch.Tensor)
         self.check_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -383,7 +389,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        out = {k: float(v.detach()) for k, v in losses.items()}
+        out = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in losses.items()}
         out["grad_norm"] = float(gnorm)
         out["lr"] = float(self.scheduler.get_last_lr()[0])
         return out

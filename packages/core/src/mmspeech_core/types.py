@@ -265,3 +265,41 @@ class SpeakerEmbedding:
 
     def to(self, device: torch.device | str) -> SpeakerEmbedding:
         return SpeakerEmbedding(self.vectors.to(device))
+
+
+@dataclass(frozen=True)
+class LMPrompt:
+    """One-shot prompt for the LM, per batch item: the reference's transcript ids and its speech tokens
+    (the same utterance). Present or absent as a whole."""
+
+    text: list[torch.Tensor]  # per item (N_i,) text token ids
+    tokens: SpeechTokens  # (B, P) speech tokens of the reference
+
+    def __post_init__(self) -> None:
+        if len(self.text) != len(self.tokens):
+            raise ValueError(
+                f"LMPrompt has {len(self.text)} transcripts for {len(self.tokens)} token sequences"
+            )
+        if any(t.dim() != 1 or len(t) == 0 for t in self.text):
+            raise ValueError("LMPrompt.text items must be non-empty 1-D id tensors")
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+
+@dataclass(frozen=True)
+class FlowPrompt:
+    """One-shot prompt for the flow, per batch item: the reference's speech tokens and its latents (the
+    same utterance; the latents are trimmed to tokens × ratio frames where they disagree by a frame)."""
+
+    tokens: SpeechTokens  # (B, P)
+    latents: Latents  # (B, C, ~P·ratio)
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.latents):
+            raise ValueError(
+                f"FlowPrompt has {len(self.tokens)} token sequences for {len(self.latents)} latent sequences"
+            )
+
+    def __len__(self) -> int:
+        return len(self.tokens)

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from mmspeech_core import Latents, PretrainedMixin, SpeakerEmbedding, SpeechTokens, lengths_to_mask
+from mmspeech_core import (
+    FlowPrompt,
+    Latents,
+    PretrainedMixin,
+    SpeakerEmbedding,
+    SpeechTokens,
+    lengths_to_mask,
+)
 from mmspeech_core.nn import SpeakerEncoder, TransformerBlock, chunk_attention_mask, sinusoidal
 from mmspeech_core.training import item_seeds
 from torch import nn
 
 from . import __version__
 from .config import FlowConfig, FlowInferConfig, FlowModelConfig
+from .infer import solve
+from .losses import flow_matching_loss
 
 
 class TokenEncoder(nn.Module):
@@ -159,8 +169,6 @@ class FlowModel(nn.Module, PretrainedMixin):
     # ---- training -------------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """batch: ``tokens`` SpeechTokens, ``latents`` Latents (lengths = tokens·ratio), ``reference`` Latents."""
-        from .losses import flow_matching_loss
-
         tokens: SpeechTokens = batch["tokens"]
         latents: Latents = batch["latents"]
         chunked = bool(torch.rand(()) < self.config.loss.chunk_prob)
@@ -179,44 +187,63 @@ class FlowModel(nn.Module, PretrainedMixin):
         self,
         tokens: SpeechTokens,
         speaker: SpeakerEmbedding,
-        prompt_tokens: SpeechTokens | None = None,
-        prompt_latents: Latents | None = None,
+        prompt: FlowPrompt | None = None,
         infer: FlowInferConfig | None = None,
         seed: int | Sequence[int] | None = None,
         chunked: bool = False,
     ) -> Latents:
         """Tokens (B, N) -> latents (B, C, N·ratio), lengths = token lengths × ratio.
 
-        One-shot: ``prompt_tokens`` and their ``prompt_latents`` (same utterance) prefix the sequence; the
-        prompt part is conditioned on and cut from the output. ``seed`` (int: item i uses seed+i, or one per
-        item) makes each item's noise independent of its batch-mates, so batched == unbatched.
+        One-shot: the ``prompt``'s tokens and latents (same utterance) prefix the sequence; the prompt part
+        is conditioned on and cut from the output. ``seed`` (int: item i uses seed+i, or one per item) makes
+        each item's noise independent of its batch-mates, so batched == unbatched. ``chunked``: chunk-causal
+        attention (streaming: a chunk's frames depend only on tokens up to its end plus the lookahead).
         """
-        from .infer import solve
+        self._check_request(tokens, speaker, prompt)
+        cond = self._conditions(tokens, speaker, prompt, chunked)
+        noise = torch.stack(
+            [_noise(cond.frames, self.config.model.latent_dim, s) for s in item_seeds(seed, len(tokens))]
+        )
+        x = solve(
+            self._velocity(cond, infer or self.config.infer, chunked),
+            noise.to(cond.mu) * cond.valid[:, None],
+            infer or self.config.infer,
+        )
+        x = self.denormalize(x) * cond.valid[:, None]
+        r = self.config.model.ratio
+        outs = [x[i, :, p : int(n) * r] for i, (p, n) in enumerate(zip(cond.prompt_frames, cond.lengths))]
+        return Latents.from_list(outs, frame_rate=self.config.model.latent_rate)
 
-        infer = infer or self.config.infer
+    def _check_request(
+        self, tokens: SpeechTokens, speaker: SpeakerEmbedding, prompt: FlowPrompt | None
+    ) -> None:
         c = self.config.model
         self._check_tokens(tokens)
         if len(speaker) != len(tokens):
             raise ValueError(f"{len(speaker)} speaker vectors for {len(tokens)} token sequences")
-        dev = self.device
-        items = [x.to(dev) for x in tokens.unbatch()]
-        if any(len(x) == 0 for x in items):
+        if (tokens.lengths == 0).any():
             raise ValueError("every token sequence needs at least one token")
-        prompt_frames = [0] * len(items)
-        conds: list[torch.Tensor] = [torch.zeros(c.latent_dim, 0, device=dev) for _ in items]
-        if (prompt_tokens is None) != (prompt_latents is None):
-            raise ValueError(
-                "pass prompt_tokens and prompt_latents together (one-shot) or neither (zero-shot)"
-            )
-        if prompt_tokens is not None and prompt_latents is not None:
-            self._check_tokens(prompt_tokens)
-            if len(prompt_tokens) != len(tokens) or len(prompt_latents) != len(tokens):
-                raise ValueError("prompt batch size must match the token batch size")
-            if prompt_latents.channels != c.latent_dim:
+        if prompt is not None:
+            self._check_tokens(prompt.tokens)
+            if len(prompt) != len(tokens):
                 raise ValueError(
-                    f"prompt latents have {prompt_latents.channels} channels, expected {c.latent_dim}"
+                    f"prompt batch size {len(prompt)} does not match the token batch size {len(tokens)}"
                 )
-            for i, (pt, pl) in enumerate(zip(prompt_tokens.unbatch(), prompt_latents.unbatch())):
+            if prompt.latents.channels != c.latent_dim:
+                raise ValueError(
+                    f"prompt latents have {prompt.latents.channels} channels, expected {c.latent_dim}"
+                )
+
+    def _conditions(
+        self, tokens: SpeechTokens, speaker: SpeakerEmbedding, prompt: FlowPrompt | None, chunked: bool
+    ) -> _Conditions:
+        """Prompt tokens prefixed to the targets, their latents as the condition, the encoded tokens (μ)."""
+        c, dev = self.config.model, self.device
+        items = [x.to(dev) for x in tokens.unbatch()]
+        conds = [torch.zeros(c.latent_dim, 0, device=dev) for _ in items]
+        prompt_frames = [0] * len(items)
+        if prompt is not None:
+            for i, (pt, pl) in enumerate(zip(prompt.tokens.unbatch(), prompt.latents.unbatch())):
                 n = min(len(pt), pl.shape[-1] // c.ratio)  # the two extractors may disagree by a frame
                 items[i] = torch.cat([pt[:n].to(dev), items[i]])
                 conds[i] = self.normalize(pl[None, :, : n * c.ratio].to(dev))[0]
@@ -224,35 +251,49 @@ class FlowModel(nn.Module, PretrainedMixin):
         full = SpeechTokens.from_list(items, frame_rate=c.token_rate)
         lengths = full.lengths.to(dev)
         mu = self.encoder(full.tokens.to(dev), lengths, chunked)  # (B, C, T)
-        b, _, t = mu.shape
-        valid = lengths_to_mask(lengths * c.ratio, t)
         cond = torch.zeros_like(mu)
         for i, cd in enumerate(conds):
             cond[i, :, : cd.shape[-1]] = cd
-        seeds = item_seeds(seed, b)
-        noise = torch.stack([_noise(t, c.latent_dim, s) for s in seeds]).to(dev, mu.dtype)  # (B, C, T)
-        spk = speaker.vectors.to(dev, mu.dtype)
+        valid = lengths_to_mask(lengths * c.ratio, mu.shape[-1])  # (B, T)
+        return _Conditions(mu, cond, valid, speaker.vectors.to(dev, mu.dtype), lengths, prompt_frames)
 
-        def velocity(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-            w = infer.cfg_rate
-            if w == 0:
-                return self.estimator(x, valid, mu, tt.expand(b), spk, cond, chunked)
-            v = self.estimator(  # one call on (cond, uncond) stacked on the batch axis
-                torch.cat([x, x]),
-                torch.cat([valid, valid]),
-                torch.cat([mu, torch.zeros_like(mu)]),
-                tt.expand(2 * b),
-                torch.cat([spk, torch.zeros_like(spk)]),
-                torch.cat([cond, torch.zeros_like(cond)]),
-                chunked,
+    def _velocity(
+        self, cond: _Conditions, infer: FlowInferConfig, chunked: bool
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """v(x, t) with classifier-free guidance: one estimator call on (cond, uncond) stacked on the batch
+        axis; the stacked constants are built once here, not at every ODE step."""
+        b, w = cond.mu.shape[0], infer.cfg_rate
+        if w == 0:
+            return lambda x, t: self.estimator(
+                x, cond.valid, cond.mu, t.expand(b), cond.spk, cond.cond, chunked
             )
-            vc, vu = v.chunk(2)
-            return (1 + w) * vc - w * vu
+        valid2 = torch.cat([cond.valid, cond.valid])
+        mu2 = torch.cat([cond.mu, torch.zeros_like(cond.mu)])
+        spk2 = torch.cat([cond.spk, torch.zeros_like(cond.spk)])
+        cond2 = torch.cat([cond.cond, torch.zeros_like(cond.cond)])
 
-        x = solve(velocity, noise * valid[:, None], infer)
-        x = self.denormalize(x) * valid[:, None]
-        outs = [x[i, :, prompt_frames[i] : int(lengths[i]) * c.ratio] for i in range(b)]
-        return Latents.from_list(outs, frame_rate=c.latent_rate)
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v = self.estimator(torch.cat([x, x]), valid2, mu2, t.expand(2 * b), spk2, cond2, chunked)
+            v_cond, v_uncond = v.chunk(2)
+            return (1 + w) * v_cond - w * v_uncond
+
+        return velocity
+
+
+@dataclass
+class _Conditions:
+    """What the ODE is conditioned on, for a batch of B items over T latent frames."""
+
+    mu: torch.Tensor  # (B, C, T) encoded, upsampled tokens
+    cond: torch.Tensor  # (B, C, T) prompt latents (normalised) on the prompt frames, zeros elsewhere
+    valid: torch.Tensor  # (B, T) bool
+    spk: torch.Tensor  # (B, D) speaker vectors
+    lengths: torch.Tensor  # (B,) tokens per item, prompt included
+    prompt_frames: list[int]  # latent frames of each item's prompt (cut from the output)
+
+    @property
+    def frames(self) -> int:
+        return self.mu.shape[-1]
 
 
 def _noise(frames: int, channels: int, seed: int | None) -> torch.Tensor:

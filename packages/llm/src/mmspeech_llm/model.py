@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from mmspeech_core import PretrainedMixin, SpeakerEmbedding, SpeechTokens, Waveform
+from mmspeech_core import LMPrompt, PretrainedMixin, SpeakerEmbedding, SpeechTokens, Waveform
 from mmspeech_core.nn import LogMel, SpeakerEncoder
 from mmspeech_core.training import item_seeds
 from torch import nn
 
 from . import __version__
 from .config import BackboneConfig, LLMConfig, SamplingConfig
-from .decode import DecodeMode
+from .decode import DecodeMode, make_decoder
+from .infer import sample_step
 from .layout import IGNORE, SPEECH, SPK, TEXT, inference_prefix, pad
 
 
@@ -164,65 +166,61 @@ class SpeechLM(nn.Module, PretrainedMixin):
         self,
         text: Sequence[torch.Tensor],
         speaker: SpeakerEmbedding,
-        prompt_text: Sequence[torch.Tensor] | None = None,
-        prompt_speech: SpeechTokens | None = None,
+        prompt: LMPrompt | None = None,
         sampling: SamplingConfig | None = None,
         seed: int | Sequence[int] | None = None,
         decode: DecodeMode = "auto",
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Decode step by step with a KV cache. Yields ``(tokens (B,), alive (B,) bool)`` per step; a row's
         token is meaningful where ``alive`` (its EOS step yields alive=False). Batch rows are independent.
+        ``prompt``: one-shot (the reference's transcript and speech tokens continue into the target).
         ``decode``: ``auto`` (CUDA graphs on GPU), ``dynamic``, ``static`` or ``cuda_graph`` (see ``decode.py``)."""
-        from .decode import make_decoder
-        from .infer import sample_step
-
         cfg = sampling or self.config.sampling
-        m = self.config.model
-        b = len(text)
-        self._check_text(text)
-        if len(speaker) != b:
-            raise ValueError(f"{len(speaker)} speaker vectors for {b} texts")
-        if (prompt_text is None) != (prompt_speech is None):
-            raise ValueError("pass prompt_text and prompt_speech together (one-shot) or neither (zero-shot)")
-        prompts: list[torch.Tensor | None] = [None] * b
-        full_text = list(text)
-        if prompt_text is not None and prompt_speech is not None:
-            if len(prompt_text) != b or len(prompt_speech) != b:
-                raise ValueError("prompt batch size must match the text batch size")
-            self._check_text(prompt_text)
-            full_text = [torch.cat([p, t]) for p, t in zip(prompt_text, text)]
-            prompts = list(prompt_speech.unbatch())
-        dev = self.device
-        batch = {
-            k: v.to(dev)
-            for k, v in pad([inference_prefix(t, p) for t, p in zip(full_text, prompts)], left=True).items()
-        }
-        text_len = torch.tensor([len(t) for t in text], device=dev)
-        min_len = (text_len.float() * cfg.min_len_ratio).long()
-        max_len = (text_len.float() * cfg.max_len_ratio).long().clamp_min(1)
-        steps = int(max_len.max())
-        seeds = item_seeds(seed, b)
-        # each row's random numbers come from its own generator: batched == unbatched for equal seeds
-        u = torch.stack(
-            [
-                torch.rand(steps, 2, generator=torch.Generator().manual_seed(s) if s is not None else None)
-                for s in seeds
-            ]
-        ).to(dev)
+        self._check_request(text, speaker, prompt)
+        batch = self._prefix_batch(text, prompt)
+        limits = _LengthLimits.of(text, cfg, self.device)
+        u = _uniforms(item_seeds(seed, len(text)), int(limits.max_len.max()), self.device)  # (B, steps, 2)
+        emb = self.embed(batch["kind"], batch["ids"], speaker.vectors.to(self.device))
+        decoder = make_decoder(decode, self, emb, batch["mask"], u.shape[1])
+        yield from self._decode_loop(decoder, u, limits, cfg)
 
-        emb = self.embed(batch["kind"], batch["ids"], speaker.vectors.to(dev))
-        decoder = make_decoder(decode, self, emb, batch["mask"], steps)
+    def _check_request(
+        self, text: Sequence[torch.Tensor], speaker: SpeakerEmbedding, prompt: LMPrompt | None
+    ) -> None:
+        self._check_text(text)
+        if len(speaker) != len(text):
+            raise ValueError(f"{len(speaker)} speaker vectors for {len(text)} texts")
+        if prompt is not None:
+            if len(prompt) != len(text):
+                raise ValueError(
+                    f"prompt batch size {len(prompt)} does not match the text batch size {len(text)}"
+                )
+            self._check_text(prompt.text)
+
+    def _prefix_batch(self, text: Sequence[torch.Tensor], prompt: LMPrompt | None) -> dict[str, torch.Tensor]:
+        """Left-padded inference prefixes ``[sos, spk, (prompt text +) text, task_id(, prompt speech)]``."""
+        if prompt is None:
+            prefixes = [inference_prefix(t, None) for t in text]
+        else:
+            prefixes = [
+                inference_prefix(torch.cat([pt, t]), ps)
+                for pt, t, ps in zip(prompt.text, text, prompt.tokens.unbatch())
+            ]
+        return {k: v.to(self.device) for k, v in pad(prefixes, left=True).items()}
+
+    def _decode_loop(
+        self, decoder: Any, u: torch.Tensor, limits: _LengthLimits, cfg: SamplingConfig
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        m = self.config.model
+        b, steps = u.shape[:2]
         logits = decoder.logits
-        history = torch.full((b, cfg.win_size), -1, dtype=torch.long, device=dev)
-        alive = torch.ones(b, dtype=torch.bool, device=dev)
+        history = torch.full((b, cfg.win_size), -1, dtype=torch.long, device=self.device)
+        alive = torch.ones(b, dtype=torch.bool, device=self.device)
         for step in range(steps):
-            tok = sample_step(
-                logits, history, u[:, step, 0], u[:, step, 1], cfg, m.speech_vocab, allow_eos=step >= min_len
-            )
-            ended = (tok == m.eos) | (step >= max_len)
-            now_alive = alive & ~ended
-            yield tok, now_alive
-            alive = now_alive
+            allow_eos = step >= limits.min_len
+            tok = sample_step(logits, history, u[:, step, 0], u[:, step, 1], cfg, m.speech_vocab, allow_eos)
+            alive = alive & ~((tok == m.eos) | (step >= limits.max_len))
+            yield tok, alive
             if not bool(alive.any()) or step == steps - 1:
                 return
             history = torch.cat([history[:, 1:], tok[:, None]], 1)
@@ -232,15 +230,14 @@ class SpeechLM(nn.Module, PretrainedMixin):
         self,
         text: Sequence[torch.Tensor],
         speaker: SpeakerEmbedding,
-        prompt_text: Sequence[torch.Tensor] | None = None,
-        prompt_speech: SpeechTokens | None = None,
+        prompt: LMPrompt | None = None,
         sampling: SamplingConfig | None = None,
         seed: int | Sequence[int] | None = None,
         decode: DecodeMode = "auto",
     ) -> SpeechTokens:
         """Batched generation -> SpeechTokens (EOS excluded). ``text``: list of (N_i,) text-token tensors."""
         outs: list[list[int]] = [[] for _ in text]
-        for tok, alive in self.stream(text, speaker, prompt_text, prompt_speech, sampling, seed, decode):
+        for tok, alive in self.stream(text, speaker, prompt, sampling, seed, decode):
             for i in torch.nonzero(alive).flatten().tolist():
                 outs[i].append(int(tok[i]))
         return SpeechTokens.from_list(
@@ -248,6 +245,30 @@ class SpeechLM(nn.Module, PretrainedMixin):
             self.config.model.token_rate,
             self.config.model.speech_vocab,
         )
+
+
+@dataclass
+class _LengthLimits:
+    """Per row (B,): EOS is blocked before ``min_len`` steps and forced at ``max_len`` (ratios of the target
+    text's length, not counting a prompt)."""
+
+    min_len: torch.Tensor
+    max_len: torch.Tensor
+
+    @classmethod
+    def of(cls, text: Sequence[torch.Tensor], cfg: SamplingConfig, device: torch.device) -> _LengthLimits:
+        text_len = torch.tensor([len(t) for t in text], device=device, dtype=torch.float)
+        return cls((text_len * cfg.min_len_ratio).long(), (text_len * cfg.max_len_ratio).long().clamp_min(1))
+
+
+def _uniforms(seeds: Sequence[int | None], steps: int, device: torch.device) -> torch.Tensor:
+    """(B, steps, 2) uniforms for the nucleus and fallback draws, each row from its own generator:
+    batched == unbatched for equal seeds."""
+    rows = [
+        torch.rand(steps, 2, generator=torch.Generator().manual_seed(s) if s is not None else None)
+        for s in seeds
+    ]
+    return torch.stack(rows).to(device)
 
 
 def with_sampling(cfg: LLMConfig, **kw: Any) -> LLMConfig:

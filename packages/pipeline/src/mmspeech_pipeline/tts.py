@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mmspeech_core import CheckpointError, Latents, SpeakerEmbedding, SpeechTokens, Waveform
+from mmspeech_core import (
+    CheckpointError,
+    FlowPrompt,
+    Latents,
+    LMPrompt,
+    SpeakerEmbedding,
+    SpeechTokens,
+    Waveform,
+)
 from mmspeech_core.checkpoint import load_state_dict, save_state_dict
 from mmspeech_core.stages import SpeechTokenizerStage
 from mmspeech_core.training import default_device
@@ -39,21 +47,46 @@ VOICE_VERSION = "1"
 
 
 @dataclass
+class VoicePrompt:
+    """A one-shot voice's prompt: the reference's transcript ids, speech tokens and latents, trimmed so the
+    latents are exactly ``len(tokens) × ratio`` frames (every consumer then counts the prompt alike)."""
+
+    text: torch.Tensor  # (N,) text ids
+    tokens: torch.Tensor  # (P,) speech tokens
+    latents: torch.Tensor  # (C, P·ratio)
+
+    def __post_init__(self) -> None:
+        if self.text.dim() != 1 or self.tokens.dim() != 1 or self.latents.dim() != 2:
+            raise ValueError(
+                "VoicePrompt needs text (N,), tokens (P,) and latents (C, T); got "
+                f"{tuple(self.text.shape)}, {tuple(self.tokens.shape)}, {tuple(self.latents.shape)}"
+            )
+        if not self.latents.is_floating_point() or not torch.isfinite(self.latents).all():
+            raise ValueError("VoicePrompt.latents must hold finite floats")
+
+
+@dataclass
 class Voice:
     """Everything a reference recording contributes, cached so it is computed once (a voice preset)."""
 
     llm_speaker: torch.Tensor  # (D_llm,)
     flow_speaker: torch.Tensor  # (D_flow,)
-    prompt_text: torch.Tensor | None = None  # (N,) text ids — one-shot only
-    prompt_tokens: torch.Tensor | None = None  # (P,) speech tokens — one-shot only
-    prompt_latents: torch.Tensor | None = None  # (C, P·ratio) — one-shot only
+    prompt: VoicePrompt | None = None  # one-shot only
+
+    def __post_init__(self) -> None:
+        for name in ("llm_speaker", "flow_speaker"):
+            x = getattr(self, name)
+            if x.dim() != 1 or not x.is_floating_point() or not torch.isfinite(x).all():
+                raise ValueError(f"Voice.{name} must be a 1-D vector of finite floats")
 
     @property
     def one_shot(self) -> bool:
-        return self.prompt_text is not None
+        return self.prompt is not None
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        tensors = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        tensors = {"llm_speaker": self.llm_speaker, "flow_speaker": self.flow_speaker}
+        if self.prompt is not None:
+            tensors |= {f"prompt_{k}": v for k, v in dataclasses.asdict(self.prompt).items()}
         save_state_dict(tensors, Path(path), metadata={"kind": "mmspeech-voice", "version": VOICE_VERSION})
 
     @classmethod
@@ -61,26 +94,22 @@ class Voice:
         """A saved preset, checked for shape and finite values (:meth:`TTS.load_voice` also checks that it
         fits a bundle)."""
         t = load_state_dict(Path(path))
-        fields = {f.name for f in dataclasses.fields(cls)}
-        if "llm_speaker" not in t or "flow_speaker" not in t or not set(t) <= fields:
+        prompt_keys = {"prompt_text", "prompt_tokens", "prompt_latents"}
+        keys = set(t)
+        if not {"llm_speaker", "flow_speaker"} <= keys or keys - {"llm_speaker", "flow_speaker"} not in (
+            set(),
+            prompt_keys,
+        ):
             raise CheckpointError(f"{path} is not a voice preset (tensors {sorted(t)})")
         try:
-            return cls(**t)
+            prompt = (
+                VoicePrompt(t["prompt_text"], t["prompt_tokens"], t["prompt_latents"])
+                if "prompt_text" in t
+                else None
+            )
+            return cls(t["llm_speaker"], t["flow_speaker"], prompt)
         except ValueError as e:
             raise CheckpointError(f"voice preset {path}: {e}") from e
-
-    def __post_init__(self) -> None:
-        prompt = [self.prompt_text, self.prompt_tokens, self.prompt_latents]
-        if any(x is None for x in prompt) and any(x is not None for x in prompt):
-            raise ValueError("a one-shot voice needs prompt_text, prompt_tokens and prompt_latents together")
-        for name in ("llm_speaker", "flow_speaker", "prompt_latents"):
-            x = getattr(self, name)
-            if x is not None and (not x.is_floating_point() or not torch.isfinite(x).all()):
-                raise ValueError(f"Voice.{name} must hold finite floats")
-        if self.llm_speaker.dim() != 1 or self.flow_speaker.dim() != 1:
-            raise ValueError("Voice speaker vectors must be 1-D")
-        if self.prompt_latents is not None and self.prompt_latents.dim() != 2:
-            raise ValueError(f"Voice.prompt_latents must be (C, T), got {tuple(self.prompt_latents.shape)}")
 
 
 @dataclass
@@ -200,13 +229,13 @@ class TTS:
             problems.append(
                 f"flow_speaker has shape {tuple(voice.flow_speaker.shape)}, the flow expects ({fm.spk_dim},)"
             )
-        if voice.prompt_tokens is not None and voice.prompt_latents is not None:
-            c, frames = voice.prompt_latents.shape
-            if c != fm.latent_dim or frames != len(voice.prompt_tokens) * fm.ratio:
+        if (prompt := voice.prompt) is not None:
+            c, frames = prompt.latents.shape
+            if c != fm.latent_dim or frames != len(prompt.tokens) * fm.ratio:
                 problems.append(
-                    f"prompt latents are {(c, frames)}, expected ({fm.latent_dim}, {len(voice.prompt_tokens)} × {fm.ratio})"
+                    f"prompt latents are {(c, frames)}, expected ({fm.latent_dim}, {len(prompt.tokens)} × {fm.ratio})"
                 )
-            if len(voice.prompt_tokens) and int(voice.prompt_tokens.max()) >= fm.vocab_size:
+            if len(prompt.tokens) and int(prompt.tokens.max()) >= fm.vocab_size:
                 problems.append(f"prompt tokens exceed the speech vocabulary ({fm.vocab_size})")
         if problems:
             raise ValueError("voice does not fit this bundle: " + "; ".join(problems))
@@ -236,9 +265,8 @@ class TTS:
             # streaming's chunk arithmetic) sees prompt latents of exactly len(tokens) × ratio frames
             r = self.flow.config.model.ratio
             n = min(len(tokens), latents.shape[-1] // r)
-            voice.prompt_text = torch.tensor(self.text_tokenizer.encode(reference_text))
-            voice.prompt_tokens = tokens[:n].cpu()
-            voice.prompt_latents = latents[:, : n * r].cpu()
+            text = torch.tensor(self.text_tokenizer.encode(reference_text))
+            voice.prompt = VoicePrompt(text, tokens[:n].cpu(), latents[:, : n * r].cpu())
         return voice
 
     # ---- synthesis --------------------------------------------------------------------------------
@@ -246,16 +274,14 @@ class TTS:
         self, ids: list[torch.Tensor], voices: list[Voice], sampling: SamplingConfig | None, seeds: list[int]
     ) -> SpeechTokens:
         spk = SpeakerEmbedding(torch.stack([v.llm_speaker for v in voices]))
-        if voices[0].one_shot:
-            return self.llm.generate(
-                ids,
-                spk,
-                [v.prompt_text for v in voices],  # type: ignore[misc]
-                SpeechTokens.from_list([v.prompt_tokens for v in voices], self.llm.config.model.token_rate),  # type: ignore[misc]
-                sampling,
-                seeds,
-            )
-        return self.llm.generate(ids, spk, sampling=sampling, seed=seeds)
+        return self.llm.generate(ids, spk, self._lm_prompt(voices), sampling, seeds)
+
+    def _lm_prompt(self, voices: list[Voice]) -> LMPrompt | None:
+        prompts = [v.prompt for v in voices if v.prompt is not None]
+        if not prompts:
+            return None
+        tokens = SpeechTokens.from_list([p.tokens for p in prompts], self.llm.config.model.token_rate)
+        return LMPrompt([p.text for p in prompts], tokens)
 
     def _latents(
         self,
@@ -266,11 +292,15 @@ class TTS:
         chunked: bool = False,
     ) -> Latents:
         spk = SpeakerEmbedding(torch.stack([v.flow_speaker for v in voices]))
-        pt = pl = None
-        if voices[0].one_shot:
-            pt = SpeechTokens.from_list([v.prompt_tokens for v in voices], tokens.frame_rate)  # type: ignore[misc]
-            pl = Latents.from_list([v.prompt_latents for v in voices], self.flow.config.model.latent_rate)  # type: ignore[misc]
-        return self.flow.generate(tokens, spk, pt, pl, infer=infer, seed=seeds, chunked=chunked)
+        prompts = [v.prompt for v in voices if v.prompt is not None]
+        prompt = None
+        if prompts:
+            fm = self.flow.config.model
+            prompt = FlowPrompt(
+                SpeechTokens.from_list([p.tokens for p in prompts], fm.token_rate),
+                Latents.from_list([p.latents for p in prompts], fm.latent_rate),
+            )
+        return self.flow.generate(tokens, spk, prompt, infer=infer, seed=seeds, chunked=chunked)
 
     @torch.inference_mode()
     def synthesize_batch(
@@ -421,13 +451,10 @@ class TTS:
             decode_context if decode_context is not None else self.vae.decoder_context,
         )
         chunk = chunk_tokens or fm.chunk_size
-        n_prompt = len(voice.prompt_tokens) if voice.prompt_tokens is not None else 0
-        prompt_args: tuple[Any, Any] = (None, None)
-        if voice.prompt_tokens is not None:
-            prompt_args = ([voice.prompt_text], SpeechTokens.from_list([voice.prompt_tokens], fm.token_rate))
+        n_prompt = len(voice.prompt.tokens) if voice.prompt is not None else 0
         ids = [torch.tensor(self.text_tokenizer.encode(sentence))]
         spk = SpeakerEmbedding(voice.llm_speaker[None])
-        for tok, alive in self.llm.stream(ids, spk, *prompt_args, sampling=sampling, seed=[seed]):
+        for tok, alive in self.llm.stream(ids, spk, self._lm_prompt([voice]), sampling, [seed]):
             if not bool(alive[0]):
                 continue
             state.tokens.append(int(tok[0]))

@@ -9,15 +9,7 @@ from typing import Any
 
 import torch
 from mmspeech_core.data import Utterance
-from mmspeech_core.training import (
-    DistInfo,
-    Trainer,
-    autocast,
-    init_distributed,
-    move_to,
-    set_seed,
-    warmup_cosine,
-)
+from mmspeech_core.training import DistInfo, Trainer, autocast, init_distributed, set_seed, warmup_cosine
 from torch import nn
 
 from .config import VAEConfig
@@ -60,47 +52,37 @@ class VAETrainer(Trainer):
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_d.load_state_dict(state["sched_d"])
 
-    def train_step(self, batch: Any) -> dict[str, float]:
+    def compute_losses(self, batch: Any) -> dict[str, torch.Tensor | float]:
+        """Generator forward; once the GAN has joined, the discriminator's own step on the detached
+        reconstruction (DAC's order), then the generator's mel + KL (+ adversarial + feature matching) loss.
+        The core Trainer does the generator's backward, clipping and optimiser step."""
         lc = self.vcfg.loss
-        real = move_to(batch, self.dist.device)  # (B, T)
-        self.loss_module.train()
-        use_gan = self.step >= lc.disc_start_step
+        real = batch  # (B, T)
         with autocast(self.dist.device, self.cfg.amp):
             out = self.loss_module(real)
         fake = out["recon"].float()
-        metrics: dict[str, float] = {}
-        if use_gan:  # discriminator step on detached reconstructions
-            d_loss = self.losses.discriminator_loss(fake.detach(), real)
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            nn.utils.clip_grad_norm_(self.losses.discriminator.parameters(), lc.disc_grad_clip)
-            self.opt_d.step()
-            self.sched_d.step()
-            metrics["disc"] = float(d_loss.detach())
+        use_gan = self.step >= lc.disc_start_step
+        losses: dict[str, torch.Tensor | float] = {}
+        if use_gan:
+            losses["disc"] = self._discriminator_step(fake.detach(), real)
         mel = self.losses.mel_loss(fake, real)
         kw = kl_weight(self.step, lc)
         loss = lc.mel_weight * mel + kw * out["kl"]
         if use_gan:
             adv, feat = self.losses.generator_losses(fake, real)
             loss = loss + lc.adv_weight * adv + lc.feature_weight * feat
-            metrics.update(adv=float(adv.detach()), feature=float(feat.detach()))
-        self.check_finite(loss, "generator loss")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
+            losses.update(adv=adv, feature=feat)
         self.last = {"real": real[0].detach(), "fake": fake[0].detach()}
-        metrics.update(
-            loss=float(loss.detach()),
-            mel=float(mel.detach()),
-            kl=float(out["kl"].detach()),
-            kl_weight=kw,
-            grad_norm=float(gnorm),
-            lr=float(self.scheduler.get_last_lr()[0]),
-        )
-        return metrics
+        return losses | {"loss": loss, "mel": mel, "kl": out["kl"], "kl_weight": kw}
+
+    def _discriminator_step(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        d_loss = self.losses.discriminator_loss(fake, real)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        nn.utils.clip_grad_norm_(self.losses.discriminator.parameters(), self.vcfg.loss.disc_grad_clip)
+        self.opt_d.step()
+        self.sched_d.step()
+        return d_loss.detach()
 
     def val_step(self, batch: Any) -> dict[str, float]:
         """Reconstruction from the posterior mean: mel distance and KL."""
