@@ -5,7 +5,7 @@ import torch
 from mmspeech_core import FlowPrompt, Latents, SpeakerEmbedding, SpeechTokens
 from mmspeech_core.training import TrainConfig
 from mmspeech_flow.config import FlowInferConfig, FlowLossConfig, FlowModelConfig, tiny_config
-from mmspeech_flow.data import FlowDataset, align, collate
+from mmspeech_flow.data import FlowBatch, FlowDataset, align, collate
 from mmspeech_flow.infer import time_grid
 from mmspeech_flow.losses import flow_matching_loss, immiscible_batch, immiscible_knn, masked_sq_dist
 from mmspeech_flow.model import FlowModel
@@ -16,11 +16,7 @@ def _batch(ratio=2, lengths=(6, 4), c=8, vocab=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     toks = [torch.randint(0, vocab, (n,), generator=g) for n in lengths]
     lats = [torch.randn(c, n * ratio, generator=g) for n in lengths]
-    return {
-        "tokens": SpeechTokens.from_list(toks),
-        "latents": Latents.from_list(lats),
-        "reference": Latents.from_list(lats[::-1]),
-    }
+    return FlowBatch(SpeechTokens.from_list(toks), Latents.from_list(lats), Latents.from_list(lats[::-1]))
 
 
 def test_ratio_comes_from_config_and_is_validated():
@@ -34,9 +30,9 @@ def test_generate_shapes_and_padding(ratio):
     torch.manual_seed(0)
     m = FlowModel(tiny_config(latent_rate=25.0 * ratio)).eval()
     b = _batch(ratio)
-    spk = m.embed_speaker(b["reference"])
+    spk = m.embed_speaker(b.reference)
     assert spk.vectors.shape == (2, 16) and torch.allclose(spk.vectors.norm(dim=-1), torch.ones(2))
-    out = m.generate(b["tokens"], spk, seed=0, infer=FlowInferConfig(steps=3))
+    out = m.generate(b.tokens, spk, seed=0, infer=FlowInferConfig(steps=3))
     assert out.data.shape == (2, 8, 6 * ratio) and out.lengths.tolist() == [6 * ratio, 4 * ratio]
     assert out.frame_rate == 25.0 * ratio
     assert out.data[1, :, 4 * ratio :].abs().sum() == 0
@@ -46,18 +42,18 @@ def test_batched_equals_unbatched():
     torch.manual_seed(0)
     m = FlowModel(tiny_config()).eval()
     b = _batch()
-    spk = m.embed_speaker(b["reference"])
-    out = m.generate(b["tokens"], spk, seed=[5, 9], infer=FlowInferConfig(steps=4))
+    spk = m.embed_speaker(b.reference)
+    out = m.generate(b.tokens, spk, seed=[5, 9], infer=FlowInferConfig(steps=4))
     for i, s in enumerate([5, 9]):
         one = m.generate(
-            b["tokens"].select(i),
+            b.tokens.select(i),
             SpeakerEmbedding(spk.vectors[i : i + 1]),
             seed=s,
             infer=FlowInferConfig(steps=4),
         )
         assert torch.allclose(one.data[0], out.unbatch()[i], atol=1e-5)
         # speaker embedding of a padded batch item equals its unpadded embedding
-        alone = m.embed_speaker(b["reference"].select(i))
+        alone = m.embed_speaker(b.reference.select(i))
         assert torch.allclose(alone.vectors[0], spk.vectors[i], atol=1e-5)
 
 
@@ -90,10 +86,10 @@ def test_one_shot_prompt_is_cut_from_output():
     torch.manual_seed(0)
     m = FlowModel(tiny_config()).eval()
     b = _batch()
-    spk = m.embed_speaker(b["reference"])
+    spk = m.embed_speaker(b.reference)
     pt = SpeechTokens.from_list([torch.randint(0, 64, (3,)), torch.randint(0, 64, (5,))])
     pl = Latents.from_list([torch.randn(8, 7), torch.randn(8, 10)])  # item 0 has one latent frame too many
-    out = m.generate(b["tokens"], spk, FlowPrompt(pt, pl), seed=0, infer=FlowInferConfig(steps=2))
+    out = m.generate(b.tokens, spk, FlowPrompt(pt, pl), seed=0, infer=FlowInferConfig(steps=2))
     assert out.lengths.tolist() == [12, 8]
     with pytest.raises(ValueError, match="2 token sequences for 1 latent"):
         FlowPrompt(pt, Latents.from_list([torch.randn(8, 7)]))
@@ -116,11 +112,11 @@ def test_solvers_agree_as_steps_grow():
     torch.manual_seed(0)
     m = FlowModel(tiny_config()).eval()
     b = _batch()
-    spk = m.embed_speaker(b["reference"])
-    ref = m.generate(b["tokens"], spk, seed=1, infer=FlowInferConfig(solver="rk4", steps=64)).data
+    spk = m.embed_speaker(b.reference)
+    ref = m.generate(b.tokens, spk, seed=1, infer=FlowInferConfig(solver="rk4", steps=64)).data
 
     def err(solver, steps):
-        x = m.generate(b["tokens"], spk, seed=1, infer=FlowInferConfig(solver=solver, steps=steps)).data
+        x = m.generate(b.tokens, spk, seed=1, infer=FlowInferConfig(solver=solver, steps=steps)).data
         return (x - ref).abs().max().item()
 
     assert err("euler", 32) < err("euler", 4)
@@ -128,7 +124,7 @@ def test_solvers_agree_as_steps_grow():
     assert err("rk4", 16) < 1e-3
     calls = []
     hook = m.estimator.register_forward_hook(lambda *_: calls.append(1))
-    d = m.generate(b["tokens"], spk, seed=1, infer=FlowInferConfig(solver="dopri5", rtol=1e-6, atol=1e-6))
+    d = m.generate(b.tokens, spk, seed=1, infer=FlowInferConfig(solver="dopri5", rtol=1e-6, atol=1e-6))
     hook.remove()
     assert (d.data - ref).abs().max().item() < 1e-3 and len(calls) > 6  # adaptive: more calls than 6
 
@@ -182,8 +178,8 @@ def test_loss_masks_prompt_and_padding_and_contrastive_sign():
     torch.manual_seed(0)
     m = FlowModel(tiny_config())
     b = _batch()
-    x1, valid = b["latents"].data, b["latents"].mask()
-    mu = m.encoder(b["tokens"].tokens, b["tokens"].lengths, False)
+    x1, valid = b.latents.data, b.latents.mask()
+    mu = m.encoder(b.tokens.tokens, b.tokens.lengths, False)
     spk = torch.randn(2, 16)
     cfg = FlowLossConfig(prompt_prob=0.0, cfg_dropout=0.0)
     torch.manual_seed(1)
@@ -239,9 +235,9 @@ def test_training_overfits_a_tiny_set_and_resumes(tmp_path, loss):
     assert last < 0.5 * first
     model.eval()
     batch = collate([ds[0], ds[1]], 25.0, 50.0)
-    spk = model.embed_speaker(batch["reference"])
-    out = model.generate(batch["tokens"], spk, seed=0, infer=FlowInferConfig(steps=10, cfg_rate=0.0))
-    err = ((out.data - batch["latents"].data) ** 2).mean() / (batch["latents"].data ** 2).mean()
+    spk = model.embed_speaker(batch.reference)
+    out = model.generate(batch.tokens, spk, seed=0, infer=FlowInferConfig(steps=10, cfg_rate=0.0))
+    err = ((out.data - batch.latents.data) ** 2).mean() / (batch.latents.data**2).mean()
     assert err < 0.3
     # resume: a second call with more steps continues from the saved step, not from zero
     reloaded = FlowModel.from_pretrained(tmp_path / "run" / "checkpoint-00000150")

@@ -24,12 +24,12 @@ def test_cuda_padded_batch_logits_match_single():
     spk = m.embed_speaker(Waveform.from_list([torch.randn(24000), torch.randn(16000)], 24000))
     texts = [torch.randint(0, 300, (6,)), torch.randint(0, 300, (3,))]
     with torch.no_grad():
-        b = {k: v.cuda() for k, v in pad([inference_prefix(t) for t in texts], left=True).items()}
-        both = m.head(m._hidden(m.embed(b["kind"], b["ids"], spk.vectors), b["mask"])[:, -1])
+        b = pad([inference_prefix(t) for t in texts], left=True).to("cuda")
+        both = m.head(m._hidden(m.embed(b.kind, b.ids, spk.vectors), b.mask)[:, -1])
         for i, t in enumerate(texts):
-            one = {k: v.cuda() for k, v in pad([inference_prefix(t)], left=True).items()}
+            one = pad([inference_prefix(t)], left=True).to("cuda")
             alone = m.head(
-                m._hidden(m.embed(one["kind"], one["ids"], spk.vectors[i : i + 1]), one["mask"])[:, -1]
+                m._hidden(m.embed(one.kind, one.ids, spk.vectors[i : i + 1]), one.mask)[:, -1]
             )
             assert torch.allclose(both[i], alone[0], atol=1e-3, rtol=1e-4)
 

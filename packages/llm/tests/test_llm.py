@@ -261,7 +261,7 @@ def test_dataset_uses_other_utterance_as_reference(tmp_path):
     tok = TextTokenizer.train_bpe([u.text for u in utts], vocab_size=280, min_frequency=1)
     ds = LLMDataset(utts, tokens, tok, tiny_config())
     for k in range(len(ds)):
-        _, ref = ds[k]
+        ref = ds[k].reference
         own = 4800 + 800 * k
         assert len(ref) != own  # the reference is the other utterance of the same speaker
         assert len(ref) == 4800 + 800 * ((k + 2) % 4)
@@ -292,7 +292,7 @@ def test_overfit_tiny_batch_and_checkpoint(tmp_path):
     assert hist[-1]["val/loss"] < 0.2 * hist[0]["loss"] and "val/acc" in hist[-1]
     model.eval()
     batch = collate([ds[k] for k in range(len(ds))], 24000)
-    spk = model.embed_speaker(batch["reference"])
+    spk = model.embed_speaker(batch.reference)
     texts = [ds.text[i] for i in ds.index]
     out = model.generate(texts, spk, sampling=GREEDY)
     for k, i in enumerate(ds.index):

@@ -5,6 +5,7 @@ resumable checkpoints. Stages plug in a model exposing ``training_loss(batch) ->
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -120,6 +121,17 @@ def move_to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to(v, device) for v in batch)
     return batch
+
+
+class Batch:
+    """Base of the stages' typed training batches (dataclasses): ``.to(device)`` moves every field."""
+
+    def to(self, device: torch.device | str) -> Any:
+        assert dataclasses.is_dataclass(self)
+        fields = {
+            f.name: move_to(getattr(self, f.name), torch.device(device)) for f in dataclasses.fields(self)
+        }
+        return dataclasses.replace(self, **fields)  # type: ignore[type-var]
 
 
 class _LossModule(nn.Module):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from mmspeech_core import Latents, SpeechTokens
 from mmspeech_core.data import ReferencePicker, Utterance, holdout, load_shards
+from mmspeech_core.training import Batch
 
 
 def align(tokens: torch.Tensor, latents: torch.Tensor, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,17 +76,29 @@ class FlowDataset(torch.utils.data.Dataset):
     def lengths(self) -> list[int]:
         return [int(self.items[i][2].shape[-1]) for i in self.index]
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, k: int) -> FlowItem:
         i = self.index[k]
         _, tk, lt = self.items[i]
-        return tk, lt, self.items[self.picker(i)][2]
+        return FlowItem(tk, lt, self.items[self.picker(i)][2])
 
 
-def collate(
-    items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], token_rate: float, latent_rate: float
-) -> dict:
-    return {
-        "tokens": SpeechTokens.from_list([x[0] for x in items], frame_rate=token_rate),
-        "latents": Latents.from_list([x[1] for x in items], frame_rate=latent_rate),
-        "reference": Latents.from_list([x[2] for x in items], frame_rate=latent_rate),
-    }
+@dataclass
+class FlowItem:
+    tokens: torch.Tensor  # (N,)
+    latents: torch.Tensor  # (C, N·ratio)
+    reference: torch.Tensor  # (C, T_ref) latents of another utterance of the same speaker
+
+
+@dataclass
+class FlowBatch(Batch):
+    tokens: SpeechTokens  # (B, N)
+    latents: Latents  # (B, C, N·ratio)
+    reference: Latents  # (B, C, T_ref)
+
+
+def collate(items: list[FlowItem], token_rate: float, latent_rate: float) -> FlowBatch:
+    return FlowBatch(
+        SpeechTokens.from_list([x.tokens for x in items], frame_rate=token_rate),
+        Latents.from_list([x.latents for x in items], frame_rate=latent_rate),
+        Latents.from_list([x.reference for x in items], frame_rate=latent_rate),
+    )

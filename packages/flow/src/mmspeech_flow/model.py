@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from torch import nn
 
 from . import __version__
 from .config import FlowConfig, FlowInferConfig, FlowModelConfig
+from .data import FlowBatch
 from .infer import solve
 from .losses import flow_matching_loss
 
@@ -167,13 +167,12 @@ class FlowModel(nn.Module, PretrainedMixin):
             raise ValueError(f"token ids must lie in [0, {c.vocab_size})")
 
     # ---- training -------------------------------------------------------------------------------
-    def training_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """batch: ``tokens`` SpeechTokens, ``latents`` Latents (lengths = tokens·ratio), ``reference`` Latents."""
-        tokens: SpeechTokens = batch["tokens"]
-        latents: Latents = batch["latents"]
+    def training_loss(self, batch: FlowBatch) -> dict[str, torch.Tensor]:
+        """Latent lengths must be token lengths × ratio (see :func:`mmspeech_flow.data.align`)."""
+        tokens, latents = batch.tokens, batch.latents
         chunked = bool(torch.rand(()) < self.config.loss.chunk_prob)
         mu = self.encoder(tokens.tokens, tokens.lengths, chunked)
-        spk = self.speaker_encoder(self.normalize(batch["reference"].data), batch["reference"].lengths)
+        spk = self.speaker_encoder(self.normalize(batch.reference.data), batch.reference.lengths)
         x1 = self.normalize(latents.data[..., : mu.shape[-1]])
         if x1.shape[-1] != mu.shape[-1] or not torch.equal(
             latents.lengths, tokens.lengths * self.config.model.ratio

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from mmspeech_core import Waveform
 from mmspeech_core.audio import read_audio
 from mmspeech_core.data import ReferencePicker, Utterance
+from mmspeech_core.training import Batch
 
 from .config import LLMConfig
-from .layout import pad, training_sequence
+from .layout import PaddedLayout, pad, training_sequence
+from .layout import Sequence as LayoutSequence
 from .text import TextTokenizer
 
 
 class LLMDataset(torch.utils.data.Dataset):
-    """Items: (layout Sequence, reference audio (T,) at the speaker encoder's rate)."""
+    """Items: :class:`LLMItem` (layout sequence, reference audio at the speaker encoder's rate)."""
 
     def __init__(
         self,
@@ -55,7 +57,7 @@ class LLMDataset(torch.utils.data.Dataset):
     def lengths(self) -> list[int]:
         return [len(self.text[i]) + len(self.speech[i]) + 3 for i in self.index]
 
-    def __getitem__(self, k: int) -> tuple[Any, torch.Tensor]:
+    def __getitem__(self, k: int) -> LLMItem:
         i = self.index[k]
         m, lay = self.cfg.model, self.cfg.layout
         seq = training_sequence(
@@ -74,10 +76,22 @@ class LLMDataset(torch.utils.data.Dataset):
         if len(ref) > crop:
             start = self.rng.randrange(len(ref) - crop + 1)
             ref = ref[start : start + crop]
-        return seq, ref
+        return LLMItem(seq, ref)
 
 
-def collate(items: list[tuple[Any, torch.Tensor]], sample_rate: int) -> dict[str, Any]:
-    batch: dict[str, Any] = pad([s for s, _ in items])
-    batch["reference"] = Waveform.from_list([r for _, r in items], sample_rate)
-    return batch
+@dataclass
+class LLMItem:
+    sequence: LayoutSequence  # the training layout of one utterance
+    reference: torch.Tensor  # (T,) audio of another utterance of the same speaker
+
+
+@dataclass
+class LLMBatch(Batch):
+    layout: PaddedLayout  # (B, L)
+    reference: Waveform  # (B, T) speaker references
+
+
+def collate(items: list[LLMItem], sample_rate: int) -> LLMBatch:
+    return LLMBatch(
+        pad([x.sequence for x in items]), Waveform.from_list([x.reference for x in items], sample_rate)
+    )

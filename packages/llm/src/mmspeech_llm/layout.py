@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+from mmspeech_core.training import Batch
 
 SPECIAL, SPK, TEXT, SPEECH = 0, 1, 2, 3
 SOS, TASK = 0, 1
@@ -94,17 +95,27 @@ def inference_prefix(text: torch.Tensor, prompt_speech: torch.Tensor | None = No
     return Sequence(kind, ids, _ignore(len(kind)))
 
 
-def pad(seqs: list[Sequence], left: bool = False) -> dict[str, torch.Tensor]:
+@dataclass
+class PaddedLayout(Batch):
+    """A batch of layout sequences padded to (B, L)."""
+
+    kind: torch.Tensor  # (B, L) position kinds (SPECIAL / SPK / TEXT / SPEECH)
+    ids: torch.Tensor  # (B, L) ids within their kind's vocabulary
+    target: torch.Tensor  # (B, L) next-token targets, IGNORE where nothing is predicted
+    mask: torch.Tensor  # (B, L) bool, True on real positions
+
+
+def pad(seqs: list[Sequence], left: bool = False) -> PaddedLayout:
     """Pad to (B, L). ``left=True`` for decoding (every prefix ends at the last column)."""
     b, n = len(seqs), max(len(s) for s in seqs)
-    out = {
-        "kind": torch.full((b, n), SPECIAL, dtype=torch.long),
-        "ids": torch.zeros((b, n), dtype=torch.long),
-        "target": torch.full((b, n), IGNORE, dtype=torch.long),
-        "mask": torch.zeros((b, n), dtype=torch.bool),
-    }
+    out = PaddedLayout(
+        kind=torch.full((b, n), SPECIAL, dtype=torch.long),
+        ids=torch.zeros((b, n), dtype=torch.long),
+        target=torch.full((b, n), IGNORE, dtype=torch.long),
+        mask=torch.zeros((b, n), dtype=torch.bool),
+    )
     for i, s in enumerate(seqs):
         sl = slice(n - len(s), n) if left else slice(0, len(s))
-        out["kind"][i, sl], out["ids"][i, sl], out["target"][i, sl] = s.kind, s.ids, s.target
-        out["mask"][i, sl] = True
+        out.kind[i, sl], out.ids[i, sl], out.target[i, sl] = s.kind, s.ids, s.target
+        out.mask[i, sl] = True
     return out

@@ -17,9 +17,10 @@ from torch import nn
 
 from . import __version__
 from .config import BackboneConfig, LLMConfig, SamplingConfig
+from .data import LLMBatch
 from .decode import DecodeMode, make_decoder
 from .infer import sample_step
-from .layout import IGNORE, SPEECH, SPK, TEXT, inference_prefix, pad
+from .layout import IGNORE, SPEECH, SPK, TEXT, PaddedLayout, inference_prefix, pad
 
 
 def qwen2_config(b: BackboneConfig, vocab: int) -> Any:
@@ -138,14 +139,13 @@ class SpeechLM(nn.Module, PretrainedMixin):
         return out.last_hidden_state
 
     # ---- training ----------------------------------------------------------------------------------
-    def training_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """batch: ``kind``/``ids``/``target``/``mask`` (B, L) from :func:`layout.pad` and ``reference`` Waveform."""
-        spk = self.embed_speaker(batch["reference"]).vectors
-        emb = self.embed(batch["kind"], batch["ids"], spk)
-        hidden = self._hidden(emb, batch["mask"])
-        sel = batch["target"] != IGNORE
+    def training_loss(self, batch: LLMBatch) -> dict[str, torch.Tensor]:
+        spk = self.embed_speaker(batch.reference).vectors
+        layout = batch.layout
+        hidden = self._hidden(self.embed(layout.kind, layout.ids, spk), layout.mask)
+        sel = layout.target != IGNORE
         logits = self.head(hidden[sel]).float()  # only predicted positions: no (B, L, V) tensor
-        target = batch["target"][sel]
+        target = layout.target[sel]
         loss = F.cross_entropy(logits, target)
         acc = (logits.argmax(-1) == target).float().mean()
         return {"loss": loss, "acc": acc.detach()}
@@ -180,8 +180,8 @@ class SpeechLM(nn.Module, PretrainedMixin):
         batch = self._prefix_batch(text, prompt)
         limits = _LengthLimits.of(text, cfg, self.device)
         u = _uniforms(item_seeds(seed, len(text)), int(limits.max_len.max()), self.device)  # (B, steps, 2)
-        emb = self.embed(batch["kind"], batch["ids"], speaker.vectors.to(self.device))
-        decoder = make_decoder(decode, self, emb, batch["mask"], u.shape[1])
+        emb = self.embed(batch.kind, batch.ids, speaker.vectors.to(self.device))
+        decoder = make_decoder(decode, self, emb, batch.mask, u.shape[1])
         yield from self._decode_loop(decoder, u, limits, cfg)
 
     def _check_request(
@@ -197,7 +197,7 @@ class SpeechLM(nn.Module, PretrainedMixin):
                 )
             self._check_text(prompt.text)
 
-    def _prefix_batch(self, text: Sequence[torch.Tensor], prompt: LMPrompt | None) -> dict[str, torch.Tensor]:
+    def _prefix_batch(self, text: Sequence[torch.Tensor], prompt: LMPrompt | None) -> PaddedLayout:
         """Left-padded inference prefixes ``[sos, spk, (prompt text +) text, task_id(, prompt speech)]``."""
         if prompt is None:
             prefixes = [inference_prefix(t, None) for t in text]
@@ -206,7 +206,7 @@ class SpeechLM(nn.Module, PretrainedMixin):
                 inference_prefix(torch.cat([pt, t]), ps)
                 for pt, t, ps in zip(prompt.text, text, prompt.tokens.unbatch())
             ]
-        return {k: v.to(self.device) for k, v in pad(prefixes, left=True).items()}
+        return pad(prefixes, left=True).to(self.device)  # type: ignore[no-any-return]
 
     def _decode_loop(
         self, decoder: Any, u: torch.Tensor, limits: _LengthLimits, cfg: SamplingConfig

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from mmspeech_core import Waveform
 from mmspeech_core.audio import read_audio
 from mmspeech_core.data import Utterance
+from mmspeech_core.training import Batch
 
 SAMPLE_RATE = 16000
 
@@ -56,18 +57,32 @@ class CTCDataset(torch.utils.data.Dataset):
 
         return [int(audio_info(u.audio)[2] * 100) for u in self.utts]
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> CTCItem:
         u = self.utts[i]
         mel, _ = log_mels(Waveform.from_list([read_audio(u.audio, SAMPLE_RATE)], SAMPLE_RATE), self.n_mels)
-        return mel[0], torch.tensor([self.index[c] for c in u.text or ""], dtype=torch.long)
+        return CTCItem(mel[0], torch.tensor([self.index[c] for c in u.text or ""], dtype=torch.long))
 
 
-def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
-    mel_len = torch.tensor([m.shape[-1] for m, _ in items])
-    lab_len = torch.tensor([len(lab) for _, lab in items])
-    mel = torch.zeros(len(items), items[0][0].shape[0], int(mel_len.max()))
+@dataclass
+class CTCItem:
+    mel: torch.Tensor  # (n_mels, T)
+    labels: torch.Tensor  # (S,) character ids (0 is the CTC blank)
+
+
+@dataclass
+class CTCBatch(Batch):
+    mel: torch.Tensor  # (B, n_mels, T), zero-padded
+    mel_lengths: torch.Tensor  # (B,)
+    labels: torch.Tensor  # (B, S), padded with 0
+    label_lengths: torch.Tensor  # (B,)
+
+
+def collate(items: list[CTCItem]) -> CTCBatch:
+    mel_len = torch.tensor([x.mel.shape[-1] for x in items])
+    lab_len = torch.tensor([len(x.labels) for x in items])
+    mel = torch.zeros(len(items), items[0].mel.shape[0], int(mel_len.max()))
     labels = torch.zeros(len(items), int(lab_len.max()), dtype=torch.long)
-    for i, (m, lab) in enumerate(items):
-        mel[i, :, : m.shape[-1]] = m
-        labels[i, : len(lab)] = lab
-    return {"mel": mel, "mel_lengths": mel_len, "labels": labels, "label_lengths": lab_len}
+    for i, x in enumerate(items):
+        mel[i, :, : x.mel.shape[-1]] = x.mel
+        labels[i, : len(x.labels)] = x.labels
+    return CTCBatch(mel, mel_len, labels, lab_len)

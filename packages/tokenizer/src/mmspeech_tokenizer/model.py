@@ -7,8 +7,6 @@ CTC over characters. After training only the encoder + FSQ are needed to tokeniz
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from mmspeech_core import PretrainedMixin, SpeechTokens, Waveform, lengths_to_mask
@@ -17,7 +15,7 @@ from torch import nn
 
 from . import __version__
 from .config import FSQTokenizerConfig
-from .data import log_mels
+from .data import CTCBatch, log_mels
 
 SAMPLE_RATE = 16000
 
@@ -98,16 +96,15 @@ class FSQTokenizer(nn.Module, PretrainedMixin):
         q, codes = fsq_quantize(self.down(x), self.config.model.fsq_levels)
         return q, codes, lengths
 
-    def training_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """batch: ``mel`` (B, n_mels, T), ``mel_lengths`` (B,), ``labels`` (B, S) padded with 0, ``label_lengths`` (B,)."""
-        q, _, lengths = self.encode_features(batch["mel"], batch["mel_lengths"])
+    def training_loss(self, batch: CTCBatch) -> dict[str, torch.Tensor]:
+        q, _, lengths = self.encode_features(batch.mel, batch.mel_lengths)
         valid = lengths_to_mask(lengths, q.shape[1])
         x = self.up(q.to(self.up.weight.dtype))
         mask = chunk_attention_mask(valid, None)
         for blk in self.decoder:
             x = blk(x, mask)
         logp = self.ctc(self.norm(x)).float().log_softmax(-1).transpose(0, 1)  # (N, B, V)
-        loss = F.ctc_loss(logp, batch["labels"], lengths, batch["label_lengths"], blank=0, zero_infinity=True)
+        loss = F.ctc_loss(logp, batch.labels, lengths, batch.label_lengths, blank=0, zero_infinity=True)
         return {"loss": loss}
 
     @torch.inference_mode()
