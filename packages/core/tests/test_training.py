@@ -14,13 +14,11 @@ import pytest
 import torch
 from mmspeech_core.data import LengthBatchSampler
 from mmspeech_core.training import TrainConfig, Trainer, set_seed
+from mmspeech_core.training import fast_train_config as core_fast_train_config
 
 
 def fast_train_config(steps: int, **overrides) -> TrainConfig:
-    kw = dict(
-        lr=1e-2, warmup_steps=1, max_steps=steps, log_every=1, save_every=steps, num_workers=0, amp="none"
-    )
-    return TrainConfig(**(kw | overrides))
+    return core_fast_train_config(steps, 1e-2, log_every=1, **({"warmup_steps": 1} | overrides))
 
 
 class Preempted(Exception):

@@ -1,13 +1,14 @@
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import torch
 from mmspeech_core.config import save_config
 from mmspeech_core.data import ShardWriter
-from mmspeech_core.training import TrainConfig
+from mmspeech_core.training import fast_train_config
 from mmspeech_flow.config import tiny_config
 from mmspeech_flow.model import FlowModel
 
@@ -27,43 +28,15 @@ def test_torchrun_two_process_ddp_training(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n".join(lines))
     cfg = dataclasses.replace(
         tiny_config(),
-        train=TrainConfig(
-            lr=1e-3,
-            warmup_steps=1,
-            max_steps=6,
-            log_every=3,
-            save_every=6,
-            num_workers=0,
-            amp="none",
-            max_frames=40,
-        ),
+        train=fast_train_config(6, 1e-3, warmup_steps=1, max_frames=40),
     )
     save_config(cfg, tmp_path / "flow.json")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29531",
-        "-m",
-        "mmspeech_flow.cli",
-        "train",
-        "--config",
-        str(tmp_path / "flow.json"),
-        "--tokens",
-        str(tmp_path / "tokens"),
-        "--latents",
-        str(tmp_path / "latents"),
-        "--manifest",
-        str(tmp_path / "m.jsonl"),
-        "--out",
-        str(tmp_path / "run"),
-        "--device",
-        "cpu",
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    cmd += shlex.split(
+        f"-m mmspeech_flow.cli train --config {tmp_path / 'flow.json'} --tokens {tmp_path / 'tokens'} "
+        f"--latents {tmp_path / 'latents'} --manifest {tmp_path / 'm.jsonl'} --out {tmp_path / 'run'} --device cpu"
+    )
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-00000006"

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 from mmspeech_core import FlowPrompt, Latents, SpeakerEmbedding, SpeechTokens
-from mmspeech_core.training import TrainConfig
+from mmspeech_core.training import fast_train_config
 from mmspeech_flow.config import FlowInferConfig, FlowLossConfig, FlowModelConfig, tiny_config
 from mmspeech_flow.data import FlowBatch, FlowDataset, align, collate
 from mmspeech_flow.infer import time_grid
@@ -206,16 +206,7 @@ def _overfit_cfg(steps, **loss):
     return dataclasses.replace(
         cfg,
         loss=dataclasses.replace(cfg.loss, cfg_dropout=0.0, prompt_prob=0.0, **loss),
-        train=TrainConfig(
-            lr=3e-3,
-            warmup_steps=5,
-            max_steps=steps,
-            log_every=50,
-            save_every=1000,
-            num_workers=0,
-            max_frames=1000,
-            amp="none",
-        ),
+        train=fast_train_config(steps, 3e-3, warmup_steps=5, max_frames=1000),
     )
 
 

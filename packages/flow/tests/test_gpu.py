@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 from mmspeech_core import Latents, SpeakerEmbedding, SpeechTokens
-from mmspeech_core.training import TrainConfig
+from mmspeech_core.training import fast_train_config
 from mmspeech_flow.config import FlowInferConfig, tiny_config
 from mmspeech_flow.data import FlowDataset
 from mmspeech_flow.model import FlowModel
@@ -40,16 +40,7 @@ def test_bf16_amp_training_on_cuda(tmp_path):
     cfg = dataclasses.replace(
         cfg,
         loss=dataclasses.replace(cfg.loss, immiscible="batch", contrastive_lambda=0.05),
-        train=TrainConfig(
-            lr=1e-3,
-            warmup_steps=2,
-            max_steps=30,
-            log_every=10,
-            save_every=30,
-            num_workers=0,
-            amp="bf16",
-            max_frames=1000,
-        ),
+        train=fast_train_config(30, 1e-3, warmup_steps=2, amp="bf16", max_frames=1000),
     )
     model, hist = train(cfg, ds, tmp_path / "run", device="cuda")
     assert next(model.parameters()).device.type == "cuda"

@@ -28,9 +28,7 @@ def test_cuda_padded_batch_logits_match_single():
         both = m.head(m._hidden(m.embed(b.kind, b.ids, spk.vectors), b.mask)[:, -1])
         for i, t in enumerate(texts):
             one = pad([inference_prefix(t)], left=True).to("cuda")
-            alone = m.head(
-                m._hidden(m.embed(one.kind, one.ids, spk.vectors[i : i + 1]), one.mask)[:, -1]
-            )
+            alone = m.head(m._hidden(m.embed(one.kind, one.ids, spk.vectors[i : i + 1]), one.mask)[:, -1])
             assert torch.allclose(both[i], alone[0], atol=1e-3, rtol=1e-4)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from mmspeech_core import LMPrompt, SpeakerEmbedding, SpeechTokens, Waveform, save_audio
 from mmspeech_core.data import ReferencePicker, Utterance
-from mmspeech_core.training import TrainConfig
+from mmspeech_core.training import fast_train_config
 from mmspeech_llm.config import SamplingConfig, tiny_config
 from mmspeech_llm.data import LLMDataset, collate
 from mmspeech_llm.infer import sample_step
@@ -275,16 +275,7 @@ def test_overfit_tiny_batch_and_checkpoint(tmp_path):
     cfg = dataclasses.replace(
         cfg,
         layout=dataclasses.replace(cfg.layout, bistream_prob=0.0),
-        train=TrainConfig(
-            lr=3e-3,
-            warmup_steps=10,
-            max_steps=150,
-            log_every=50,
-            save_every=1000,
-            num_workers=0,
-            max_frames=10_000,
-            amp="none",
-        ),
+        train=fast_train_config(150, 3e-3, warmup_steps=10, max_frames=10_000),
     )
     ds = LLMDataset(utts, tokens, tok, cfg)
     model, hist = train(cfg, ds, tmp_path / "run", device="cpu", val_dataset=ds)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from mmspeech_core import CheckpointError, Waveform, load_audio, read_audio, save_audio
 from mmspeech_core.data import Utterance, extract_features, load_shards, read_manifest
-from mmspeech_core.training import TrainConfig
+from mmspeech_core.training import fast_train_config
 from mmspeech_tokenizer.cli import main
 from mmspeech_tokenizer.config import S3Config, tiny_fsq_config
 from mmspeech_tokenizer.infer import load_speech_tokenizer, sample_wavs
@@ -223,16 +223,7 @@ def test_fsq_tokenizer_ctc_loss_falls_and_encodes(tmp_path):
     cfg = tiny_fsq_config(build_vocab([u.text for u in utts]))
     cfg = dataclasses.replace(
         cfg,
-        train=TrainConfig(
-            lr=2e-3,
-            warmup_steps=5,
-            max_steps=40,
-            log_every=20,
-            save_every=100,
-            num_workers=0,
-            max_frames=10_000,
-            amp="none",
-        ),
+        train=fast_train_config(40, 2e-3, warmup_steps=5, max_frames=10_000),
     )
     model, hist = train(cfg, utts, tmp_path / "run", device="cpu", val_utts=utts[:1])
     assert "val/loss" in hist[-1]

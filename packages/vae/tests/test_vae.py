@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ import s3tokenizer
 import torch
 from mmspeech_core import Latents, Waveform, read_audio, save_audio
 from mmspeech_core.data import Utterance, extract_features, load_shards, read_manifest
-from mmspeech_core.training import TrainConfig
+from mmspeech_core.training import fast_train_config
 from mmspeech_vae.config import VAEModelConfig, tiny_config
 from mmspeech_vae.infer import latent_stats
 from mmspeech_vae.losses import kl_weight
@@ -115,17 +116,7 @@ def _cfg(steps, **loss):
     return dataclasses.replace(
         cfg,
         loss=dataclasses.replace(cfg.loss, **loss),
-        train=TrainConfig(
-            lr=2e-3,
-            betas=(0.8, 0.99),
-            warmup_steps=2,
-            max_steps=steps,
-            log_every=5,
-            save_every=1000,
-            num_workers=0,
-            max_batch=2,
-            amp="none",
-        ),
+        train=fast_train_config(steps, 2e-3, betas=(0.8, 0.99), warmup_steps=2, max_batch=2),
     )
 
 
@@ -168,22 +159,8 @@ def test_extract_and_stats(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n".join(lines))
     from mmspeech_vae.cli import main
 
-    assert (
-        main(
-            [
-                "extract",
-                "--model",
-                str(tmp_path / "vae"),
-                "--manifest",
-                str(tmp_path / "m.jsonl"),
-                "--output-dir",
-                str(tmp_path / "lat"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    command = f"extract --model {tmp_path / 'vae'} --manifest {tmp_path / 'm.jsonl'} --output-dir {tmp_path / 'lat'} --device cpu"
+    assert main(shlex.split(command)) == 0
     feats = load_shards(tmp_path / "lat")
     assert sorted(feats) == sorted(w.stem for w in WAVS)
     for w in WAVS:

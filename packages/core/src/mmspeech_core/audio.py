@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+import torchaudio.functional as AF
 
 from .checkpoint import atomic_write
 from .types import Waveform
@@ -21,8 +22,6 @@ def resample(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     """(..., T) -> (..., T') band-limited sinc resampling."""
     if orig_sr == new_sr:
         return x
-    import torchaudio.functional as AF
-
     return AF.resample(x, orig_sr, new_sr)
 
 

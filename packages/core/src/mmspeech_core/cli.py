@@ -27,6 +27,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+def add_device_arg(
+    sp: argparse.ArgumentParser, help: str = "cpu / cuda / cuda:N (default: cuda when available)"
+) -> None:
+    sp.add_argument("--device", default=None, help=help)
+
+
+def add_seed_arg(sp: argparse.ArgumentParser, help: str = "sampling and noise seed") -> None:
+    sp.add_argument("--seed", type=int, default=0, help=help)
+
+
 def make_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -51,7 +61,7 @@ def add_extraction_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--output-dir", required=True, help="folder for shard-*.safetensors + index/errors files")
     sp.add_argument("--batch-size", type=int, default=16, help="utterances per forward pass")
     sp.add_argument("--shard-size", type=int, default=1000, help="utterances per output shard")
-    sp.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: cuda when available)")
+    add_device_arg(sp)
     sp.add_argument(
         "--strict", action="store_true", help="exit 1 if any utterance failed (they are always logged)"
     )
@@ -80,14 +90,6 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         return 2 if isinstance(e, USER_ERRORS) else 1
 
 
-def add_device_arg(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: cuda when available)")
-
-
-def add_seed_arg(sp: argparse.ArgumentParser, help: str = "sampling and noise seed") -> None:
-    sp.add_argument("--seed", type=int, default=0, help=help)
-
-
 def check_output(path: str, overwrite: bool) -> None:
     """Refuse to replace an existing file unless asked (``--overwrite``)."""
     if os.path.exists(path) and not overwrite:
@@ -114,9 +116,7 @@ def add_train_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--out", required=True, help="run folder: checkpoints, tensorboard logs; resumed if it exists"
     )
-    sp.add_argument(
-        "--device", default=None, help="cpu / cuda (default: cuda when available; torchrun sets the rank)"
-    )
+    add_device_arg(sp, "cpu / cuda (default: cuda when available; torchrun sets the rank)")
     sp.add_argument("--max-steps", type=int, default=None, help="override train.max_steps from the config")
     sp.add_argument(
         "--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint"

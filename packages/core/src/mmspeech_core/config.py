@@ -97,7 +97,7 @@ def config_from_dict(cls: type[C], data: dict[str, Any], where: str | None = Non
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    from .checkpoint import atomic_write_text
+    from .checkpoint import atomic_write_text  # checkpoint imports this module: import here, not at the top
 
     atomic_write_text(Path(path), json.dumps(config_to_dict(cfg), indent=2, sort_keys=True) + "\n")
 

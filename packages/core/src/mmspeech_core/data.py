@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import random
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any, TypeVar
 import torch
 from tqdm import tqdm
 
+from .audio import read_audio
 from .checkpoint import atomic_write_text, load_state_dict, save_state_dict
+from .types import Waveform
 
 log = logging.getLogger(__name__)
 L = TypeVar("L")
@@ -431,9 +434,6 @@ def extract_features(
 ) -> dict[str, int]:
     """Encode every utterance with ``encoder`` (anything with ``sample_rate`` and ``encode(Waveform)``
     returning a padded container: a speech tokenizer, a VAE) into ``out_dir`` shards. See :func:`run_extraction`."""
-    from .audio import read_audio
-    from .types import Waveform
-
     sr = encoder.sample_rate
     _record_source(encoder, out_dir, write=rank == 0)
 
@@ -458,8 +458,6 @@ def holdout(ids: Sequence[str], fraction: float, seed: int = 0) -> tuple[list[st
     side, whatever else the corpus holds (adding data never leaks validation items into training)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"validation fraction must lie in [0, 1), got {fraction}")
-    import zlib
-
     cut = int(fraction * 2**32)
     val = {i for i in ids if zlib.crc32(f"{seed}:{i}".encode()) < cut}
     return [i for i in ids if i not in val], [i for i in ids if i in val]

@@ -7,6 +7,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torchaudio.functional as AF
 from einops import rearrange
 from torch import nn
 
@@ -131,8 +132,6 @@ class LogMel(nn.Module):
 
     def __init__(self, sample_rate: int = 24000, n_fft: int = 1024, hop: int = 240, n_mels: int = 80) -> None:
         super().__init__()
-        import torchaudio.functional as AF
-
         self.n_fft, self.hop = n_fft, hop
         fb = AF.melscale_fbanks(
             n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate, norm="slaney", mel_scale="slaney"

@@ -22,7 +22,13 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, remove_stale_temp_files
+from .checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_text,
+    load_state_dict,
+    remove_stale_temp_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,21 @@ class TrainConfig:
     max_frames: int = 20_000  # dynamic batching: padded frames per batch per GPU
     max_batch: int = 64
     ddp_find_unused: bool = False  # True only for models that skip parameters on some steps (slower)
+
+
+def fast_train_config(steps: int, lr: float, **overrides: Any) -> TrainConfig:
+    """A short CPU run (tests, the quickstart): fp32, no loader workers, 10 % warm-up, a checkpoint at the
+    end, five log lines. ``overrides`` set any other :class:`TrainConfig` field."""
+    settings: dict[str, Any] = dict(
+        lr=lr,
+        warmup_steps=max(1, steps // 10),
+        max_steps=steps,
+        log_every=max(1, steps // 5),
+        save_every=steps,
+        num_workers=0,
+        amp="none",
+    )
+    return TrainConfig(**(settings | overrides))
 
 
 def set_seed(seed: int) -> None:
@@ -335,8 +356,6 @@ class Trainer:
         return None
 
     def resume(self, directory: Path) -> None:
-        from .checkpoint import load_state_dict
-
         self.model.load_state_dict(load_state_dict(directory / "model.safetensors", self.dist.device))
         try:
             state = torch.load(

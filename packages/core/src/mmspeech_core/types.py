@@ -229,7 +229,7 @@ class Waveform(_Padded):
 
     def resample(self, sample_rate: int) -> Waveform:
         """Resample every item (lengths scaled and rounded up as torchaudio does)."""
-        from .audio import resample
+        from .audio import resample  # audio imports this module: import here, not at the top
 
         if sample_rate == self.sample_rate:
             return self

@@ -12,7 +12,9 @@ from mmspeech_core import Latents, SpeechTokens
 from mmspeech_core.cli import (
     add_command,
     add_config_command,
+    add_device_arg,
     add_reference_args,
+    add_seed_arg,
     add_train_args,
     load_train_config,
     make_parser,
@@ -98,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--output-dir", required=True, help="where generated latent shards go")
     sp.add_argument("--batch-size", type=int, default=8, help="utterances per batch")
-    sp.add_argument("--seed", type=int, default=0, help="noise seed (item i of a batch uses seed+i)")
-    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    add_seed_arg(sp, "noise seed (item i of a batch uses seed+i)")
+    add_device_arg(sp)
     return p
 
 

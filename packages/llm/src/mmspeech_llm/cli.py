@@ -12,7 +12,9 @@ from mmspeech_core import load_audio
 from mmspeech_core.cli import (
     add_command,
     add_config_command,
+    add_device_arg,
     add_reference_args,
+    add_seed_arg,
     add_train_args,
     load_train_config,
     make_parser,
@@ -112,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference", required=True, help="reference audio of the target voice (any rate; downmixed)"
     )
     sp.add_argument("--out", required=True, help="output .pt with the tokens")
-    sp.add_argument("--seed", type=int, default=0, help="sampling seed")
-    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    add_seed_arg(sp, "sampling seed")
+    add_device_arg(sp)
     return p
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+import transformers
+from transformers import DynamicCache, StaticCache
 
 DecodeMode = Literal["auto", "dynamic", "static", "cuda_graph"]
 
@@ -22,8 +24,6 @@ DecodeMode = Literal["auto", "dynamic", "static", "cuda_graph"]
 class DynamicDecoder:
     def __init__(self, model: Any, emb: torch.Tensor, mask: torch.Tensor, steps: int) -> None:
         """emb: (B, L, H) left-padded prefix embeddings, mask: (B, L) bool."""
-        from transformers import DynamicCache
-
         self.model, self.mask, self.cache = model, mask, DynamicCache()
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)
         self.pos = positions[:, -1:]
@@ -51,8 +51,6 @@ class StaticDecoder:
     def __init__(
         self, model: Any, emb: torch.Tensor, mask: torch.Tensor, steps: int, graph: bool = False
     ) -> None:
-        from transformers import StaticCache
-
         b, n = mask.shape
         dev = emb.device
         self.model, self.n, self.step_index = model, n, 0
@@ -113,8 +111,6 @@ class StaticDecoder:
 
 def static_cache_supported() -> bool:
     """Earlier transformers' static caches return only the filled keys, so shapes change every step."""
-    import transformers
-
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return (major, minor) >= (5, 24)
 

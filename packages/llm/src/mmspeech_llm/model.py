@@ -14,6 +14,7 @@ from mmspeech_core import LMPrompt, PretrainedMixin, SpeakerEmbedding, SpeechTok
 from mmspeech_core.nn import LogMel, SpeakerEncoder
 from mmspeech_core.training import item_seeds
 from torch import nn
+from transformers import AutoConfig, Qwen2Config, Qwen2Model
 
 from . import __version__
 from .config import BackboneConfig, LLMConfig, SamplingConfig
@@ -24,8 +25,6 @@ from .layout import IGNORE, SPEECH, SPK, TEXT, PaddedLayout, inference_prefix, p
 
 
 def qwen2_config(b: BackboneConfig, vocab: int) -> Any:
-    from transformers import Qwen2Config
-
     cfg = Qwen2Config(
         vocab_size=vocab,
         hidden_size=b.hidden_size,
@@ -43,8 +42,6 @@ def qwen2_config(b: BackboneConfig, vocab: int) -> Any:
 
 def backbone_config_from_hf(directory: str | Path) -> tuple[BackboneConfig, int]:
     """Read a local Qwen2 folder's config.json -> (BackboneConfig, text vocab size). No download."""
-    from transformers import AutoConfig
-
     c = AutoConfig.from_pretrained(str(directory), local_files_only=True)
     rope = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get(
         "rope_theta", 1e6
@@ -74,8 +71,6 @@ class SpeechLM(nn.Module, PretrainedMixin):
 
     def __init__(self, config: LLMConfig) -> None:
         super().__init__()
-        from transformers import Qwen2Model
-
         self.config = config
         m = config.model
         h = m.backbone.hidden_size
@@ -93,8 +88,6 @@ class SpeechLM(nn.Module, PretrainedMixin):
 
     def load_backbone(self, directory: str | Path) -> None:
         """Initialise the backbone from a local Hugging Face Qwen2 folder (safetensors), shapes checked."""
-        from transformers import Qwen2Model
-
         pre = Qwen2Model.from_pretrained(str(directory), local_files_only=True)
         missing, unexpected = self.backbone.load_state_dict(pre.state_dict(), strict=False)
         if missing or unexpected:

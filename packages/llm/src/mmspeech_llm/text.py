@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mmspeech_core import CheckpointError
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 
 class TextError(ValueError):
@@ -42,8 +44,6 @@ class TextTokenizer:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> TextTokenizer:
-        from transformers import AutoTokenizer
-
         d = Path(directory)
         if not d.is_dir():
             raise CheckpointError(f"text tokenizer folder not found: {d}")
@@ -60,9 +60,6 @@ class TextTokenizer:
     @classmethod
     def train_bpe(cls, texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2) -> TextTokenizer:
         """Byte-level BPE from the corpus: any character encodes (bytes), no unknown tokens."""
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-        from transformers import PreTrainedTokenizerFast
-
         tk = Tokenizer(models.BPE())
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tk.decoder = decoders.ByteLevel()

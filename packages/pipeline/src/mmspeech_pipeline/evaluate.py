@@ -24,6 +24,7 @@ import torch
 from mmspeech_core import Waveform, save_audio
 from mmspeech_core.data import read_manifest
 
+from .reference import load_reference
 from .tts import TTS
 
 
@@ -88,14 +89,12 @@ def evaluate(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Manifest lines: ``id``, ``text``, ``audio`` = the reference recording, optional ``reference_text``."""
-    from mmspeech_pipeline.reference import load_reference
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sv = _SV(tts, sv_model)
     asr = None
     if asr_model:
-        from transformers import pipeline
+        from transformers import pipeline  # heavy: only when a local ASR folder is given
 
         asr = pipeline("automatic-speech-recognition", model=asr_model, device=-1)
     rows = []

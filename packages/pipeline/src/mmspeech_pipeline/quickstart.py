@@ -19,8 +19,26 @@ from typing import Any
 
 import torch
 from mmspeech_core import read_audio, save_audio
+from mmspeech_core.audio import resample
 from mmspeech_core.data import Utterance, extract_features, load_shards, write_manifest
-from mmspeech_core.training import TrainConfig
+from mmspeech_core.training import TrainConfig, fast_train_config
+from mmspeech_flow.config import tiny_config as flow_tiny
+from mmspeech_flow.data import FlowDataset
+from mmspeech_flow.train import train as train_flow
+from mmspeech_llm.config import tiny_config as llm_tiny
+from mmspeech_llm.data import LLMDataset
+from mmspeech_llm.text import TextTokenizer
+from mmspeech_llm.train import train as train_llm
+from mmspeech_tokenizer.config import tiny_fsq_config
+from mmspeech_tokenizer.infer import sample_wavs
+from mmspeech_tokenizer.model import build_vocab
+from mmspeech_tokenizer.train import train as train_tok
+from mmspeech_vae.config import tiny_config as vae_tiny
+from mmspeech_vae.infer import latent_stats
+from mmspeech_vae.train import train as train_vae
+
+from .bundle import write_bundle
+from .tts import TTS
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +54,6 @@ SPEAKERS = {"spk_a": 1.0, "spk_b": 0.84, "spk_c": 1.19}  # resampling factors (p
 
 def build_corpus(out: Path, sample_rate: int = 24000) -> list[Utterance]:
     """3 pseudo-speakers × 2 recordings × 2 halves = 12 utterances with speaker labels and placeholder text."""
-    from mmspeech_core.audio import resample
-    from mmspeech_tokenizer.infer import sample_wavs
-
     out.mkdir(parents=True, exist_ok=True)
     utts = []
     for spk, f in SPEAKERS.items():
@@ -56,21 +71,11 @@ def build_corpus(out: Path, sample_rate: int = 24000) -> list[Utterance]:
 
 
 def _tc(steps: int, lr: float, **kw: Any) -> TrainConfig:
-    return TrainConfig(
-        lr=lr,
-        warmup_steps=max(1, steps // 10),
-        max_steps=steps,
-        log_every=max(1, steps // 5),
-        save_every=steps,
-        keep_checkpoints=1,
-        num_workers=0,
-        amp="none",
-        **kw,
-    )
+    return fast_train_config(steps, lr, keep_checkpoints=1, **kw)
 
 
 def _plot(report: dict[str, Any], wavs: dict[str, Path], out: Path) -> list[str]:
-    import matplotlib
+    import matplotlib  # heavy and only for the report's pictures: imported when they are drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -107,23 +112,6 @@ def run_quickstart(out_dir: str | Path, fast: bool = False, seed: int = 0) -> di
 
     ``fast`` cuts the step counts ~10× (for tests): the plumbing is the same.
     """
-    from mmspeech_flow.config import tiny_config as flow_tiny
-    from mmspeech_flow.data import FlowDataset
-    from mmspeech_flow.train import train as train_flow
-    from mmspeech_llm.config import tiny_config as llm_tiny
-    from mmspeech_llm.data import LLMDataset
-    from mmspeech_llm.text import TextTokenizer
-    from mmspeech_llm.train import train as train_llm
-    from mmspeech_tokenizer.config import tiny_fsq_config
-    from mmspeech_tokenizer.model import build_vocab
-    from mmspeech_tokenizer.train import train as train_tok
-    from mmspeech_vae.config import tiny_config as vae_tiny
-    from mmspeech_vae.infer import latent_stats
-    from mmspeech_vae.train import train as train_vae
-
-    from .bundle import write_bundle
-    from .tts import TTS
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import torch
 from mmspeech_core import Waveform
-from mmspeech_core.audio import read_audio
+from mmspeech_core.audio import audio_info, read_audio
 from mmspeech_core.data import Utterance
 from mmspeech_core.training import Batch
+from s3tokenizer.utils import log_mel_spectrogram
 
 SAMPLE_RATE = 16000
 
@@ -22,8 +23,6 @@ def log_mels(
     Computed per item: the mel clamp (max − 8) is relative to each item's own maximum, so a padded batch
     item gets exactly the features it would get alone.
     """
-    from s3tokenizer.utils import log_mel_spectrogram
-
     if bool((wav.durations() < 0.04).any()):
         raise ValueError("audio too short to tokenize: needs at least 40 ms")
     wav = wav.resample(SAMPLE_RATE)
@@ -53,8 +52,6 @@ class CTCDataset(torch.utils.data.Dataset):
         return len(self.utts)
 
     def lengths(self) -> list[int]:
-        from mmspeech_core.audio import audio_info
-
         return [int(audio_info(u.audio)[2] * 100) for u in self.utts]
 
     def __getitem__(self, i: int) -> CTCItem:

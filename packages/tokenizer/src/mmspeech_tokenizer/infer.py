@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import s3tokenizer
+
 from .model import FSQTokenizer
 from .s3 import S3SpeechTokenizer
 
@@ -24,6 +26,4 @@ def load_speech_tokenizer(
 
 def sample_wavs() -> list[Path]:
     """The two real 16 kHz Mandarin recordings (one speaker) shipped in the s3tokenizer wheel."""
-    import s3tokenizer
-
     return sorted((Path(s3tokenizer.__file__).parent / "assets").glob("*.wav"))

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from mmspeech_core import CheckpointError, SpeechTokens, Waveform
 from mmspeech_core.checkpoint import load_pretrained_dir, save_pretrained_dir, weights_fingerprint
+from s3tokenizer.model_v2 import ModelConfig, S3TokenizerV2
 
 from . import __version__
 from .config import S3Config
@@ -24,8 +25,6 @@ CODEBOOK_SIZE = 3**8
 
 
 def _build(cfg: S3Config) -> torch.nn.Module:
-    from s3tokenizer.model_v2 import ModelConfig, S3TokenizerV2
-
     # a fresh ModelConfig: s3tokenizer's default argument is a shared mutable instance
     mc = ModelConfig(
         n_mels=cfg.n_mels,

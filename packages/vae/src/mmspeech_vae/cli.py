@@ -9,6 +9,7 @@ from mmspeech_core import load_audio, save_audio
 from mmspeech_core.cli import (
     add_command,
     add_config_command,
+    add_device_arg,
     add_extraction_args,
     add_train_args,
     load_train_config,
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True, help="pretrained VAE folder")
     sp.add_argument("--input", required=True, help="input audio (any rate)")
     sp.add_argument("--output", required=True, help="output wav (model rate)")
-    sp.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    add_device_arg(sp)
     return p
 
 
