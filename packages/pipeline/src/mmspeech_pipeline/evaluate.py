@@ -1,31 +1,47 @@
-"""Offline evaluation: synthesise a test manifest and score it with what is available locally.
+"""Offline evaluation as a ladder that shows where quality is lost. Each test item (a held-out sentence of a
+held-out speaker, with another utterance of that speaker as the prompt) is scored on each rung:
 
-- ``rtf``: synthesis seconds / audio seconds.
-- ``sim``: cosine similarity of speaker embeddings (output vs reference). With ``--sv-model`` (a local
-  WavLM-for-x-vector folder, as Seed-TTS-eval uses) that model embeds; without it, the LM's own speaker
-  encoder does — a proxy, reported as ``sim_proxy``.
-- ``wer`` / ``cer``: with ``--asr-model`` (a local Whisper / wav2vec2 folder loaded by transformers),
-  word / character error rate against the input text.
-Nothing is downloaded: model folders must exist locally.
+1. ``ground_truth``  the recording itself (the judges' own error: compare every rung with it)
+2. ``vae``           VAE resynthesis (encode -> decode) of the recording
+3. ``oracle_flow``   tokens extracted from the recording -> flow -> VAE (no LM)
+4. ``zero_shot``     full TTS from the prompt audio alone
+5. ``one_shot``      full TTS with the prompt's transcript too
+6. ``streamed``      zero-shot through :meth:`TTS.stream`
+
+Metrics (judges from the ``eval`` extra, see :mod:`.judges`; a judge that is not installed leaves its
+columns out): ``wer``/``cer`` after Seed-TTS-eval normalisation, ``sim`` = cosine of speaker embeddings
+between the rung's audio and the prompt, ``dnsmos`` (overall, no reference), ``pesq``/``stoi`` against the
+recording (``vae`` rung), ``rtf`` for synthesis. ``ground_truth`` also reports the different-speaker cosine
+(``sim_other``), so SIM values can be read against same- and different-speaker recordings.
+
+Input: a Seed-TTS-eval list (``id|prompt text|prompt wav|target text[|target wav]``) or a JSONL manifest
+(``id``, ``text``, ``audio`` = prompt recording, optional ``reference_text`` and ``target_audio``).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jiwer
+import numpy as np
 import torch
 from mmspeech_core import Waveform, save_audio
-from mmspeech_core.data import read_manifest
+from mmspeech_core.data import ManifestError, read_manifest
+from tqdm import tqdm
 
+from .judges import AsrJudge, JudgeUnavailable, QualityJudge, SpeakerJudge, to_16k
 from .reference import load_reference
 from .tts import TTS
+
+log = logging.getLogger(__name__)
 
 
 def _english_normalizer() -> Callable[[str], str] | None:
@@ -62,63 +78,208 @@ def error_rate(ref: str, hyp: str, unit: str = "word", lang: str = "en") -> floa
     return float(jiwer.wer(r, h))
 
 
-class _SV:
-    def __init__(self, tts: TTS, sv_model: str | None) -> None:
-        self.tts, self.model = tts, None
-        if sv_model:
-            from transformers import AutoFeatureExtractor, WavLMForXVector
+RUNGS = ("ground_truth", "vae", "oracle_flow", "zero_shot", "one_shot", "streamed")
+METRICS = ("wer", "cer", "sim", "sim_other", "dnsmos", "pesq", "stoi", "rtf")
 
-            self.fe = AutoFeatureExtractor.from_pretrained(sv_model, local_files_only=True)
-            self.model = WavLMForXVector.from_pretrained(sv_model, local_files_only=True).eval()
 
-    @torch.inference_mode()
-    def embed(self, wav: Waveform) -> torch.Tensor:
-        if self.model is None:
-            return self.tts.llm.embed_speaker(wav).vectors[0].cpu()
-        x = wav.resample(16000).unbatch()[0].cpu().numpy()
-        inputs = self.fe(x, sampling_rate=16000, return_tensors="pt")
-        return torch.nn.functional.normalize(self.model(**inputs).embeddings[0], dim=-1)
+@dataclass
+class EvalItem:
+    id: str
+    prompt_text: str | None
+    prompt_wav: str
+    target_text: str
+    target_wav: str | None = None
+
+
+def read_eval_list(path: str | Path) -> list[EvalItem]:
+    """A Seed-TTS-eval ``.lst`` (``|``-separated; relative wav paths resolve against its folder) or JSONL."""
+    path = Path(path)
+    if path.suffix in (".jsonl", ".json"):
+        return [
+            EvalItem(u.id, u.extra.get("reference_text"), u.audio, u.text or "", u.extra.get("target_audio"))
+            for u in read_manifest(path)
+        ]
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) not in (4, 5):
+            raise ManifestError(f"{path}:{n}: expected 'id|prompt text|prompt wav|target text[|target wav]'")
+        wavs = [
+            str((path.parent / f).resolve()) if f and not Path(f).is_absolute() else f for f in fields[2::2]
+        ]
+        items.append(
+            EvalItem(fields[0], fields[1] or None, wavs[0], fields[3], wavs[1] if len(wavs) > 1 else None)
+        )
+    return items
+
+
+@dataclass
+class Judges:
+    asr: AsrJudge | None
+    speaker: SpeakerJudge | None
+    quality: QualityJudge | None
+
+    @classmethod
+    def load(cls, asr_model: str | None = None, sv_model: str | None = None) -> Judges:
+        """Every judge that can be had; each missing one is logged with the reason."""
+
+        def attempt(make: Any) -> Any:
+            try:
+                return make()
+            except JudgeUnavailable as e:
+                log.warning("evaluation without this judge: %s", e)
+                return None
+
+        return cls(
+            attempt(lambda: AsrJudge(asr_model)),
+            attempt(lambda: SpeakerJudge(sv_model)),
+            attempt(QualityJudge),
+        )
+
+    def score(
+        self, audio: np.ndarray, item: EvalItem, prompt: np.ndarray, truth: np.ndarray | None
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        if self.asr is not None:
+            hyp = self.asr.transcribe(audio)
+            row.update(
+                hyp=hyp, wer=error_rate(item.target_text, hyp), cer=error_rate(item.target_text, hyp, "char")
+            )
+        if self.speaker is not None:
+            row["sim"] = self.speaker.similarity(audio, prompt)
+        if self.quality is not None:
+            row["dnsmos"] = self.quality.dnsmos(audio)
+            if truth is not None and audio is not truth:
+                row.update(pesq=self.quality.pesq_wb(truth, audio), stoi=self.quality.stoi(truth, audio))
+        return row
 
 
 def evaluate(
     tts: TTS,
-    manifest: str | Path,
+    eval_list: str | Path,
     out_dir: str | Path,
-    asr_model: str | None = None,
-    sv_model: str | None = None,
+    judges: Judges | None = None,
+    rungs: Sequence[str] = RUNGS,
     seed: int = 0,
+    limit: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Manifest lines: ``id``, ``text``, ``audio`` = the reference recording, optional ``reference_text``."""
+    """Score every rung on every item; writes ``rows.jsonl`` (per utterance and rung), ``summary.json`` and
+    ``summary.md`` (the ladder table) and each rung's audio under ``out_dir/<rung>/``. Returns the summary."""
+    unknown = sorted(set(rungs) - set(RUNGS))
+    if unknown:
+        raise ValueError(f"unknown rungs {unknown}; choose from {list(RUNGS)}")
+    items = read_eval_list(eval_list)[:limit]
+    if not items:
+        raise ValueError(f"{eval_list} has no items")
+    judges = judges or Judges.load()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sv = _SV(tts, sv_model)
-    asr = None
-    if asr_model:
-        from transformers import pipeline  # heavy: only when a local ASR folder is given
-
-        asr = pipeline("automatic-speech-recognition", model=asr_model, device=-1)
     rows = []
-    for u in read_manifest(manifest):
-        if not u.text:
-            raise ValueError(f"{u.id}: evaluation lines need 'text'")
-        t = time.perf_counter()
-        ref = load_reference(u.audio, tts.sample_rate, tts.policy)  # read once: for the voice and for SIM
-        wav = tts.synthesize(u.text, reference=ref, reference_text=u.extra.get("reference_text"), seed=seed)
-        dt = time.perf_counter() - t
-        save_audio(out / f"{u.id}.wav", wav)
-        row: dict[str, Any] = {
-            "id": u.id,
-            "seconds": float(wav.durations()[0]),
-            "rtf": dt / float(wav.durations()[0]),
-        }
-        row["sim" if sv.model is not None else "sim_proxy"] = float(torch.dot(sv.embed(wav), sv.embed(ref)))
-        if asr is not None:
-            result: Any = asr({"raw": wav.resample(16000).unbatch()[0].numpy(), "sampling_rate": 16000})
-            hyp = str(result["text"])
-            row.update(hyp=hyp, wer=error_rate(u.text, hyp), cer=error_rate(u.text, hyp, "char"))
-        rows.append(row)
-    (out / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    keys = [k for k in ("rtf", "sim", "sim_proxy", "wer", "cer") if k in rows[0]]
-    summary = {k: sum(r[k] for r in rows) / len(rows) for k in keys} | {"n": len(rows)}
+    for k, item in enumerate(tqdm(items, desc="evaluate", unit="item", disable=not progress)):
+        other = next(
+            (
+                x
+                for x in items[k + 1 :] + items[:k]
+                if Path(x.prompt_wav).parent != Path(item.prompt_wav).parent
+            ),
+            None,
+        )
+        rows += _score_item(tts, item, other, judges, rungs, seed, out)
+    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = summarize(rows, judges)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(ladder_table(summary) + "\n")
     return summary
+
+
+def _score_item(
+    tts: TTS,
+    item: EvalItem,
+    other: EvalItem | None,
+    judges: Judges,
+    rungs: Sequence[str],
+    seed: int,
+    out: Path,
+) -> list[dict[str, Any]]:
+    prompt_wav = load_reference(item.prompt_wav, tts.sample_rate, tts.policy)  # read once: voice and SIM
+    prompt = to_16k(prompt_wav)
+    truth_wav = load_reference(item.target_wav, tts.sample_rate, tts.policy) if item.target_wav else None
+    truth = to_16k(truth_wav) if truth_wav is not None else None
+    rows = []
+    for rung in rungs:
+        if rung in ("ground_truth", "vae", "oracle_flow") and truth_wav is None:
+            continue  # these rungs need the recording of the target sentence
+        if rung == "one_shot" and not item.prompt_text:
+            continue
+        t = time.perf_counter()
+        wav = _rung_audio(tts, rung, item, prompt_wav, truth_wav, seed)
+        seconds = time.perf_counter() - t
+        save_audio(out / rung / f"{item.id}.wav", wav)
+        audio = to_16k(wav)
+        row: dict[str, Any] = {"id": item.id, "rung": rung, "seconds": float(wav.durations()[0])}
+        if rung not in ("ground_truth", "vae"):
+            row["rtf"] = seconds / row["seconds"]
+        row.update(judges.score(audio, item, prompt, truth if rung == "vae" else None))
+        if rung == "ground_truth" and other is not None and judges.speaker is not None:
+            other_prompt = to_16k(load_reference(other.prompt_wav, tts.sample_rate, tts.policy))
+            row["sim_other"] = judges.speaker.similarity(audio, other_prompt)
+        rows.append(row)
+    return rows
+
+
+def _rung_audio(
+    tts: TTS, rung: str, item: EvalItem, prompt: Waveform, truth: Waveform | None, seed: int
+) -> Waveform:
+    if rung == "ground_truth":
+        assert truth is not None
+        return truth
+    if rung == "vae":
+        assert truth is not None
+        return tts.vae.decode(tts.vae.encode(truth))
+    if rung == "oracle_flow":
+        assert truth is not None
+        return tts.resynthesize_tokens(tts.tokenizer.encode(truth), tts.make_voice(prompt), seed)
+    if rung == "streamed":
+        voice = tts.make_voice(prompt)
+        chunks = [c.audio for c in tts.stream(item.target_text, voice, seed=seed)]
+        return Waveform.from_list([torch.cat(chunks)], tts.sample_rate)
+    voice = tts.make_voice(prompt, item.prompt_text if rung == "one_shot" else None)
+    return tts.synthesize_batch([item.target_text], [voice], seed=seed, progress=False)
+
+
+def summarize(rows: list[dict[str, Any]], judges: Judges | None = None) -> dict[str, Any]:
+    """Mean of every metric per rung, plus the judges' names."""
+    rungs: dict[str, dict[str, float]] = {}
+    for rung in RUNGS:
+        mine = [r for r in rows if r["rung"] == rung]
+        if mine:
+            rungs[rung] = {"n": len(mine)} | {
+                m: float(np.mean([r[m] for r in mine if m in r]))
+                for m in METRICS
+                if any(m in r for r in mine)
+            }
+    names = {}
+    if judges is not None:
+        names = {
+            "asr": judges.asr.name if judges.asr else None,
+            "speaker": judges.speaker.name if judges.speaker else None,
+            "quality": "DNSMOS (speechmos), PESQ-wb, STOI" if judges.quality else None,
+        }
+    return {"rungs": rungs, "judges": names}
+
+
+def ladder_table(summary: dict[str, Any]) -> str:
+    """The summary as a markdown table, one row per rung."""
+    rungs = summary["rungs"]
+    cols = [m for m in METRICS if any(m in v for v in rungs.values())]
+    lines = ["| rung | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for rung, v in rungs.items():
+        cells = [f"{v[m]:.3f}" if m in v else "" for m in cols]
+        lines.append(f"| {rung} | {int(v['n'])} | " + " | ".join(cells) + " |")
+    judges = summary.get("judges") or {}
+    if judges:
+        lines.append("")
+        lines.append("Judges: " + "; ".join(f"{k}: {v}" for k, v in judges.items() if v))
+    return "\n".join(lines)

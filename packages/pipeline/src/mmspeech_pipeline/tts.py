@@ -385,6 +385,16 @@ class TTS:
             out[job.text_index] += [pause, w] if out[job.text_index] else [w]
         return Waveform.from_list([torch.cat(x) for x in out], self.sample_rate)
 
+    @torch.inference_mode()
+    def resynthesize_tokens(self, tokens: SpeechTokens, voice: Voice, seed: int = 0) -> Waveform:
+        """Speech tokens (e.g. extracted from a recording) -> audio in ``voice``: the flow and the VAE alone,
+        without the LM (the ladder's oracle rung). Item i uses seed ``seed + i``."""
+        voices = [self.check_voice(voice)] * len(tokens)
+        latents = self._latents(tokens, voices, None, [seed + i for i in range(len(tokens))])
+        wavs = self.vae.decode(latents).unbatch()
+        _check_finite(wavs)
+        return Waveform.from_list([w.cpu() for w in wavs], self.sample_rate)
+
     def synthesize(
         self,
         text: str,
