@@ -388,11 +388,14 @@ def test_cli_synthesize_voice_prepare_evaluate(bundle, tmp_path):
         json.dumps({"id": "t1", "text": "good morning.", "audio": str(REF)}) + "\n"
     )
     assert (
-        mmspeech(f"evaluate --bundle {bundle} --manifest {tmp_path / 'test.jsonl'} --out {tmp_path / 'ev'}")
+        mmspeech(
+            f"evaluate --bundle {bundle} --list {tmp_path / 'test.jsonl'} --out {tmp_path / 'ev'} --rungs zero_shot"
+        )
         == 0
     )
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
-    assert summary["n"] == 1 and summary["rtf"] > 0 and -1 <= summary["sim_proxy"] <= 1
+    zero_shot = summary["rungs"]["zero_shot"]
+    assert zero_shot["n"] == 1 and zero_shot["rtf"] > 0
 
 
 def test_cli_user_errors_are_one_line_and_exit_2(bundle, tmp_path, capsys):
@@ -435,7 +438,7 @@ def test_cli_help_is_fast_and_imports_no_torch():
 def test_quickstart_fast(tmp_path):
     from mmspeech_pipeline.quickstart import run_quickstart
 
-    report = run_quickstart(tmp_path / "qs", fast=True)
+    report = run_quickstart(tmp_path / "qs", fast=True, evaluate_items=0)  # the ladder has its own tests
     for name in (
         "zero_shot.wav",
         "one_shot.wav",
@@ -451,6 +454,7 @@ def test_quickstart_fast(tmp_path):
     assert last < first
     assert report["outputs"]["stream_first_chunk_latency_s"] > 0
     assert TTS.from_pretrained(tmp_path / "qs" / "bundle", device="cpu").sample_rate == 24000
+    assert report["corpus"]["train"] > 0 and report["corpus"]["test"] > 0 and report["ladder"] is None
 
 
 def test_error_rate_ignores_case_and_punctuation_like_seed_tts_eval():

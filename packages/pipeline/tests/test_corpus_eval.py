@@ -1,0 +1,108 @@
+"""The offline corpus, the judges and the evaluation ladder."""
+
+import shlex
+
+import numpy as np
+import pytest
+import torch
+from mmspeech_core import read_audio
+from mmspeech_core.data import read_manifest
+from mmspeech_pipeline.bundle import write_bundle
+from mmspeech_pipeline.cli import RUNGS as CLI_RUNGS
+from mmspeech_pipeline.cli import main
+from mmspeech_pipeline.corpus import (
+    Espeak,
+    EspeakVoice,
+    VoiceError,
+    build_corpus,
+    make_sentences,
+    make_voices,
+)
+from mmspeech_pipeline.evaluate import RUNGS, Judges, evaluate, read_eval_list
+from mmspeech_pipeline.tts import TTS
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    return out, build_corpus(out, speakers=6, utterances=3, seed=0, progress=False)
+
+
+def test_corpus_is_deterministic_and_holds_out_speakers_and_sentences(corpus, tmp_path):
+    out, split = corpus
+    train_spk = {u.speaker for u in split.train}
+    test_spk = {u.speaker for u in split.test}
+    assert train_spk and test_spk and not train_spk & test_spk
+    assert not {u.text for u in split.train} & {u.text for u in split.test}  # held-out sentences stay out
+    assert len(read_manifest(out / "manifest.jsonl")) == 18 and len(
+        read_manifest(out / "train.jsonl")
+    ) == len(split.train)
+    items = read_eval_list(out / "test.lst")
+    assert len(items) == len(split.test) and all(i.target_wav and i.prompt_text for i in items)
+    assert all(i.prompt_wav != i.target_wav for i in items)  # the prompt is another utterance
+    again = build_corpus(tmp_path, speakers=6, utterances=3, seed=0, progress=False)
+    assert [u.text for u in again.train] == [u.text for u in split.train]
+    first = split.train[0]
+    assert torch.equal(
+        read_audio(first.audio), read_audio(tmp_path / "wavs" / first.speaker / f"{first.id}.wav")
+    )
+
+
+def test_voices_are_distinct_and_misspelled_ones_are_refused():
+    voices = make_voices(50, seed=1)
+    assert len({(v.language, v.variant) for v in voices}) == 50
+    engine = Espeak.get()
+    audio = engine.synthesize("Hello there.", voices[0])
+    assert audio.dim() == 1 and len(audio) > engine.sample_rate // 4 and torch.isfinite(audio).all()
+    with pytest.raises(VoiceError, match="variant 'f9'"):  # eSpeak itself would fall back silently
+        engine.synthesize("Hello.", EspeakVoice("en-us", "f9", 50, 170))
+    with pytest.raises(VoiceError, match="language 'en-xx'"):
+        engine.synthesize("Hello.", EspeakVoice("en-xx", "f1", 50, 170))
+    assert len(set(make_sentences(500, seed=2))) == 500
+
+
+def test_judges_hear_espeak_and_tell_speakers_apart(corpus):
+    pytest.importorskip("faster_whisper")
+    out, split = corpus
+    judges = Judges.load()
+    assert judges.asr is not None and judges.speaker is not None and judges.quality is not None
+    from mmspeech_pipeline.evaluate import error_rate
+    from mmspeech_pipeline.judges import to_16k
+
+    by_spk = {}
+    for u in split.train:
+        by_spk.setdefault(u.speaker, []).append(to_16k(read_audio(u.audio, 24000), 24000))
+    (a1, a2, *_), (b1, *_) = list(by_spk.values())[:2]
+    same, different = judges.speaker.similarity(a1, a2), judges.speaker.similarity(a1, b1)
+    assert same > different
+    u = split.train[0]
+    assert error_rate(u.text, judges.asr.transcribe(to_16k(read_audio(u.audio, 24000), 24000))) < 0.8
+    silence = np.zeros(32000, dtype=np.float32)
+    assert judges.quality.dnsmos(to_16k(read_audio(u.audio, 24000), 24000)) > judges.quality.dnsmos(
+        silence + 1e-4
+    )
+
+
+def test_ladder_scores_every_rung_on_a_bundle(corpus, tmp_path, make_parts):
+    out, _ = corpus
+    tts = TTS.from_pretrained(write_bundle(tmp_path / "b", **make_parts(tmp_path)), device="cpu")
+    summary = evaluate(
+        tts, out / "test.lst", tmp_path / "eval", Judges(None, None, None), limit=2, progress=False
+    )
+    assert list(summary["rungs"]) == list(RUNGS) and all(v["n"] == 2 for v in summary["rungs"].values())
+    assert "rtf" in summary["rungs"]["zero_shot"] and "rtf" not in summary["rungs"]["ground_truth"]
+    for rung in RUNGS:
+        assert len(list((tmp_path / "eval" / rung).glob("*.wav"))) == 2
+    assert "| zero_shot | 2 |" in (tmp_path / "eval" / "summary.md").read_text()
+    assert tuple(CLI_RUNGS) == RUNGS  # the CLI's copy (kept torch-free) matches
+
+
+def test_evaluate_cli_with_the_judges(corpus, tmp_path, make_parts):
+    pytest.importorskip("faster_whisper")
+    out, _ = corpus
+    bundle = write_bundle(tmp_path / "b", **make_parts(tmp_path))
+    command = f"evaluate --bundle {bundle} --list {out / 'test.lst'} --out {tmp_path / 'ev'} --rungs ground_truth vae --limit 1"
+    assert main(shlex.split(command)) == 0
+    rows = (tmp_path / "ev" / "rows.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and all('"wer"' in r and '"sim"' in r and '"dnsmos"' in r for r in rows)
+    assert '"pesq"' in rows[1] and '"stoi"' in rows[1]  # the VAE rung is compared with the recording
