@@ -327,3 +327,29 @@ def test_stream_yields_the_same_tokens_as_generate():
     streamed = [int(tok[0]) for tok, alive in m.stream(t, spk, sampling=GREEDY) if alive[0]]
     assert streamed == m.generate(t, spk, sampling=GREEDY).unbatch()[0].tolist()
     assert with_sampling(m.config, top_k=3).sampling.top_k == 3
+
+
+def _sort_based_nucleus(logits, u, cfg, speech_vocab):
+    """The sampler before topk (sorts the whole vocabulary): the reference the fast path must match."""
+    from mmspeech_llm.infer import _inverse_cdf
+
+    logits = logits.clone()
+    logits[:, speech_vocab + 1 :] = float("-inf")
+    probs = torch.softmax(logits / cfg.temperature, dim=-1)
+    sp, si = probs.sort(-1, descending=True)
+    rank = torch.arange(logits.shape[1])[None]
+    keep = (rank < min(cfg.top_k, logits.shape[1])) & ((sp.cumsum(-1) - sp) < cfg.top_p)
+    return si.gather(-1, _inverse_cdf(sp * keep, u)[:, None]).squeeze(-1)
+
+
+def test_topk_sampling_draws_what_sorting_the_vocabulary_drew():
+    """Issue 17 item 1: same tokens for the same uniforms (6,300 draws; batch 1, 4, 16)."""
+    g = torch.Generator().manual_seed(0)
+    cfg = SamplingConfig()
+    for b in (1, 4, 16):
+        for _ in range(100):
+            logits = torch.randn(b, 6564, generator=g) * 3
+            u = torch.rand(b, generator=g)
+            empty = torch.full((b, 0), -1)
+            fast = sample_step(logits, empty, u, torch.rand(b, generator=g), cfg, 6561)
+            assert torch.equal(fast, _sort_based_nucleus(logits, u, cfg, 6561))

@@ -41,11 +41,13 @@ def test_corpus_is_deterministic_and_holds_out_speakers_and_sentences(corpus, tm
     assert len(items) == len(split.test) and all(i.target_wav and i.prompt_text for i in items)
     assert all(i.prompt_wav != i.target_wav for i in items)  # the prompt is another utterance
     again = build_corpus(tmp_path, speakers=6, utterances=3, seed=0, progress=False)
-    assert [u.text for u in again.train] == [u.text for u in split.train]
+    same = [(u.id, u.text, u.speaker) for u in split.train + split.test]
+    assert [(u.id, u.text, u.speaker) for u in again.train + again.test] == same
+    assert (tmp_path / "speakers.json").read_text() == (out / "speakers.json").read_text()
+    # eSpeak's noise source cannot be seeded from outside: samples differ slightly, durations do not
     first = split.train[0]
-    assert torch.equal(
-        read_audio(first.audio), read_audio(tmp_path / "wavs" / first.speaker / f"{first.id}.wav")
-    )
+    a, b = read_audio(first.audio), read_audio(tmp_path / "wavs" / first.speaker / f"{first.id}.wav")
+    assert abs(len(a) - len(b)) < 24000 * 0.01
 
 
 def test_voices_are_distinct_and_misspelled_ones_are_refused():
@@ -75,12 +77,11 @@ def test_judges_hear_espeak_and_tell_speakers_apart(corpus):
     (a1, a2, *_), (b1, *_) = list(by_spk.values())[:2]
     same, different = judges.speaker.similarity(a1, a2), judges.speaker.similarity(a1, b1)
     assert same > different
-    u = split.train[0]
-    assert error_rate(u.text, judges.asr.transcribe(to_16k(read_audio(u.audio, 24000), 24000))) < 0.8
+    audio = {u.id: to_16k(read_audio(u.audio, 24000), 24000) for u in split.train}
+    wer = np.mean([error_rate(u.text, judges.asr.transcribe(audio[u.id])) for u in split.train])
+    assert wer < 0.7  # measured 0.37 here: Whisper tiny.en is a rough judge of eSpeak, not a deaf one
     silence = np.zeros(32000, dtype=np.float32)
-    assert judges.quality.dnsmos(to_16k(read_audio(u.audio, 24000), 24000)) > judges.quality.dnsmos(
-        silence + 1e-4
-    )
+    assert judges.quality.dnsmos(audio[split.train[0].id]) > judges.quality.dnsmos(silence + 1e-4)
 
 
 def test_ladder_scores_every_rung_on_a_bundle(corpus, tmp_path, make_parts):

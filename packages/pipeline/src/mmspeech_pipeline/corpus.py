@@ -11,7 +11,9 @@ its data ship in the ``espeakng-loader`` wheel; no system package, no download),
     out/speakers.json             each speaker's voice (language, variant, pitch, rate) and split
 
 Speakers and sentences are held out by a hash of their id (:func:`mmspeech_core.data.holdout`), so the
-split does not move when the corpus grows. Measured: ~0.002 s of compute per second of speech.
+split does not move when the corpus grows. Voices, sentences and splits are deterministic for a seed; the
+samples are not quite: eSpeak NG's noise source cannot be seeded from outside, so two builds differ in
+noise and by a few samples in length. Measured: ~0.002 s of compute per second of speech.
 """
 
 from __future__ import annotations
