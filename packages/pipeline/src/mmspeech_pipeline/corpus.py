@@ -383,7 +383,10 @@ def build_corpus(
         raise ValueError("need at least 2 speakers and 2 utterances per speaker")
     engine = Espeak.get()
     voices = {f"spk{k:03d}": v for k, v in enumerate(make_voices(speakers, seed))}
-    train_spk, test_spk = _split(sorted(voices), test_speaker_fraction, seed)
+    # two held-out speakers at least, so the ladder can show a different-speaker cosine beside SIM
+    train_spk, test_spk = _split(
+        sorted(voices), test_speaker_fraction, seed, min_held=2 if speakers >= 4 else 1
+    )
     sentences = make_sentences(max(200, 4 * speakers * utterances), seed)
     train_text, test_text = _split(sentences, test_sentence_fraction, seed)
     rng = random.Random(seed + 1)
@@ -411,11 +414,11 @@ def build_corpus(
     return split
 
 
-def _split(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """:func:`holdout` by id hash, with at least one item on each side."""
+def _split(ids: list[str], fraction: float, seed: int, min_held: int = 1) -> tuple[list[str], list[str]]:
+    """:func:`holdout` by id hash, topped up to ``min_held`` held-out items (taken from the end)."""
     keep, held = holdout(ids, fraction, seed)
-    if not held:
-        held, keep = keep[-1:], keep[:-1]
+    while len(held) < min_held and len(keep) > 1:
+        held, keep = [keep[-1], *held], keep[:-1]
     return keep, held
 
 

@@ -171,21 +171,16 @@ def evaluate(
     unknown = sorted(set(rungs) - set(RUNGS))
     if unknown:
         raise ValueError(f"unknown rungs {unknown}; choose from {list(RUNGS)}")
-    items = read_eval_list(eval_list)[:limit]
+    listed = read_eval_list(eval_list)
+    items = listed[:limit]
     if not items:
         raise ValueError(f"{eval_list} has no items")
     judges = judges or Judges.load()
     out = Path(out_dir)
     rows = []
-    for k, item in enumerate(tqdm(items, desc="evaluate", unit="item", disable=not progress)):
-        other = next(
-            (
-                x
-                for x in items[k + 1 :] + items[:k]
-                if Path(x.prompt_wav).parent != Path(item.prompt_wav).parent
-            ),
-            None,
-        )
+    for item in tqdm(items, desc="evaluate", unit="item", disable=not progress):
+        speaker = Path(item.prompt_wav).parent  # a different speaker's prompt, from the whole list
+        other = next((x for x in listed if Path(x.prompt_wav).parent != speaker), None)
         rows += _score_item(tts, item, other, judges, rungs, seed, out)
     (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = summarize(rows, judges)
