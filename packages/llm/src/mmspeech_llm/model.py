@@ -209,12 +209,16 @@ class SpeechLM(nn.Module, PretrainedMixin):
         logits = decoder.logits
         history = torch.full((b, cfg.win_size), -1, dtype=torch.long, device=self.device)
         alive = torch.ones(b, dtype=torch.bool, device=self.device)
+        # asking whether any row is still alive copies from the device and waits for it: on a GPU that
+        # stalls the launch queue, so it is asked every few steps there (a few wasted steps at the end,
+        # whose rows are already dead); on the CPU it is free and asked every step
+        check_every = 8 if self.device.type == "cuda" else 1
         for step in range(steps):
             allow_eos = step >= limits.min_len
             tok = sample_step(logits, history, u[:, step, 0], u[:, step, 1], cfg, m.speech_vocab, allow_eos)
             alive = alive & ~((tok == m.eos) | (step >= limits.max_len))
             yield tok, alive
-            if not bool(alive.any()) or step == steps - 1:
+            if step == steps - 1 or (step % check_every == check_every - 1 and not bool(alive.any())):
                 return
             history = torch.cat([history[:, 1:], tok[:, None]], 1)
             logits = decoder.step(self.speech_embed(tok.clamp(max=m.head_size - 1))[:, None])
@@ -229,12 +233,11 @@ class SpeechLM(nn.Module, PretrainedMixin):
         decode: DecodeMode = "auto",
     ) -> SpeechTokens:
         """Batched generation -> SpeechTokens (EOS excluded). ``text``: list of (N_i,) text-token tensors."""
-        outs: list[list[int]] = [[] for _ in text]
-        for tok, alive in self.stream(text, speaker, prompt, sampling, seed, decode):
-            for i in torch.nonzero(alive).flatten().tolist():
-                outs[i].append(int(tok[i]))
+        steps = list(self.stream(text, speaker, prompt, sampling, seed, decode))
+        tokens = torch.stack([tok for tok, _ in steps], 1).cpu()  # (B, S): one copy, no sync per step
+        lengths = torch.stack([alive for _, alive in steps], 1).sum(1).cpu()  # alive is a prefix per row
         return SpeechTokens.from_list(
-            [torch.tensor(o, dtype=torch.long) for o in outs],
+            [tokens[i, : int(n)] for i, n in enumerate(lengths)],
             self.config.model.token_rate,
             self.config.model.speech_vocab,
         )
