@@ -106,10 +106,11 @@ def test_rotation_never_deletes_checkpoints_of_a_run_that_got_further(tmp_path):
         "checkpoint-00000004",
         "checkpoint-00000006",
     ]
+    (tmp_path / "checkpoint-best").mkdir()  # a user's folder: not one of ours, never rotated away
     t = Trainer(Recorder(), fast_train_config(2, save_every=1, keep_checkpoints=2), tmp_path)
     t.fit(*_loader("length"), resume=False)  # a fresh run in the same folder makes no progress past them
     names = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
-    assert "checkpoint-00000004" in names and "checkpoint-00000006" in names
+    assert "checkpoint-00000004" in names and "checkpoint-00000006" in names and "checkpoint-best" in names
 
 
 def test_stale_temp_files_are_removed_on_start(tmp_path):

@@ -217,6 +217,11 @@ def _checkpoint_step(d: Path) -> int:
     return int(d.name.rsplit("-", 1)[1])
 
 
+def _checkpoints(out: Path) -> list[Path]:
+    """``checkpoint-<step>`` folders of a run (other names, a user's ``checkpoint-best`` say, are not ours)."""
+    return [d for d in out.glob("checkpoint-*") if d.is_dir() and d.name.split("-", 1)[1].isdigit()]
+
+
 def _is_complete(d: Path) -> bool:
     """A checkpoint is complete once rank 0 wrote ``train_state.pt``, its last file."""
     return (d / "train_state.pt").is_file() and (d / "model.safetensors").is_file()
@@ -316,9 +321,7 @@ class Trainer:
         """Keep the newest ``keep_checkpoints`` complete checkpoints up to this step. Checkpoints of a later
         step (an earlier run of this folder that got further) are never deleted: they may be the only good
         ones; incomplete ones older than this step are crash leftovers and go."""
-        older = [
-            d for d in self.out.glob("checkpoint-*") if d != current and _checkpoint_step(d) <= self.step
-        ]
+        older = [d for d in _checkpoints(self.out) if d != current and _checkpoint_step(d) <= self.step]
         complete = sorted((d for d in older if _is_complete(d)), key=_checkpoint_step)
         keep = complete[max(0, len(complete) - (self.cfg.keep_checkpoints - 1)) :]
         for old in older:
@@ -339,7 +342,7 @@ class Trainer:
         named = self.out / pointer.read_text().strip() if pointer.is_file() else None
         if named is not None and _is_complete(named):
             return named
-        complete = sorted((d for d in self.out.glob("checkpoint-*") if _is_complete(d)), key=_checkpoint_step)
+        complete = sorted((d for d in _checkpoints(self.out) if _is_complete(d)), key=_checkpoint_step)
         if complete:
             log.warning(
                 "%s: 'latest' names %s, which is missing or incomplete; resuming from %s instead",
