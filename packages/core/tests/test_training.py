@@ -169,6 +169,8 @@ _WORKER = textwrap.dedent(
     result["draws"] = model.draws
     with open(f"{{out}}/result-{{mode}}-{{steps}}-r{{info.rank}}.json", "w") as f:
         json.dump(result, f)
+    # gloo's threads must stop before the interpreter does ("terminate called without an active exception")
+    torch.distributed.destroy_process_group()
     """
 )
 

@@ -88,6 +88,16 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
             raise
         print(f"{parser.prog}: error: {e}  (--debug shows the traceback)", file=sys.stderr)
         return 2 if isinstance(e, USER_ERRORS) else 1
+    finally:
+        _close_distributed()
+
+
+def _close_distributed() -> None:
+    """Stop a torchrun process group before the interpreter exits: gloo / NCCL threads still running at
+    exit abort the process ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")  # never imported here: a command that used it did
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check_output(path: str, overwrite: bool) -> None:
