@@ -94,12 +94,11 @@ class Voice:
         """A saved preset, checked for shape and finite values (:meth:`TTS.load_voice` also checks that it
         fits a bundle)."""
         t = load_state_dict(Path(path))
-        prompt_keys = {"prompt_text", "prompt_tokens", "prompt_latents"}
-        keys = set(t)
-        if not {"llm_speaker", "flow_speaker"} <= keys or keys - {"llm_speaker", "flow_speaker"} not in (
-            set(),
-            prompt_keys,
-        ):
+        speakers, prompt_keys = (
+            {"llm_speaker", "flow_speaker"},
+            {"prompt_text", "prompt_tokens", "prompt_latents"},
+        )
+        if not speakers <= set(t) or set(t) - speakers not in (set(), prompt_keys):
             raise CheckpointError(f"{path} is not a voice preset (tensors {sorted(t)})")
         try:
             prompt = (
