@@ -172,9 +172,9 @@ def test_long_text_runs_in_bounded_batches_with_the_same_audio(tts, monkeypatch)
     text = " ".join(["hello there.", "good morning to you.", "how are you today?"] * 2)
     whole = tts.synthesize_batch([text], [voice], seed=1)
     sizes = []
-    run = tts._synthesize_sentences
+    run = tts.synthesize_sentences
     monkeypatch.setattr(
-        tts, "_synthesize_sentences", lambda jobs, *a: sizes.append(len(jobs)) or run(jobs, *a)
+        tts, "synthesize_sentences", lambda jobs, *a: sizes.append(len(jobs)) or run(jobs, *a)
     )
     pieces = tts.synthesize_batch([text], [voice], seed=1, max_batch_sentences=4)
     assert sizes == [4, 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -75,13 +76,39 @@ AUDIO_FORMATS = {
 
 def audio_format(path: str | os.PathLike[str]) -> tuple[str, str]:
     """(format, subtype) that ``path``'s suffix names; ``ValueError`` for a suffix that cannot be written."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in AUDIO_FORMATS or AUDIO_FORMATS[suffix][0] not in sf.available_formats():
-        usable = [k for k, (f, _) in AUDIO_FORMATS.items() if f in sf.available_formats()]
+    return _suffix_format(Path(path).suffix.lower(), f" ({path})")
+
+
+def _suffix_format(suffix: str, where: str = "") -> tuple[str, str]:
+    if suffix not in writable_formats():
         raise ValueError(
-            f"cannot write {suffix or 'a file without a suffix'} audio ({path}); use one of {usable}"
+            f"cannot write {suffix or 'a file without a suffix'} audio{where}; use one of {writable_formats()}"
         )
     return AUDIO_FORMATS[suffix]
+
+
+def writable_formats() -> list[str]:
+    """The suffixes of :data:`AUDIO_FORMATS` this machine's libsndfile can write."""
+    return [k for k, (f, _) in AUDIO_FORMATS.items() if f in sf.available_formats()]
+
+
+def encode_audio(x: torch.Tensor, sample_rate: int, suffix: str) -> bytes:
+    """Mono (T,) audio -> the bytes of a file in the container ``suffix`` names (e.g. ".wav"); ".pcm" is
+    raw 16-bit little-endian samples (OpenAI's ``pcm``)."""
+    x = x.detach().float().cpu().clamp(-1, 1)
+    if x.dim() != 1:
+        raise ValueError(f"expected mono (T,) audio, got shape {tuple(x.shape)}")
+    if suffix == ".pcm":
+        return pcm16(x)
+    fmt, subtype = _suffix_format(suffix)
+    buf = io.BytesIO()
+    sf.write(buf, x.numpy(), sample_rate, subtype=subtype, format=fmt)
+    return buf.getvalue()
+
+
+def pcm16(x: torch.Tensor) -> bytes:
+    """(T,) float audio in [-1, 1] -> raw 16-bit little-endian PCM."""
+    return (x.clamp(-1, 1) * 32767).round().numpy().astype("<i2").tobytes()
 
 
 def save_audio(
@@ -89,7 +116,8 @@ def save_audio(
 ) -> None:
     """Write one item (B must be 1 for a Waveform), atomically, in the format its suffix names
     (.wav / .flac: 16-bit PCM, .ogg: Vorbis, .mp3)."""
-    fmt, subtype = audio_format(path)
+    suffix = Path(path).suffix.lower()
+    audio_format(path)  # refuse an unwritable suffix before any work
     if isinstance(wav, Waveform):
         if wav.batch_size != 1:
             raise ValueError(f"save_audio writes one item, got a batch of {wav.batch_size}")
@@ -98,7 +126,9 @@ def save_audio(
         x = wav
         if sample_rate is None:
             raise ValueError("sample_rate is required when saving a bare tensor")
-    x = x.detach().float().cpu().clamp(-1, 1)
-    if x.dim() != 1:
-        raise ValueError(f"expected mono (T,) audio, got shape {tuple(x.shape)}")
-    atomic_write(Path(path), lambda tmp: sf.write(tmp, x.numpy(), sample_rate, subtype=subtype, format=fmt))
+    data = encode_audio(x, sample_rate, suffix)
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(data)
+
+    atomic_write(Path(path), write)

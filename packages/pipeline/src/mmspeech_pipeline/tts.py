@@ -44,6 +44,7 @@ from .text import split_sentences
 
 log = logging.getLogger(__name__)
 VOICE_VERSION = "1"
+PAUSE_S = 0.15  # silence between sentences
 
 
 @dataclass
@@ -309,7 +310,7 @@ class TTS:
         seed: int | Sequence[int] = 0,
         sampling: SamplingConfig | None = None,
         flow_infer: FlowInferConfig | None = None,
-        pause_s: float = 0.15,
+        pause_s: float = PAUSE_S,
         max_sentence_chars: int = 200,
         max_batch_sentences: int = 16,
         max_chars: int | None = None,
@@ -323,25 +324,26 @@ class TTS:
         ``max_chars``: refuse a text longer than this (``TextError``). ``progress``: a progress bar (default:
         when there is more than one batch).
         """
-        jobs = self._plan(texts, voices, seed, max_sentence_chars, max_chars)
+        jobs = self.plan(texts, voices, seed, max_sentence_chars, max_chars)
         batches = [jobs[k : k + max_batch_sentences] for k in range(0, len(jobs), max_batch_sentences)]
         show = progress if progress is not None else len(batches) > 1
         wavs: list[torch.Tensor] = []
         with tqdm(total=len(jobs), desc="synthesise", unit="sentence", disable=not show) as bar:
             for batch in batches:
-                wavs += self._synthesize_sentences(batch, sampling, flow_infer)
+                wavs += self.synthesize_sentences(batch, sampling, flow_infer)
                 bar.update(len(batch))
         return self._join(len(texts), jobs, wavs, pause_s)
 
-    def _plan(
+    def plan(
         self,
         texts: Sequence[str],
         voices: Sequence[Voice],
-        seed: int | Sequence[int],
-        max_sentence_chars: int,
-        max_chars: int | None,
-    ) -> list[_SentenceJob]:
-        """Validate the request and split it into sentences, each with its text ids, voice and seed."""
+        seed: int | Sequence[int] = 0,
+        max_sentence_chars: int = 200,
+        max_chars: int | None = None,
+    ) -> list[SentenceJob]:
+        """Validate texts, voices and seeds and split the texts into sentences, each with its text ids, voice
+        and seed (``TextError`` / ``ValueError`` before any work). Seeds as in :meth:`synthesize_batch`."""
         if len(texts) != len(voices):
             raise ValueError(f"{len(texts)} texts for {len(voices)} voices")
         if len({v.one_shot for v in voices}) > 1:
@@ -358,13 +360,21 @@ class TTS:
             for k, sentence in enumerate(split_sentences(text, max_sentence_chars)):
                 # seeds follow (text, sentence index): independent of what else is in the batch
                 ids = torch.tensor(self.text_tokenizer.encode(sentence))  # bad text fails before any work
-                jobs.append(_SentenceJob(i, sentence, ids, voices[i], base[i] + k))
+                jobs.append(SentenceJob(i, sentence, ids, voices[i], base[i] + k))
         return jobs
 
-    def _synthesize_sentences(
-        self, jobs: list[_SentenceJob], sampling: SamplingConfig | None, flow_infer: FlowInferConfig | None
+    @torch.inference_mode()
+    def synthesize_sentences(
+        self,
+        jobs: Sequence[SentenceJob],
+        sampling: SamplingConfig | None = None,
+        flow_infer: FlowInferConfig | None = None,
     ) -> list[torch.Tensor]:
-        """One batch through the LM, the flow and the VAE -> one (T,) waveform per sentence, on the CPU."""
+        """One batch of planned sentences (from any texts, one voice mode) through the LM, the flow and the
+        VAE -> one (T,) waveform per sentence, on the CPU. A server schedules sentences itself with this and
+        :meth:`plan`, so short requests need not wait behind long ones."""
+        if len({j.voice.one_shot for j in jobs}) > 1:
+            raise ValueError("mix of one-shot and zero-shot voices in one batch: synthesise them separately")
         voices, seeds = [j.voice for j in jobs], [j.seed for j in jobs]
         tokens = self._tokens([j.ids for j in jobs], voices, sampling, seeds)
         empty = [j.sentence for j, n in zip(jobs, tokens.lengths.tolist()) if n == 0]
@@ -374,11 +384,15 @@ class TTS:
         _check_finite(wavs)
         return [w.cpu() for w in wavs]
 
+    def pause(self, seconds: float = PAUSE_S) -> torch.Tensor:
+        """(T,) silence put between a text's sentences."""
+        return torch.zeros(int(seconds * self.sample_rate))
+
     def _join(
-        self, n_texts: int, jobs: list[_SentenceJob], wavs: list[torch.Tensor], pause_s: float
+        self, n_texts: int, jobs: list[SentenceJob], wavs: list[torch.Tensor], pause_s: float
     ) -> Waveform:
         """Each text's sentences in order, with ``pause_s`` of silence between them."""
-        pause = torch.zeros(int(pause_s * self.sample_rate))
+        pause = self.pause(pause_s)
         out: list[list[torch.Tensor]] = [[] for _ in range(n_texts)]
         for job, w in zip(jobs, wavs):
             out[job.text_index] += [pause, w] if out[job.text_index] else [w]
@@ -508,7 +522,7 @@ def _check_finite(wavs: Sequence[torch.Tensor]) -> None:
 
 
 @dataclass
-class _SentenceJob:
+class SentenceJob:
     """One sentence of a request: which text it belongs to, its text ids, voice and seed."""
 
     text_index: int
