@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +38,18 @@ def _tts(args: argparse.Namespace) -> TTS:
     from .tts import TTS
 
     return TTS.from_pretrained(args.bundle, device=args.device)
+
+
+def _listen_args(sp: argparse.ArgumentParser, port: int) -> None:
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    sp.add_argument("--port", type=_port, default=port, help="port (0 = any free port)")
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (0-65535)")
+    return port
 
 
 def _voice_args(sp: argparse.ArgumentParser) -> None:
@@ -167,23 +180,31 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import SpeechService, make_server
+    from .serve import API_KEY_ENV, ServerSettings, bind, create_app, serve
 
     if not Path(args.voices).is_dir():
         raise FileNotFoundError(
             f"--voices folder not found: {args.voices} (make presets with `mmspeech voice`)"
         )
-    service = SpeechService(_tts(args), args.voices, args.max_chars, args.max_batch, args.batch_window_ms)
-    server = make_server(service, args.host, args.port)
-    print(
-        f"serving {len(service.voices)} voice(s) on http://{args.host}:{server.server_port}/v1/audio/speech"
+    settings = ServerSettings(
+        max_chars=args.max_chars,
+        max_batch=args.max_batch,
+        batch_window_ms=args.batch_window_ms,
+        request_timeout_s=args.request_timeout,
+        api_key=args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV),
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    sock = bind(args.host, args.port)  # a busy port fails now, before the models load
+    app = create_app(_tts(args), args.voices, settings)
+    host, port = sock.getsockname()[:2]
+    print(f"serving {len(app.state.voices.list().voices)} voice(s) on http://{host}:{port} (docs: /docs)")
+    serve(app, sock)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import launch
+
+    launch(_tts(args), args.host, args.port, share=False)
     return 0
 
 
@@ -277,20 +298,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_seed_arg(sp)
     add_device_arg(sp)
-    sp = add_command(sub, "serve", "OpenAI-compatible HTTP server: POST /v1/audio/speech", _serve)
+    sp = add_command(
+        sub, "serve", "OpenAI-compatible HTTP server (FastAPI): speech, voices, health, docs", _serve
+    )
     sp.add_argument("--bundle", required=True, help="bundle folder")
     sp.add_argument(
         "--voices", required=True, help="folder of voice presets (<name>.safetensors, see `voice`)"
     )
-    sp.add_argument("--host", default="127.0.0.1", help="address to bind")
-    sp.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
+    _listen_args(sp, 8000)
     sp.add_argument("--max-chars", type=int, default=4000, help="longest accepted input text")
+    sp.add_argument("--max-batch", type=int, default=8, help="most sentences synthesised as one batch")
     sp.add_argument(
-        "--max-batch", type=int, default=8, help="most concurrent requests synthesised as one batch"
+        "--batch-window-ms", type=float, default=10.0, help="how long an idle worker waits for batch-mates"
     )
     sp.add_argument(
-        "--batch-window-ms", type=float, default=10.0, help="how long a request waits for batch-mates"
+        "--request-timeout", type=float, default=300.0, help="seconds a request may queue and synthesise"
     )
+    sp.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+        "(default: the MMSPEECH_API_KEY environment variable; unset = open)",
+    )
+    add_device_arg(sp)
+    sp = add_command(sub, "demo", "web page (Gradio): upload or record a reference, type, listen", _demo)
+    sp.add_argument("--bundle", required=True, help="bundle folder")
+    _listen_args(sp, 7860)
     add_device_arg(sp)
     sp = add_command(
         sub,

@@ -1,181 +1,445 @@
-"""A small OpenAI-compatible speech server (``POST /v1/audio/speech``) on the standard library.
+"""OpenAI-compatible speech server on FastAPI + uvicorn (the ``[serve]`` extra).
 
     mmspeech serve --bundle bundle/ --voices voices/ --port 8000
-    curl -s localhost:8000/v1/audio/speech -d '{"model": "mmspeech", "input": "Hello!", "voice": "alice"}' > out.wav
+    curl -s localhost:8000/v1/audio/speech -H 'Content-Type: application/json' \\
+         -d '{"model": "mmspeech", "input": "Hello!", "voice": "alice"}' > out.wav
 
-Voices are presets made with ``mmspeech voice`` (``<voices>/<name>.safetensors``), loaded once and kept.
-Concurrent requests are batched: one worker gathers what arrives within ``batch_window_ms`` (up to
-``max_batch``) and synthesises it in one batch per stage. Each request's audio depends only on its own
-text, voice and seed, never on its batch-mates. Nothing per request is cached, so memory stays flat.
+Endpoints: ``POST /v1/audio/speech`` (OpenAI's schema plus ``seed``; ``"stream": true`` or
+``"stream_format": "audio"`` streams the audio sentence by sentence, ``"sse"`` as OpenAI's events),
+``GET/POST /v1/voices``, ``DELETE /v1/voices/{id}``, ``GET /health``, and the generated docs at ``/docs``.
+With an API key set every endpoint but ``/health`` needs ``Authorization: Bearer <key>``.
+
+Sentences of all requests are batched by :class:`SentenceScheduler`; a request's audio depends only on its
+own text, voice and seed. Bodies are read with a size limit and a deadline before any handler runs, so a
+slow or lying client cannot hold the server; a client that goes away has its unstarted sentences dropped.
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
+import base64
 import json
 import logging
-import queue
+import os
+import re
+import secrets
+import socket
+import struct
+import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import numpy as np
-import soundfile as sf
 import torch
-from mmspeech_llm.text import TextError, normalize_text
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from mmspeech_core.audio import encode_audio, pcm16, writable_formats
+from mmspeech_llm.text import TextError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .reference import ReferenceAudioError
+from .scheduler import SentenceScheduler, Ticket
 from .tts import TTS, Voice
 
 log = logging.getLogger(__name__)
-FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
+API_KEY_ENV = "MMSPEECH_API_KEY"
+MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "pcm": "audio/pcm", "mp3": "audio/mpeg"}
+VOICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # no dots or slashes: never leaves the folder
 
-
-class RequestError(ValueError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
 
 
 @dataclass
-class _Job:
-    text: str
-    voice: Voice
-    seed: int
-    result: Future[torch.Tensor] = field(default_factory=Future)
+class ServerSettings:
+    max_chars: int = 4000  # longest accepted input text
+    max_batch: int = 8  # most sentences synthesised as one batch
+    batch_window_ms: float = 10.0  # how long an idle worker waits for batch-mates
+    max_body_bytes: int = 64 * 1024  # JSON bodies
+    max_upload_bytes: int = 20 * 1024 * 1024  # reference recordings
+    body_timeout_s: float = 10.0  # a body must arrive whole within this
+    request_timeout_s: float = 300.0  # queueing + synthesis of one request
+    api_key: str | None = None  # None: no authentication
+
+    def __post_init__(self) -> None:
+        if self.api_key == "":
+            raise ValueError("the API key is empty: unset it or give a real key")
 
 
-class SpeechService:
-    """The HTTP-free part: validate a request body, queue it for the batching worker, encode the audio."""
+class SpeechRequest(BaseModel):
+    """OpenAI's ``/v1/audio/speech`` body, plus ``seed`` and ``stream``. Unknown fields are ignored, as
+    OpenAI clients send some (e.g. ``instructions``)."""
 
-    def __init__(
-        self,
-        tts: TTS,
-        voices_dir: str | Path | None = None,
-        max_chars: int = 4000,
-        max_batch: int = 8,
-        batch_window_ms: float = 10.0,
-    ) -> None:
-        self.tts, self.max_chars = tts, max_chars
-        self.max_batch, self.window = max_batch, batch_window_ms / 1000.0
-        self.voices: dict[str, Voice] = {}
-        if voices_dir is not None:
-            for p in sorted(Path(voices_dir).glob("*.safetensors")):
-                self.voices[p.stem] = tts.load_voice(p)
-        self.jobs: queue.Queue[_Job] = queue.Queue()
-        self.batch_sizes: list[int] = []  # observability: what the worker actually batched
-        threading.Thread(target=self._worker, daemon=True, name="mmspeech-batcher").start()
+    model_config = ConfigDict(extra="ignore")
 
-    # ---- batching worker ------------------------------------------------------------------------
-    def _worker(self) -> None:
+    model: str = Field("mmspeech", description="accepted for compatibility; the server has one model")
+    input: str = Field(..., min_length=1, description="text to speak")
+    voice: str = Field(..., description="a voice id from GET /v1/voices")
+    response_format: Literal["wav", "flac", "pcm", "mp3"] = "wav"
+    speed: float = Field(1.0, description="only 1.0 is supported")
+    seed: int = Field(0, ge=0, lt=2**63, description="sampling seed: same request, same audio")
+    stream: bool = Field(False, description="stream the audio as it is made (same as stream_format=audio)")
+    stream_format: Literal["audio", "sse"] | None = Field(
+        None, description="audio: raw pcm or wav bytes as they are made; sse: OpenAI's speech.audio events"
+    )
+
+
+class VoiceInfo(BaseModel):
+    id: str
+    one_shot: bool
+
+
+class VoiceList(BaseModel):
+    voices: list[VoiceInfo]
+
+
+# ---- voices ---------------------------------------------------------------------------------------------
+class VoiceStore:
+    """The voices folder (``<id>.safetensors``, as ``mmspeech voice`` writes) and the loaded presets."""
+
+    def __init__(self, tts: TTS, folder: str | os.PathLike[str]) -> None:
+        self.tts, self.folder = tts, Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(
+                f"voices folder not found: {self.folder} (make presets with `mmspeech voice`)"
+            )
+        self._lock = threading.Lock()
+        self._voices = {p.stem: tts.load_voice(p) for p in sorted(self.folder.glob("*.safetensors"))}
+
+    def get(self, voice_id: str) -> Voice:
+        with self._lock:
+            if voice_id not in self._voices:
+                raise _error(400, f"unknown voice {voice_id!r}; available: {sorted(self._voices)}", "voice")
+            return self._voices[voice_id]
+
+    def list(self) -> VoiceList:
+        with self._lock:
+            return VoiceList(
+                voices=[VoiceInfo(id=k, one_shot=v.one_shot) for k, v in sorted(self._voices.items())]
+            )
+
+    def add(self, voice_id: str, voice: Voice, overwrite: bool) -> None:
+        with self._lock:
+            if voice_id in self._voices and not overwrite:
+                raise _error(409, f"voice {voice_id!r} exists (send overwrite=true to replace it)", "name")
+            voice.save(self.folder / f"{voice_id}.safetensors")  # atomic: a crash leaves the old preset
+            self._voices[voice_id] = voice
+
+    def delete(self, voice_id: str) -> None:
+        with self._lock:
+            if not VOICE_ID.fullmatch(voice_id) or voice_id not in self._voices:
+                raise _error(404, f"no voice {voice_id!r}")
+            (self.folder / f"{voice_id}.safetensors").unlink(missing_ok=True)
+            del self._voices[voice_id]
+
+
+# ---- errors ---------------------------------------------------------------------------------------------
+def _error(status: int, message: str, param: str | None = None) -> HTTPException:
+    return HTTPException(status, detail={"message": message, "param": param})
+
+
+def _error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error is OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        d = exc.detail
+        message, param = (d["message"], d.get("param")) if isinstance(d, dict) else (str(d), None)
+        return JSONResponse(_error_body(exc.status_code, message, param), exc.status_code, exc.headers)
+
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # every bad field named, e.g. "speed: Input should be a valid number, unable to parse string"
+        parts, params = [], []
+        for e in exc.errors():
+            loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+            params.append(".".join(loc) or "body")
+            parts.append(f"{params[-1]}: {e.get('msg', 'invalid')}")
+        return JSONResponse(_error_body(400, "; ".join(parts), ",".join(params)), 400)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
+
+
+class BodyLimits:
+    """ASGI middleware: read a request's whole body before the app sees it, within ``max_bytes`` (larger
+    for uploads) and ``timeout_s``; answer 413 / 408 itself otherwise. A slow or lying client then costs
+    one idle coroutine for at most ``timeout_s``, never a worker."""
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        upload = scope["path"].startswith("/v1/voices")
+        limit = self.settings.max_upload_bytes if upload else self.settings.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _send_error(send, 413, f"the body is {int(declared)} bytes; the limit is {limit}")
+        chunks, size = [], 0
+        deadline = time.monotonic() + self.settings.body_timeout_s
         while True:
-            batch = [self.jobs.get()]
-            deadline = time.monotonic() + self.window
-            while len(batch) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                try:
-                    batch.append(self.jobs.get(timeout=left))
-                except queue.Empty:
-                    break
-            for one_shot in (False, True):  # the TTS batches one mode at a time
-                group = [j for j in batch if j.voice.one_shot == one_shot]
-                if group:
-                    self._run(group)
-
-    def _run(self, group: list[_Job]) -> None:
-        self.batch_sizes.append(len(group))
-        try:
-            wav = self.tts.synthesize_batch(
-                [j.text for j in group], [j.voice for j in group], seed=[j.seed for j in group]
-            )
-            for j, x in zip(group, wav.unbatch()):
-                j.result.set_result(x)
-        except Exception as e:
-            if len(group) == 1:
-                group[0].result.set_exception(e)
-            else:  # one failing request must not fail its batch-mates
-                for j in group:
-                    self._run([j])
-
-    # ---- requests -------------------------------------------------------------------------------
-    def speech(self, body: dict[str, Any]) -> tuple[bytes, str]:
-        text = body.get("input")
-        if not isinstance(text, str) or not text.strip():
-            raise RequestError(400, "'input' must be a non-empty string")
-        if len(text) > self.max_chars:
-            raise RequestError(400, f"'input' has {len(text)} characters; the limit is {self.max_chars}")
-        name = body.get("voice")
-        if not isinstance(name, str) or name not in self.voices:
-            raise RequestError(400, f"unknown voice {name!r}; available: {sorted(self.voices)}")
-        fmt = body.get("response_format", "wav")
-        if not isinstance(fmt, str) or fmt not in FORMATS:
-            raise RequestError(400, f"response_format {fmt!r} is not supported; use one of {sorted(FORMATS)}")
-        speed = body.get("speed", 1.0)
-        if isinstance(speed, bool) or not isinstance(speed, (int, float)):
-            raise RequestError(400, f"'speed' must be a number, got {speed!r}")
-        if speed != 1.0:
-            raise RequestError(400, f"'speed' {speed} is not supported; only 1.0 is")
-        seed = body.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise RequestError(400, f"'seed' must be an integer in [0, 2**63), got {seed!r}")
-        try:
-            normalize_text(text)  # bad text fails here, alone, before it joins a batch
-        except TextError as e:
-            raise RequestError(400, str(e)) from e
-        job = _Job(text, self.voices[name], seed)
-        self.jobs.put(job)
-        x = job.result.result().clamp(-1, 1).numpy()
-        if fmt == "pcm":  # OpenAI's pcm: raw 16-bit little-endian mono at 24 kHz
-            return (x * 32767).astype("<i2").tobytes(), FORMATS[fmt]
-        buf = io.BytesIO()
-        sf.write(buf, x.astype(np.float32), self.tts.sample_rate, format=fmt.upper(), subtype="PCM_16")
-        return buf.getvalue(), FORMATS[fmt]
-
-
-def make_server(service: SpeechService, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, status: int, body: bytes, ctype: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _error(self, status: int, message: str) -> None:
-            kind = "invalid_request_error" if status < 500 else "server_error"
-            self._send(
-                status, json.dumps({"error": {"message": message, "type": kind}}).encode(), "application/json"
-            )
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path == "/health":
-                self._send(200, b'{"status": "ok"}', "application/json")
-            elif self.path == "/v1/voices":
-                self._send(200, json.dumps({"voices": sorted(service.voices)}).encode(), "application/json")
-            else:
-                self._error(404, f"no route {self.path}")
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/v1/audio/speech":
-                return self._error(404, f"no route {self.path}")
             try:
-                n = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(n) or b"{}")
-                if not isinstance(body, dict):
-                    raise RequestError(400, "the body must be a JSON object")
-                audio, ctype = service.speech(body)
-            except json.JSONDecodeError as e:
-                return self._error(400, f"invalid JSON: {e}")
-            except RequestError as e:
-                return self._error(e.status, str(e))
-            except Exception as e:  # a bug or a model failure: say so, keep serving
-                log.exception("synthesis failed")
-                return self._error(500, f"{type(e).__name__}: {e}")
-            self._send(200, audio, ctype)
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return await _send_error(
+                    send, 408, f"the body did not arrive within {self.settings.body_timeout_s:g} s"
+                )
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await _send_error(send, 413, f"the body exceeds {limit} bytes")
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.info("%s " + fmt, self.address_string(), *args)
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
 
-    return ThreadingHTTPServer((host, port), Handler)
+        return await self.app(scope, replay, send)
+
+
+async def _send_error(send: Any, status: int, message: str) -> None:
+    body = json.dumps(_error_body(status, message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + [(b"connection", b"close")]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---- the app --------------------------------------------------------------------------------------------
+def create_app(
+    tts: TTS, voices_dir: str | os.PathLike[str], settings: ServerSettings | None = None
+) -> FastAPI:
+    """The server as an ASGI app (run it with :func:`serve`, or any ASGI server). ``app.state.scheduler``
+    is the batching worker; close it with ``app.state.scheduler.close()`` when done."""
+    s = settings or ServerSettings()
+    store = VoiceStore(tts, voices_dir)
+    scheduler = SentenceScheduler(tts, s.max_batch, s.batch_window_ms / 1000.0)
+    app = FastAPI(title="mmspeech", version="0.1.0", summary="Zero-shot TTS with an OpenAI-compatible API")
+    app.state.scheduler, app.state.voices, app.state.settings = scheduler, store, s
+    app.add_middleware(BodyLimits, settings=s)  # type: ignore[arg-type]
+    _install_error_handlers(app)
+    bearer = HTTPBearer(auto_error=False, description="the server's API key, when it has one")
+
+    # a default, not Annotated: annotations are strings here and `bearer` is local to this function
+    def authorise(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+        if s.api_key is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not secrets.compare_digest(given.encode(), s.api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+
+    api = APIRouter(dependencies=[Depends(authorise)])
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "pending_sentences": scheduler.pending}
+
+    @api.get("/v1/voices", response_model=VoiceList)
+    def list_voices() -> VoiceList:
+        return store.list()
+
+    @api.post("/v1/voices", response_model=VoiceInfo, status_code=201)
+    def add_voice(
+        file: Annotated[UploadFile, File(description="reference recording (wav/flac/ogg/mp3, mono, 1-30 s)")],
+        name: Annotated[
+            str | None, Form(description="voice id: letters, digits, - and _ (default: random)")
+        ] = None,
+        transcript: Annotated[
+            str | None, Form(description="what the recording says: makes a one-shot voice")
+        ] = None,
+        overwrite: Annotated[bool, Form()] = False,
+    ) -> VoiceInfo:
+        voice_id = name if name is not None else f"voice-{secrets.token_hex(4)}"
+        if not VOICE_ID.fullmatch(voice_id):
+            raise _error(400, f"voice name {voice_id!r}: use 1-64 letters, digits, '-' or '_'", "name")
+        voice = _voice_from_upload(tts, file, transcript)
+        store.add(voice_id, voice, overwrite)
+        return VoiceInfo(id=voice_id, one_shot=voice.one_shot)
+
+    @api.delete("/v1/voices/{voice_id}", status_code=204)
+    def delete_voice(voice_id: str) -> Response:
+        store.delete(voice_id)
+        return Response(status_code=204)
+
+    @api.post(
+        "/v1/audio/speech",
+        response_class=Response,
+        responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}, "description": "the audio"}},
+    )
+    async def speech(body: SpeechRequest, request: Request) -> Response:
+        ticket, fmt = _submit(body, store, scheduler, tts, s)
+        deadline = time.monotonic() + s.request_timeout_s
+        if body.stream_format == "sse":
+            return StreamingResponse(_sse(ticket, tts, deadline), media_type="text/event-stream")
+        if body.stream or body.stream_format == "audio":
+            return StreamingResponse(_audio_stream(ticket, tts, fmt, deadline), media_type=MEDIA_TYPES[fmt])
+        wavs = await _collect(ticket, request, deadline)
+        audio = torch.cat([w if k == 0 else torch.cat([tts.pause(), w]) for k, w in enumerate(wavs)])
+        return Response(encode_audio(audio, tts.sample_rate, f".{fmt}"), media_type=MEDIA_TYPES[fmt])
+
+    app.include_router(api)
+    return app
+
+
+def _submit(
+    body: SpeechRequest, store: VoiceStore, scheduler: SentenceScheduler, tts: TTS, s: ServerSettings
+) -> tuple[Ticket, str]:
+    """Check what the schema cannot, plan the sentences (bad text fails here, alone) and queue them."""
+    if body.speed != 1.0:
+        raise _error(400, f"'speed' {body.speed:g} is not supported; only 1.0 is", "speed")
+    if len(body.input) > s.max_chars:
+        raise _error(400, f"'input' has {len(body.input)} characters; the limit is {s.max_chars}", "input")
+    fmt = body.response_format
+    streaming = body.stream or body.stream_format is not None
+    if streaming and fmt not in ("wav", "pcm"):
+        raise _error(400, f"streamed audio is wav or pcm, not {fmt}", "response_format")
+    if f".{fmt}" not in writable_formats() + [".pcm"]:
+        raise _error(400, f"response_format {fmt} needs an encoder this machine lacks", "response_format")
+    voice = store.get(body.voice)
+    try:
+        jobs = tts.plan([body.input], [voice], [body.seed])
+    except TextError as e:
+        raise _error(400, str(e), "input") from e
+    return scheduler.submit(jobs), fmt
+
+
+async def _result(
+    future: Future[torch.Tensor], deadline: float, request: Request | None = None
+) -> torch.Tensor:
+    """Wait for one sentence, checking for a vanished client (when ``request`` is given) and the deadline."""
+    waiter = asyncio.wrap_future(future)
+    while True:
+        left = deadline - time.monotonic()
+        done, _ = await asyncio.wait({waiter}, timeout=max(0.0, min(0.25, left)))
+        if done:
+            if future.cancelled():  # only after another sentence of the request failed
+                raise _error(500, "synthesis of the request failed")
+            try:
+                return waiter.result()
+            except Exception as e:
+                raise _error(500, f"synthesis failed: {type(e).__name__}: {e}") from e
+        if request is not None and await request.is_disconnected():
+            raise _ClientGone
+        if left <= 0:
+            raise _error(504, "the request took longer than the server's request timeout")
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _collect(ticket: Ticket, request: Request, deadline: float) -> list[torch.Tensor]:
+    try:
+        return [await _result(f, deadline, request) for f in ticket.futures]
+    except _ClientGone:
+        log.info("client went away: %d sentence(s) dropped", sum(not f.done() for f in ticket.futures))
+        raise HTTPException(499, "client closed the request") from None
+    finally:
+        ticket.cancel()  # nothing left to do once we stop waiting (a no-op when all are done)
+
+
+async def _sentences(ticket: Ticket, tts: TTS, deadline: float) -> AsyncIterator[torch.Tensor]:
+    """Each sentence's audio (with the pause before it) as soon as it is ready. Starlette cancels this when
+    the client disconnects; the ticket is then cancelled too."""
+    try:
+        for k, f in enumerate(ticket.futures):
+            wav = await _result(f, deadline)
+            yield wav if k == 0 else torch.cat([tts.pause(), wav])
+    finally:
+        ticket.cancel()
+
+
+async def _audio_stream(ticket: Ticket, tts: TTS, fmt: str, deadline: float) -> AsyncIterator[bytes]:
+    if fmt == "wav":
+        yield streaming_wav_header(tts.sample_rate)
+    async for wav in _sentences(ticket, tts, deadline):
+        yield pcm16(wav)
+
+
+async def _sse(ticket: Ticket, tts: TTS, deadline: float) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: ``speech.audio.delta`` with base64 pcm, then ``speech.audio.done``."""
+    async for wav in _sentences(ticket, tts, deadline):
+        delta = {"type": "speech.audio.delta", "audio": base64.b64encode(pcm16(wav)).decode()}
+        yield f"data: {json.dumps(delta)}\n\n".encode()
+    yield b'data: {"type": "speech.audio.done"}\n\n'
+
+
+def streaming_wav_header(sample_rate: int) -> bytes:
+    """A 16-bit mono WAV header whose sizes say "unknown" (0xFFFFFFFF), as streaming players expect."""
+    unknown = 0xFFFFFFFF
+    fmt = struct.pack("<HHIIHH", 1, 1, sample_rate, sample_rate * 2, 2, 16)
+    return (
+        b"RIFF"
+        + struct.pack("<I", unknown)
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", unknown)
+    )
+
+
+def _voice_from_upload(tts: TTS, file: UploadFile, transcript: str | None) -> Voice:
+    """An uploaded recording -> a checked voice; a bad recording or transcript is a 400 naming why."""
+    suffix = Path(file.filename or "").suffix.lower()
+    with tempfile.NamedTemporaryFile(
+        suffix=suffix if re.fullmatch(r"\.\w{1,5}", suffix) else ".audio"
+    ) as tmp:
+        tmp.write(file.file.read())
+        tmp.flush()
+        try:
+            return tts.make_voice(tmp.name, transcript)
+        except (ReferenceAudioError, TextError) as e:
+            raise _error(400, str(e).replace(tmp.name, file.filename or "upload"), "file") from e
+
+
+# ---- running --------------------------------------------------------------------------------------------
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, bound before the models load work starts: a port in use fails at once with one
+    line (``OSError``), not a traceback from inside the server."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (0-65535)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
+def serve(app: FastAPI, sock: socket.socket, log_level: str = "info") -> None:
+    """Run ``app`` with uvicorn on an already bound socket until Ctrl-C."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=5, timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        app.state.scheduler.close()

@@ -1,0 +1,164 @@
+"""Sentence-level batching for a server: many requests' sentences share one batch per stage.
+
+A request is planned into sentences (:meth:`TTS.plan`) and becomes a :class:`Ticket`. One worker thread
+fills each batch round-robin over the tickets that still have sentences to run, so a short request waits
+for at most one batch however long the requests ahead of it are (a 4,000-character request no longer
+blocks a "Hello!"). A cancelled ticket's sentences that have not started are dropped. Each sentence's audio
+depends only on its own text, voice and seed (the TTS guarantees batch invariance), never on its
+batch-mates or on how the scheduler grouped them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from .tts import TTS, SentenceJob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's sentences and their results, in order."""
+
+    jobs: list[SentenceJob]
+    futures: list[Future[torch.Tensor]] = field(default_factory=list)
+    scheduled: int = 0  # sentences handed to the worker so far
+
+    def __post_init__(self) -> None:
+        self.futures = [Future() for _ in self.jobs]
+
+    @property
+    def one_shot(self) -> bool:
+        return self.jobs[0].voice.one_shot
+
+    @property
+    def cancelled(self) -> bool:
+        return any(f.cancelled() for f in self.futures)
+
+    def cancel(self) -> None:
+        """Drop the sentences that have not started (a running batch finishes; its result is discarded)."""
+        for f in self.futures:
+            f.cancel()
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+
+class SentenceScheduler:
+    """A worker thread that synthesises queued tickets' sentences, ``max_batch`` at a time.
+
+    After an idle spell the worker waits ``window_s`` for batch-mates before it starts; while busy it
+    never waits."""
+
+    def __init__(self, tts: TTS, max_batch: int = 8, window_s: float = 0.01) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.tts, self.max_batch, self.window_s = tts, max_batch, window_s
+        self._queue: deque[Ticket] = deque()  # tickets with sentences not yet scheduled
+        self._cv = threading.Condition()
+        self._stopped = False
+        self.batch_sizes: list[int] = []  # observability: what the worker actually batched
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="mmspeech-scheduler")
+        self._thread.start()
+
+    def submit(self, jobs: Sequence[SentenceJob]) -> Ticket:
+        if not jobs:
+            raise ValueError("nothing to synthesise")
+        ticket = Ticket(list(jobs))
+        with self._cv:
+            if self._stopped:
+                raise RuntimeError("the scheduler is closed")
+            self._queue.append(ticket)
+            self._cv.notify()
+        return ticket
+
+    def close(self) -> None:
+        """Stop the worker after its current batch; queued tickets are cancelled."""
+        with self._cv:
+            self._stopped = True
+            for t in self._queue:
+                t.cancel()
+            self._queue.clear()
+            self._cv.notify()
+        self._thread.join(timeout=60)
+
+    @property
+    def pending(self) -> int:
+        """Sentences queued and not yet started."""
+        with self._cv:
+            return sum(len(t.jobs) - t.scheduled for t in self._queue if not t.cancelled)
+
+    # ---- worker -------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self.batch_sizes.append(len(batch))
+            self._run(batch)
+
+    def _next_batch(self) -> list[tuple[Ticket, int]] | None:
+        with self._cv:
+            self._cv.wait_for(lambda: self._stopped or self._live())
+            if self._stopped:
+                return None
+            deadline = time.monotonic() + self.window_s
+            while not self._stopped and self._pending_locked() < self.max_batch:
+                if (left := deadline - time.monotonic()) <= 0 or not self._cv.wait(left):
+                    break
+            return self._pick() if not self._stopped else None
+
+    def _live(self) -> bool:
+        """Drop cancelled tickets from the queue; is anything left to run?"""
+        self._queue = deque(t for t in self._queue if not t.cancelled)
+        return bool(self._queue)
+
+    def _pending_locked(self) -> int:
+        return sum(len(t.jobs) - t.scheduled for t in self._queue)
+
+    def _pick(self) -> list[tuple[Ticket, int]]:
+        """Up to ``max_batch`` sentences, one per ticket per round (the TTS runs one voice mode per batch:
+        the first ticket's), then rotate so another ticket leads the next batch."""
+        self._live()
+        mode = self._queue[0].one_shot
+        batch: list[tuple[Ticket, int]] = []
+        while len(batch) < self.max_batch:
+            took = False
+            for t in self._queue:
+                if len(batch) < self.max_batch and t.one_shot == mode and t.scheduled < len(t.jobs):
+                    batch.append((t, t.scheduled))
+                    t.scheduled += 1
+                    took = True
+            if not took:
+                break
+        self._queue.rotate(-1)
+        self._queue = deque(t for t in self._queue if t.scheduled < len(t.jobs))
+        return batch
+
+    def _run(self, batch: list[tuple[Ticket, int]]) -> None:
+        # a future cancelled before its batch starts is skipped; one that started can no longer be cancelled
+        live = [(t, k) for t, k in batch if t.futures[k].set_running_or_notify_cancel()]
+        if live:
+            self._synthesize(live)
+
+    def _synthesize(self, live: list[tuple[Ticket, int]]) -> None:
+        try:
+            wavs = self.tts.synthesize_sentences([t.jobs[k] for t, k in live])
+        except Exception as e:
+            if len(live) > 1:  # one failing sentence must not fail its batch-mates: run each alone
+                for item in live:
+                    self._synthesize([item])
+                return
+            ticket, k = live[0]
+            log.warning("synthesis failed for %r: %s", ticket.jobs[k].sentence, e)
+            ticket.futures[k].set_exception(e)
+            ticket.cancel()  # the request has failed: its other sentences need not run
+            return
+        for (t, k), w in zip(live, wavs):
+            t.futures[k].set_result(w)
