@@ -270,3 +270,64 @@ def test_extraction_records_its_model_and_refuses_to_mix_two(tmp_path):
     assert features_fingerprint(tmp_path / "out") == "abc"
     with pytest.raises(ValueError, match="another model"):
         extract_features(Encoder("xyz"), utts, tmp_path / "out")
+
+
+def _write_features(out, n=7, shard_size=3, **kw):
+    g = torch.Generator().manual_seed(0)
+    feats = {
+        f"u{i}": (
+            torch.randint(0, 6561, (5 + i,), generator=g),
+            torch.randn(4, 10 + 2 * i, generator=g),
+        )
+        for i in range(n)
+    }
+    tok, lat = ShardWriter(out / "tok", shard_size, **kw), ShardWriter(out / "lat", shard_size, **kw)
+    for k, (t, x) in feats.items():
+        tok.add(k, t)
+        lat.add(k, x)
+    tok.flush()
+    lat.flush()
+    return feats
+
+
+def test_feature_store_reads_lazily_from_compact_shards(tmp_path):
+    """Issue 14: only the index is in memory; tokens are int16, latents float16; shapes without reading."""
+    import pickle
+
+    from mmspeech_core.data import FeatureStore
+
+    feats = _write_features(tmp_path)
+    tok, lat = FeatureStore(tmp_path / "tok", max_open=1), FeatureStore(tmp_path / "lat", max_open=1)
+    assert len(tok) == 7 and "u3" in tok and "nope" not in tok and sorted(tok) == sorted(feats)
+    assert json.loads((tmp_path / "lat/index-r0.jsonl").read_text().splitlines()[1])["shape"] == [4, 12]
+    for k, (t, x) in feats.items():
+        assert tok.length(k) == len(t) and lat.shape(k) == tuple(x.shape)
+        assert tok[k].dtype == torch.int16 and torch.equal(tok[k].long(), t)
+        assert lat[k].dtype == torch.float16 and torch.allclose(lat[k].float(), x, atol=2e-3, rtol=1e-3)
+        assert len(lat._open) <= 1  # bounded open shards however many are read
+    clone = pickle.loads(pickle.dumps(lat))  # DataLoader workers: no open files travel
+    assert not clone._open and torch.equal(clone["u6"], lat["u6"])
+    # folders written before the index had shapes: shapes come from the shard headers
+    index = tmp_path / "lat/index-r0.jsonl"
+    index.write_text(
+        "".join(
+            json.dumps({k: v for k, v in json.loads(x).items() if k != "shape"}) + "\n"
+            for x in index.read_text().splitlines()
+        )
+    )
+    assert FeatureStore(tmp_path / "lat").shape("u5") == (4, 20)
+    exact = _write_features(tmp_path / "f32", float_dtype=torch.float32)
+    assert torch.equal(load_shards(tmp_path / "f32/lat")["u2"], exact["u2"][1])
+    (tmp_path / "lat" / sorted(p.name for p in (tmp_path / "lat").glob("shard-*"))[0]).write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="missing or corrupted"):
+        FeatureStore(tmp_path / "lat")["u0"]
+
+
+def test_compact_picks_the_narrowest_integer_type():
+    from mmspeech_core.data import compact
+
+    assert compact(torch.tensor([0, 6560])).dtype == torch.int16
+    assert compact(torch.tensor([0, 70_000])).dtype == torch.int32
+    assert compact(torch.tensor([0, 2**40])).dtype == torch.int64
+    assert compact(torch.tensor([], dtype=torch.long)).dtype == torch.int16
+    assert compact(torch.randn(3), torch.bfloat16).dtype == torch.bfloat16

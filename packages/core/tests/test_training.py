@@ -169,7 +169,9 @@ _WORKER = textwrap.dedent(
     result["draws"] = model.draws
     with open(f"{{out}}/result-{{mode}}-{{steps}}-r{{info.rank}}.json", "w") as f:
         json.dump(result, f)
-    # gloo's threads must stop before the interpreter does ("terminate called without an active exception")
+    # gloo's threads must stop before the interpreter does ("terminate called without an active exception"),
+    # and no rank may tear its sockets down while another still finishes the last collective
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     """
 )

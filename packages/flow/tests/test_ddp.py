@@ -41,3 +41,66 @@ def test_torchrun_two_process_ddp_training(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-00000006"
     FlowModel.from_pretrained(tmp_path / "run" / "checkpoint-00000006")
+
+
+def _scalars(run, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)]
+
+
+def test_fine_tuning_starts_from_the_trained_loss_and_keeps_frozen_parts(tmp_path):
+    """Issue 14: `train --init-from RUN --freeze speaker_encoder` starts where RUN ended, not from scratch."""
+    from mmspeech_core.data import Utterance  # noqa: F401  (manifest format below)
+    from mmspeech_flow.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(64, 8, generator=g)  # latents a function of tokens: learnable
+    tw, lw = ShardWriter(tmp_path / "tokens"), ShardWriter(tmp_path / "latents")
+    lines = []
+    for i in range(4):
+        tok = torch.randint(0, 64, (6,), generator=g)
+        tw.add(f"u{i}", tok)
+        lw.add(f"u{i}", table[tok].T.repeat_interleave(2, dim=1))
+        lines.append(json.dumps({"id": f"u{i}", "audio": "x.wav", "speaker": f"s{i % 2}"}))
+    tw.flush()
+    lw.flush()
+    (tmp_path / "m.jsonl").write_text("\n".join(lines))
+    cfg = tiny_config()
+    cfg = dataclasses.replace(
+        cfg,
+        loss=dataclasses.replace(cfg.loss, cfg_dropout=0.0, prompt_prob=0.0),
+        train=fast_train_config(120, 3e-3, warmup_steps=5, max_frames=1000, log_every=1),
+    )
+    save_config(cfg, tmp_path / "flow.json")
+    common = (
+        f"train --config {tmp_path / 'flow.json'} --tokens {tmp_path / 'tokens'} --latents {tmp_path / 'latents'} "
+        f"--manifest {tmp_path / 'm.jsonl'} --device cpu --val-fraction 0"
+    )
+    assert main(shlex.split(f"{common} --out {tmp_path / 'scratch'}")) == 0
+    assert (
+        main(
+            shlex.split(
+                f"{common} --out {tmp_path / 'tuned'} --max-steps 5 --init-from {tmp_path / 'scratch'} --freeze speaker_encoder"
+            )
+        )
+        == 0
+    )
+    scratch, tuned = _scalars(tmp_path / "scratch", "train/fm"), _scalars(tmp_path / "tuned", "train/fm")
+    assert len(tuned) == 5
+    assert sum(tuned) / 5 < 0.5 * sum(scratch[:5]) / 5  # it starts trained
+    before = FlowModel.from_pretrained(tmp_path / "scratch" / "checkpoint-00000120").state_dict()
+    after = FlowModel.from_pretrained(tmp_path / "tuned" / "checkpoint-00000005").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("speaker_encoder."))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("estimator."))
+    assert (
+        main(
+            shlex.split(
+                f"{common} --out {tmp_path / 'x'} --init-from {tmp_path / 'scratch'} --freeze estimatr"
+            )
+        )
+        == 2
+    )
+    assert main(shlex.split(f"{common} --out {tmp_path / 'y'} --freeze estimator")) == 2

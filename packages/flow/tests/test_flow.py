@@ -201,6 +201,32 @@ def test_align_trims_to_ratio():
     assert len(tok) == 9 and lat.shape == (4, 18)
 
 
+def test_dataset_from_extracted_folders_reads_lazily_and_casts_on_the_device(tmp_path):
+    """Issue 14: the dataset holds ids and lengths only; latents stay float16 until Batch.to."""
+    from mmspeech_core.data import ShardWriter, Utterance
+
+    g = torch.Generator().manual_seed(0)
+    tokens = {f"u{i}": torch.randint(0, 64, (4 + i,), generator=g) for i in range(6)}
+    latents = {k: torch.randn(8, 2 * len(v) + 1, generator=g) for k, v in tokens.items()}
+    for name, feats in (("tok", tokens), ("lat", latents)):
+        w = ShardWriter(tmp_path / name, shard_size=4)
+        for k, v in feats.items():
+            w.add(k, v)
+        w.flush()
+    utts = [Utterance(k, "x.wav", speaker="ab"[i % 2]) for i, k in enumerate(tokens)]
+    lazy, _ = FlowDataset.from_dirs(str(tmp_path / "tok"), str(tmp_path / "lat"), 2, utts)
+    eager = FlowDataset(tokens, latents, 2, {u.id: u.speaker for u in utts})
+    assert lazy.lengths() == eager.lengths() and lazy.ids == eager.ids
+    assert not hasattr(lazy, "items")  # nothing read up front
+    for k in range(len(lazy)):
+        a, b = lazy[k], eager[k]
+        assert torch.equal(a.tokens, b.tokens) and a.tokens.dtype == torch.long
+        assert a.latents.dtype == torch.float16 and torch.allclose(a.latents.float(), b.latents, atol=4e-3)
+    batch = collate([lazy[0], lazy[1]], 25.0, 50.0).to("cpu")
+    assert batch.latents.data.dtype == torch.float32 and batch.reference.data.dtype == torch.float32
+    assert batch.tokens.tokens.dtype == torch.long
+
+
 def _overfit_cfg(steps, **loss):
     cfg = tiny_config()
     return dataclasses.replace(

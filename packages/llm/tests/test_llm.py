@@ -287,18 +287,18 @@ def test_overfit_tiny_batch_and_checkpoint(tmp_path):
     texts = [ds.text[i] for i in ds.index]
     out = model.generate(texts, spk, sampling=GREEDY)
     for k, i in enumerate(ds.index):
-        assert out.unbatch()[k].tolist() == ds.speech[i].tolist()
+        assert out.unbatch()[k].tolist() == ds.tokens[ds.utts[i].id].tolist()
     re = SpeechLM.from_pretrained(tmp_path / "run" / "checkpoint-00000150")
     assert (
         re.generate(texts[:1], SpeakerEmbedding(spk.vectors[:1]), sampling=GREEDY).unbatch()[0].tolist()
-        == ds.speech[ds.index[0]].tolist()
+        == ds.tokens[ds.utts[ds.index[0]].id].tolist()
     )
     # one-shot: prompt text + prompt speech continue the same way
     i0, i1 = ds.index[0], ds.index[1]
     os_out = model.generate(
         [ds.text[i1]],
         SpeakerEmbedding(spk.vectors[1:2]),
-        prompt=LMPrompt([ds.text[i0]], SpeechTokens.from_list([ds.speech[i0]])),
+        prompt=LMPrompt([ds.text[i0]], SpeechTokens.from_list([ds.tokens[ds.utts[i0].id]])),
         sampling=dataclasses.replace(GREEDY, min_len_ratio=1.0, max_len_ratio=2.0),
     )
     # min/max lengths count the target text only, not the prompt text

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 C = TypeVar("C")
+M = TypeVar("M")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -61,6 +62,12 @@ def add_extraction_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--output-dir", required=True, help="folder for shard-*.safetensors + index/errors files")
     sp.add_argument("--batch-size", type=int, default=16, help="utterances per forward pass")
     sp.add_argument("--shard-size", type=int, default=1000, help="utterances per output shard")
+    sp.add_argument(
+        "--store-dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default="float16",
+        help="how float features (latents) are stored; training converts them to float32 on the device",
+    )
     add_device_arg(sp)
     sp.add_argument(
         "--strict", action="store_true", help="exit 1 if any utterance failed (they are always logged)"
@@ -132,6 +139,19 @@ def add_train_args(sp: argparse.ArgumentParser) -> None:
         "--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint"
     )
     sp.add_argument(
+        "--init-from",
+        default=None,
+        help="fine-tune: start from these weights (a bundle, a run folder or a checkpoint folder) with a fresh "
+        "optimizer; the model's shape comes from them, the training settings from --config",
+    )
+    sp.add_argument(
+        "--freeze",
+        nargs="+",
+        default=[],
+        metavar="PREFIX",
+        help="with --init-from: parameters whose names start with PREFIX are not trained (e.g. backbone)",
+    )
+    sp.add_argument(
         "--val-fraction",
         type=float,
         default=0.02,
@@ -163,7 +183,7 @@ def reference_options(args: argparse.Namespace) -> dict[str, Any]:
 def run_extract_command(args: argparse.Namespace, load: Callable[[str], object], desc: str) -> int:
     """Body of every ``extract`` command: torchrun-aware sharding, ``load(device)`` -> encoder, counts,
     exit 1 with ``--strict`` when an utterance failed (failures are always logged to errors-r*.jsonl)."""
-    from .data import extract_features, read_manifest
+    from .data import STORE_DTYPES, extract_features, read_manifest
     from .training import init_distributed
 
     info = init_distributed(args.device)
@@ -176,9 +196,31 @@ def run_extract_command(args: argparse.Namespace, load: Callable[[str], object],
         info.rank,
         info.world_size,
         desc,
+        STORE_DTYPES[args.store_dtype],
     )
     print(f"rank {info.rank}: {stats}")
     return 1 if stats["failed"] and args.strict else 0
+
+
+def load_init_model(
+    load: Callable[[Any], M], args: argparse.Namespace, stage: str, cfg: C
+) -> tuple[C, M | None]:
+    """``--init-from``: the model it names (``load(folder)``, on the CPU) with ``--freeze`` applied, and
+    ``cfg`` with that model's shape (``cfg.model``) in place of the config file's. ``(cfg, None)`` without."""
+    import dataclasses
+
+    from .training import freeze, init_weights_dir
+
+    if args.init_from is None:
+        if args.freeze:
+            raise ValueError(
+                "--freeze goes with --init-from (a model trained from scratch trains every part)"
+            )
+        return cfg, None
+    model = load(init_weights_dir(args.init_from, stage))
+    if args.freeze:
+        freeze(model, args.freeze)  # type: ignore[arg-type]
+    return dataclasses.replace(cfg, model=model.config.model), model  # type: ignore[type-var, attr-defined]
 
 
 def load_train_config(cls: type[C], args: argparse.Namespace) -> C:

@@ -8,16 +8,18 @@ import math
 import os
 import random
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import safe_open
 from tqdm import tqdm
 
 from .audio import read_audio
-from .checkpoint import atomic_write_text, load_state_dict, save_state_dict
+from .checkpoint import CheckpointError, atomic_write_text, save_state_dict
 from .types import Waveform
 
 log = logging.getLogger(__name__)
@@ -193,12 +195,21 @@ def _drop_torn_tail(path: Path) -> None:
 class ShardWriter:
     """Collects ``id -> tensor`` and flushes shards ``<out>/shard-r{rank}-{k}.safetensors``.
 
-    ``index-r{rank}.jsonl`` records ``{"id", "shard"}`` after each shard is safely on disk, so an
-    interrupted run resumes by skipping ids already indexed. Failures go to ``errors-r{rank}.jsonl``.
+    ``index-r{rank}.jsonl`` records ``{"id", "shard", "shape"}`` after each shard is safely on disk, so an
+    interrupted run resumes by skipping ids already indexed, and readers know every item's length without
+    opening a shard. Failures go to ``errors-r{rank}.jsonl``. Tensors are stored compactly
+    (:func:`compact`: tokens as int16, floats as ``float_dtype``).
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str], shard_size: int = 1000, rank: int = 0) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        shard_size: int = 1000,
+        rank: int = 0,
+        float_dtype: torch.dtype = torch.float16,
+    ) -> None:
         self.out = Path(out_dir)
+        self.float_dtype = float_dtype
         self.out.mkdir(parents=True, exist_ok=True)
         self.shard_size, self.rank = shard_size, rank
         self.buffer: dict[str, torch.Tensor] = {}
@@ -215,7 +226,7 @@ class ShardWriter:
         return {r["id"] for p in Path(out_dir).glob("index-r*.jsonl") for r in _read_jsonl(p)}
 
     def add(self, utt_id: str, value: torch.Tensor) -> None:
-        self.buffer[utt_id] = value.detach().cpu().contiguous()
+        self.buffer[utt_id] = compact(value.detach().cpu(), self.float_dtype).contiguous()
         if len(self.buffer) >= self.shard_size:
             self.flush()
 
@@ -234,23 +245,117 @@ class ShardWriter:
         name = f"shard-r{self.rank}-{self.next_shard:05d}.safetensors"
         save_state_dict(self.buffer, self.out / name)
         with open(self.index_path, "a") as f:
-            for k in self.buffer:
-                f.write(json.dumps({"id": k, "shard": name}) + "\n")
+            for k, v in self.buffer.items():
+                f.write(json.dumps({"id": k, "shard": name, "shape": list(v.shape)}) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.next_shard += 1
         self.buffer = {}
 
 
-def load_shards(out_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """All extracted features of a folder written by :class:`ShardWriter`: ``id -> tensor``."""
-    out: dict[str, torch.Tensor] = {}
-    shards: set[str] = set()
-    for p in sorted(Path(out_dir).glob("index-r*.jsonl")):
-        shards.update(r["shard"] for r in _read_jsonl(p))
-    for name in sorted(shards):
-        out.update(load_state_dict(Path(out_dir) / name))
-    return out
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def compact(x: torch.Tensor, float_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """The storage form of a feature: integers in the narrowest of int16 / int32 / int64 that holds them
+    (speech tokens fit int16), floats as ``float_dtype``. Readers convert back on the device."""
+    if x.is_floating_point():
+        return x.to(float_dtype)
+    if x.numel() == 0:
+        return x.to(torch.int16)
+    lo, hi = int(x.min()), int(x.max())
+    for dtype in (torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return x.to(dtype)
+    return x.to(torch.int64)
+
+
+class FeatureStore(Mapping[str, torch.Tensor]):
+    """A folder written by :class:`ShardWriter`, read on demand: ``store[id]`` reads one tensor from its
+    memory-mapped shard. Only the index (id -> shard, shape) lives in memory, so a corpus far larger than
+    RAM trains the same way as a small one.
+
+    At most ``max_open`` shards are kept open (least recently used closed first): an open shard's pages
+    that were read count in the process's RSS until it closes. Pickles without its open files, so
+    DataLoader workers each open their own. Shapes come from the index (written since 0.2) or, for older
+    folders, from the shard headers (read once, without the tensors)."""
+
+    def __init__(self, out_dir: str | os.PathLike[str], max_open: int = 8) -> None:
+        self.dir, self.max_open = Path(out_dir), max_open
+        self._shards: list[str] = []  # shard file names; items point into this list
+        self._where: dict[str, int] = {}
+        self._shape: dict[str, tuple[int, ...]] = {}
+        self._open: OrderedDict[int, Any] = OrderedDict()
+        shard_ids: dict[str, int] = {}
+        unknown: set[int] = set()
+        for p in sorted(self.dir.glob("index-r*.jsonl")):
+            for r in _read_jsonl(p):
+                k = shard_ids.setdefault(r["shard"], len(shard_ids))
+                self._where[r["id"]] = k
+                if "shape" in r:
+                    self._shape[r["id"]] = tuple(r["shape"])
+                else:
+                    unknown.add(k)
+        self._shards = list(shard_ids)
+        for k in sorted(unknown):
+            f = self._handle(k)
+            for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                self._shape.setdefault(key, tuple(f.get_slice(key).get_shape()))
+
+    def __getitem__(self, utt_id: str) -> torch.Tensor:
+        k = self._where[utt_id]
+        try:
+            return self._handle(k).get_tensor(utt_id)  # type: ignore[no-any-return]
+        except Exception as e:
+            raise CheckpointError(f"{self.dir / self._shards[k]}: cannot read {utt_id!r}: {e}") from e
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, utt_id: object) -> bool:
+        return utt_id in self._where
+
+    def shape(self, utt_id: str) -> tuple[int, ...]:
+        """The stored tensor's shape, without reading it."""
+        return self._shape[utt_id]
+
+    def length(self, utt_id: str) -> int:
+        """Frames of an item (its last dimension), without reading it."""
+        return self._shape[utt_id][-1]
+
+    def _handle(self, k: int) -> Any:
+        if k in self._open:
+            self._open.move_to_end(k)
+            return self._open[k]
+        path = self.dir / self._shards[k]
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except Exception as e:
+            raise CheckpointError(f"feature shard {path} is missing or corrupted: {e}") from e
+        self._open[k] = handle
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+        return handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_open": OrderedDict()}
+
+
+def feature_length(features: Mapping[str, torch.Tensor], utt_id: str) -> int:
+    """Frames (last dimension) of one item: from the index of a :class:`FeatureStore`, without reading."""
+    if isinstance(features, FeatureStore):
+        return features.length(utt_id)
+    return int(features[utt_id].shape[-1])
+
+
+def load_shards(out_dir: str | os.PathLike[str]) -> FeatureStore:
+    """The extracted features of a folder written by :class:`ShardWriter`, as a lazy ``id -> tensor``
+    mapping (:class:`FeatureStore`)."""
+    return FeatureStore(out_dir)
 
 
 def run_extraction(
@@ -263,8 +368,10 @@ def run_extraction(
     rank: int = 0,
     world_size: int = 1,
     desc: str = "extract",
+    float_dtype: torch.dtype = torch.float16,
 ) -> dict[str, int]:
-    """Extract features for this rank's share of ``utts``, skipping ids already done.
+    """Extract features for this rank's share of ``utts``, skipping ids already done; floats are stored as
+    ``float_dtype``.
 
     ``load(utt)`` reads one utterance (unreadable audio is logged to the errors file and skipped on its
     own); ``process(loaded_batch)`` returns one tensor per item. A failing batch is retried item by item so
@@ -273,7 +380,7 @@ def run_extraction(
     done = ShardWriter.done_ids(out_dir)
     mine = [u for i, u in enumerate(utts) if i % world_size == rank]
     todo = [u for u in mine if u.id not in done]
-    writer = ShardWriter(out_dir, shard_size, rank)
+    writer = ShardWriter(out_dir, shard_size, rank, float_dtype)
     stats = {"done": 0, "skipped": len(mine) - len(todo), "failed": 0}
     batch: list[tuple[Utterance, L]] = []
 
@@ -431,6 +538,7 @@ def extract_features(
     rank: int = 0,
     world_size: int = 1,
     desc: str = "extract",
+    float_dtype: torch.dtype = torch.float16,
 ) -> dict[str, int]:
     """Encode every utterance with ``encoder`` (anything with ``sample_rate`` and ``encode(Waveform)``
     returning a padded container: a speech tokenizer, a VAE) into ``out_dir`` shards. See :func:`run_extraction`."""
@@ -450,6 +558,7 @@ def extract_features(
         rank,
         world_size,
         desc,
+        float_dtype,
     )
 
 

@@ -29,6 +29,7 @@ from .checkpoint import (
     load_state_dict,
     remove_stale_temp_files,
 )
+from .types import _Padded
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +134,52 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def init_weights_dir(path: str | os.PathLike[str], stage: str) -> Path:
+    """The weights folder to fine-tune ``stage`` from: a bundle's ``<bundle>/<stage>``, a run folder's
+    ``latest`` checkpoint, or a checkpoint folder itself."""
+    p = Path(path)
+    if (p / stage / "model.safetensors").is_file():
+        return p / stage
+    if (p / "latest").is_file():
+        return p / (p / "latest").read_text().strip()
+    if (p / "model.safetensors").is_file():
+        return p
+    raise FileNotFoundError(
+        f"{p} is neither a bundle with a {stage}/ part, a run folder with a 'latest' checkpoint, "
+        "nor a checkpoint folder (model.safetensors)"
+    )
+
+
+def freeze(model: nn.Module, prefixes: Sequence[str]) -> int:
+    """Stop training the parameters whose names start with any of ``prefixes`` (e.g. ``backbone``);
+    returns how many parameters were frozen. A prefix that names nothing is an error (a typo would
+    silently train everything)."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            top = sorted({n.split(".")[0] for n in names})
+            raise ValueError(f"--freeze {prefix!r} names no parameter; top-level parts: {top}")
+    frozen = 0
+    for n, p in model.named_parameters():
+        if any(n == pre or n.startswith(pre + ".") for pre in prefixes):
+            p.requires_grad_(False)
+            frozen += p.numel()
+    log.info("froze %d parameters under %s", frozen, list(prefixes))
+    return frozen
+
+
 def move_to(batch: Any, device: torch.device) -> Any:
-    """Recursively move tensors (and typed containers with ``.to``) onto ``device``."""
-    if isinstance(batch, torch.Tensor) or hasattr(batch, "to") and not isinstance(batch, nn.Module):
+    """Recursively move tensors (and typed containers with ``.to``) onto ``device``. Features stored in
+    half precision become float32 there, on the device (AMP, where enabled, casts down again)."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        return batch.float() if batch.dtype in HALF else batch
+    if isinstance(batch, _Padded):
+        return batch.to(device, torch.float32)
+    if hasattr(batch, "to") and not isinstance(batch, nn.Module):
         return batch.to(device)
     if isinstance(batch, dict):
         return {k: move_to(v, device) for k, v in batch.items()}

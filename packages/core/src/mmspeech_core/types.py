@@ -71,8 +71,12 @@ class _Padded:
     def _with_data(self: T, data: torch.Tensor, lengths: torch.Tensor) -> T:
         raise NotImplementedError
 
-    def to(self: T, device: torch.device | str) -> T:
-        return self._with_data(self._data.to(device), self.lengths.to(device))
+    def to(self: T, device: torch.device | str, float_dtype: torch.dtype | None = None) -> T:
+        """Moved to ``device``; floating data (not integer tokens) also cast to ``float_dtype`` if given."""
+        data = self._data.to(device, non_blocking=True)
+        if float_dtype is not None and data.is_floating_point():
+            data = data.to(float_dtype)
+        return self._with_data(data, self.lengths.to(device))
 
     def select(self: T, index: int | Sequence[int] | torch.Tensor) -> T:
         """Sub-batch (keeps batch axis), trimmed to its longest item."""

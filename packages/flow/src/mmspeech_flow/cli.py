@@ -16,6 +16,7 @@ from mmspeech_core.cli import (
     add_reference_args,
     add_seed_arg,
     add_train_args,
+    load_init_model,
     load_train_config,
     make_parser,
     reference_options,
@@ -29,13 +30,17 @@ from .config import FlowConfig, tiny_config
 
 def _train(args: argparse.Namespace) -> int:
     from .data import FlowDataset
+    from .model import FlowModel
     from .train import train
 
     cfg = load_train_config(FlowConfig, args)
+    if args.latent_stats and args.init_from:
+        raise ValueError("--latent-stats goes with a new model; --init-from weights carry their own")
     if args.latent_stats:  # written by `mmspeech-vae stats`
         stats = json.loads(Path(args.latent_stats).read_text())
         model = dataclasses.replace(cfg.model, latent_mean=stats["mean"], latent_std=stats["std"])
         cfg = dataclasses.replace(cfg, model=model)
+    cfg, init = load_init_model(FlowModel.from_pretrained, args, "flow", cfg)
     ds, val = FlowDataset.from_dirs(
         args.tokens,
         args.latents,
@@ -46,7 +51,9 @@ def _train(args: argparse.Namespace) -> int:
     )
     sources = {"tokenizer": features_fingerprint(args.tokens), "vae": features_fingerprint(args.latents)}
     trained_with = {part: fp for part, fp in sources.items() if fp is not None}
-    train(cfg, ds, args.out, args.device, not args.no_resume, val_dataset=val, trained_with=trained_with)
+    train(
+        cfg, ds, args.out, args.device, not args.no_resume, init, val_dataset=val, trained_with=trained_with
+    )
     return 0
 
 
@@ -62,7 +69,7 @@ def _generate(args: argparse.Namespace) -> int:
     writer = ShardWriter(args.output_dir)
     for k in range(0, len(ids), args.batch_size):
         chunk = ids[k : k + args.batch_size]
-        refs = [ref if ref is not None else latents[i] for i in chunk]
+        refs = [(ref if ref is not None else latents[i]).float() for i in chunk]  # stored half precision
         spk = model.embed_speaker(Latents.from_list(refs, c.latent_rate))
         out = model.generate(
             SpeechTokens.from_list([tokens[i] for i in chunk], c.token_rate), spk, seed=args.seed

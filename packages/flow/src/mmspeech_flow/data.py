@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from mmspeech_core import Latents, SpeechTokens
-from mmspeech_core.data import ReferencePicker, Utterance, holdout, load_shards
+from mmspeech_core.data import ReferencePicker, Utterance, feature_length, holdout, load_shards
 from mmspeech_core.training import Batch
 
 
@@ -19,33 +19,39 @@ def align(tokens: torch.Tensor, latents: torch.Tensor, ratio: int) -> tuple[torc
 
 
 class FlowDataset(torch.utils.data.Dataset):
-    """Items: ``(tokens (N,), latents (C, N·ratio), reference latents (C, T_ref))``."""
+    """Items: ``(tokens (N,), latents (C, N·ratio), reference latents (C, T_ref))``.
+
+    ``tokens`` / ``latents`` are ``id -> tensor`` mappings, typically lazy :class:`FeatureStore` folders:
+    only ids and lengths are held here; an item's tensors are read when a batch needs it. Latents keep
+    their stored dtype (e.g. float16) until the batch reaches the device (:meth:`FlowBatch.to`)."""
 
     def __init__(
         self,
-        tokens: dict[str, torch.Tensor],
-        latents: dict[str, torch.Tensor],
+        tokens: Mapping[str, torch.Tensor],
+        latents: Mapping[str, torch.Tensor],
         ratio: int,
         speakers: dict[str, str | None] | None = None,
         fallback: str = "drop",
         min_tokens: int = 1,
         seed: int = 0,
         max_self_fraction: float = 0.05,
+        ids: Sequence[str] | None = None,
     ) -> None:
-        ids = sorted(set(tokens) & set(latents))
+        ids = sorted(set(tokens) & set(latents)) if ids is None else list(ids)
         if not ids:
             raise ValueError("no utterance has both tokens and latents")
-        self.items = []
+        self.tokens, self.latents, self.ratio = tokens, latents, ratio
+        self.ids: list[str] = []
+        self.n_tokens: list[int] = []  # aligned length of each item, known without reading it
         for i in ids:
-            tk, lt = align(tokens[i].long(), latents[i].float(), ratio)
-            if len(tk) >= min_tokens:
-                self.items.append((i, tk, lt))
-        if not self.items:
+            n = min(feature_length(tokens, i), feature_length(latents, i) // ratio)
+            if n >= min_tokens:
+                self.ids.append(i)
+                self.n_tokens.append(n)
+        if not self.ids:
             raise ValueError(f"no utterance has at least {min_tokens} tokens")
         speakers = speakers or {}
-        self.picker = ReferencePicker(
-            [speakers.get(i) for i, _, _ in self.items], fallback, seed, max_self_fraction
-        )
+        self.picker = ReferencePicker([speakers.get(i) for i in self.ids], fallback, seed, max_self_fraction)
         self.index = self.picker.usable
 
     @classmethod
@@ -58,13 +64,14 @@ class FlowDataset(torch.utils.data.Dataset):
         val_fraction: float = 0.0,
         **kw: Any,
     ) -> tuple[FlowDataset, FlowDataset | None]:
-        """(train, validation or None) from extracted folders; validation ids are held out by :func:`holdout`."""
+        """(train, validation or None) from extracted folders, read lazily; validation ids are held out by
+        :func:`holdout`."""
         tokens, latents = load_shards(token_dir), load_shards(latent_dir)
         speakers = {u.id: u.speaker for u in utts}
         train_ids, val_ids = holdout(sorted(set(tokens) & set(latents)), val_fraction)
 
         def part(ids: list[str], **options: Any) -> FlowDataset:
-            return cls({i: tokens[i] for i in ids}, {i: latents[i] for i in ids}, ratio, speakers, **options)
+            return cls(tokens, latents, ratio, speakers, ids=ids, **options)
 
         # a held-out speaker rarely has two held-out utterances; self-references only flatter the val loss
         val = part(val_ids, fallback="self", max_self_fraction=1.0) if val_ids else None
@@ -74,12 +81,16 @@ class FlowDataset(torch.utils.data.Dataset):
         return len(self.index)
 
     def lengths(self) -> list[int]:
-        return [int(self.items[i][2].shape[-1]) for i in self.index]
+        return [self.n_tokens[i] * self.ratio for i in self.index]
+
+    def _read(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n, utt = self.n_tokens[i], self.ids[i]
+        return self.tokens[utt][:n].long(), self.latents[utt][:, : n * self.ratio]
 
     def __getitem__(self, k: int) -> FlowItem:
         i = self.index[k]
-        _, tk, lt = self.items[i]
-        return FlowItem(tk, lt, self.items[self.picker(i)][2])
+        tokens, latents = self._read(i)
+        return FlowItem(tokens, latents, self._read(self.picker(i))[1])
 
 
 @dataclass

@@ -16,6 +16,7 @@ from mmspeech_core.cli import (
     add_reference_args,
     add_seed_arg,
     add_train_args,
+    load_init_model,
     load_train_config,
     make_parser,
     reference_options,
@@ -41,14 +42,17 @@ def _train_bpe(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .data import LLMDataset
-    from .model import backbone_config_from_hf
+    from .model import SpeechLM, backbone_config_from_hf
     from .text import TextTokenizer
     from .train import train
 
     cfg = load_train_config(LLMConfig, args)
+    if args.qwen_pretrained and args.init_from:
+        raise ValueError("--qwen-pretrained starts a new LM; --init-from continues a trained one: pick one")
     if args.qwen_pretrained:  # shape and vocab come from the pretrained folder's own config
         b, vocab = backbone_config_from_hf(args.qwen_pretrained)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=b, text_vocab=vocab))
+    cfg, init = load_init_model(SpeechLM.from_pretrained, args, "llm", cfg)
     tok = TextTokenizer.from_pretrained(args.text_tokenizer)
     tokens = load_shards(args.tokens)
     train_utts, val_utts = split_utterances(read_manifest(args.manifest), args.val_fraction)
@@ -59,7 +63,7 @@ def _train(args: argparse.Namespace) -> int:
     if (speech_tokenizer := features_fingerprint(args.tokens)) is not None:
         trained_with["tokenizer"] = speech_tokenizer
     model, _ = train(
-        cfg, ds, args.out, args.device, not args.no_resume, val_dataset=val, trained_with=trained_with
+        cfg, ds, args.out, args.device, not args.no_resume, init, val_dataset=val, trained_with=trained_with
     )
     tok.save(Path(args.out) / "text_tokenizer")
     return 0

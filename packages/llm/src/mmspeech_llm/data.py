@@ -4,13 +4,13 @@ speaker reference taken from another utterance of the same speaker."""
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from mmspeech_core import Waveform
 from mmspeech_core.audio import read_audio
-from mmspeech_core.data import ReferencePicker, Utterance
+from mmspeech_core.data import ReferencePicker, Utterance, feature_length
 from mmspeech_core.training import Batch
 
 from .config import LLMConfig
@@ -25,7 +25,7 @@ class LLMDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         utts: Sequence[Utterance],
-        tokens: dict[str, torch.Tensor],
+        tokens: Mapping[str, torch.Tensor],
         text_tokenizer: TextTokenizer,
         cfg: LLMConfig,
         fallback: str = "drop",
@@ -33,7 +33,8 @@ class LLMDataset(torch.utils.data.Dataset):
         max_self_fraction: float = 0.05,
     ) -> None:
         self.cfg = cfg
-        self.utts, self.text, self.speech = [], [], []
+        self.tokens = tokens  # read per item (a lazy FeatureStore keeps only the index in memory)
+        self.utts, self.text, self.n_speech = [], [], []
         missing = 0
         for u in utts:
             if u.id not in tokens or not u.text:
@@ -41,7 +42,7 @@ class LLMDataset(torch.utils.data.Dataset):
                 continue
             self.utts.append(u)
             self.text.append(torch.tensor(text_tokenizer.encode(u.text), dtype=torch.long))
-            self.speech.append(tokens[u.id].long())
+            self.n_speech.append(feature_length(tokens, u.id))
         if not self.utts:
             raise ValueError("no utterance has both a transcript and extracted tokens")
         if max(int(t.max()) for t in self.text) >= cfg.model.text_vocab:
@@ -55,14 +56,14 @@ class LLMDataset(torch.utils.data.Dataset):
         return len(self.index)
 
     def lengths(self) -> list[int]:
-        return [len(self.text[i]) + len(self.speech[i]) + 3 for i in self.index]
+        return [len(self.text[i]) + self.n_speech[i] + 3 for i in self.index]
 
     def __getitem__(self, k: int) -> LLMItem:
         i = self.index[k]
         m, lay = self.cfg.model, self.cfg.layout
         seq = training_sequence(
             self.text[i],
-            self.speech[i],
+            self.tokens[self.utts[i].id].long(),
             m.eos,
             m.fill,
             lay.bistream_prob,

@@ -247,10 +247,11 @@ def _train_all(
     latents = load_shards(out / "features/latents")
     keep = {u.id for u in train_utts}
     flow_ds = FlowDataset(
-        {i: t for i, t in tokens.items() if i in keep},
-        {i: v for i, v in latents.items() if i in keep},
+        tokens,
+        latents,
         fcfg.model.ratio,
         {u.id: u.speaker for u in train_utts},
+        ids=sorted(keep & set(tokens) & set(latents)),
     )
     flow_parts = {"tokenizer": tok.fingerprint(), "vae": vae.fingerprint()}
     _, h = timed(

@@ -12,6 +12,7 @@ from mmspeech_core.cli import (
     add_device_arg,
     add_extraction_args,
     add_train_args,
+    load_init_model,
     load_train_config,
     make_parser,
     run,
@@ -24,11 +25,12 @@ from .config import VAEConfig, tiny_config
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .model import DACVAE
     from .train import train
 
-    cfg = load_train_config(VAEConfig, args)
+    cfg, init = load_init_model(DACVAE.from_pretrained, args, "vae", load_train_config(VAEConfig, args))
     train_utts, val_utts = split_utterances(read_manifest(args.manifest), args.val_fraction)
-    train(cfg, train_utts, args.out, device=args.device, resume=not args.no_resume, val_utts=val_utts)
+    train(cfg, train_utts, args.out, args.device, not args.no_resume, val_utts, init)
     return 0
 
 

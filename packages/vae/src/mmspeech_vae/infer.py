@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from mmspeech_core.checkpoint import atomic_write_text
 from mmspeech_core.data import load_shards
 
@@ -15,8 +14,18 @@ def latent_stats(latent_dir: str | Path, out_file: str | Path | None = None) -> 
     feats = load_shards(latent_dir)
     if not feats:
         raise ValueError(f"no latents found in {latent_dir}")
-    x = torch.cat([v.float() for v in feats.values()], dim=-1)  # (C, total frames)
-    stats = {"mean": x.mean(-1).tolist(), "std": x.std(-1).tolist(), "frames": [float(x.shape[-1])]}
+    # running sums in float64, one item at a time: memory stays flat however large the corpus
+    total = sq = None
+    frames = 0
+    for v in feats.values():
+        x = v.double()  # (C, T)
+        total = x.sum(-1) if total is None else total + x.sum(-1)
+        sq = (x * x).sum(-1) if sq is None else sq + (x * x).sum(-1)
+        frames += x.shape[-1]
+    assert total is not None and sq is not None
+    mean = total / frames
+    var = (sq - frames * mean * mean) / max(frames - 1, 1)  # unbiased, as torch.std
+    stats = {"mean": mean.tolist(), "std": var.clamp_min(0).sqrt().tolist(), "frames": [float(frames)]}
     if out_file:
         atomic_write_text(Path(out_file), json.dumps(stats, indent=2) + "\n")
     return stats

@@ -109,7 +109,10 @@ def train(
     device: str | None = None,
     resume: bool = True,
     val_utts: list[Utterance] | None = None,
+    init: DACVAE | None = None,
 ) -> tuple[DACVAE, list[dict[str, float]]]:
+    """Train (or resume) the VAE; ``init``: start from these weights (fine-tuning; the discriminator and
+    the optimizers start fresh)."""
     if cfg.train.amp == "fp16":  # two optimisers and a GAN: no loss scaling here, so no fp16
         raise ValueError("VAE training supports amp 'bf16' or 'none', not 'fp16'")
     info = init_distributed(device)
@@ -128,7 +131,7 @@ def train(
         num_workers=cfg.train.num_workers,
         drop_last=len(ds) >= cfg.train.max_batch,
     )
-    model = DACVAE(cfg)
+    model = init if init is not None else DACVAE(cfg)
     model.config = dataclasses.replace(model.config, train=cfg.train)
     val = None
     if val_utts:  # fixed crops from the start of each file: comparable from one evaluation to the next
