@@ -47,12 +47,12 @@ def write_corpus(out: Path, n: int, seed: int = 0) -> None:
     (out / "done").write_text("")
 
 
-def _dataset(corpus: Path, eager: bool):  # type: ignore[no-untyped-def]
-    from mmspeech_core.data import load_shards, read_manifest
+def _dataset(corpus: Path, eager: bool, max_open: int):  # type: ignore[no-untyped-def]
+    from mmspeech_core.data import FeatureStore, read_manifest
     from mmspeech_flow.data import FlowDataset
 
     utts = read_manifest(corpus / "m.jsonl")
-    tokens, latents = load_shards(corpus / "tokens"), load_shards(corpus / "latents")
+    tokens, latents = FeatureStore(corpus / "tokens", max_open), FeatureStore(corpus / "latents", max_open)
     if eager:  # what training did before: every tensor in memory, latents as float32
         return FlowDataset(
             {k: v.long() for k, v in tokens.items()},
@@ -63,7 +63,7 @@ def _dataset(corpus: Path, eager: bool):  # type: ignore[no-untyped-def]
     return FlowDataset(tokens, latents, 2, {u.id: u.speaker for u in utts})
 
 
-def child(corpus: Path, batches: int, workers: int, eager: bool, train: bool) -> None:
+def child(corpus: Path, batches: int, workers: int, eager: bool, train: bool, max_open: int) -> None:
     """One measurement in a fresh process: prints a JSON line."""
     import dataclasses
 
@@ -73,7 +73,7 @@ def child(corpus: Path, batches: int, workers: int, eager: bool, train: bool) ->
     from mmspeech_flow.train import make_loader
 
     torch.set_num_threads(1)
-    ds = _dataset(corpus, eager)
+    ds = _dataset(corpus, eager, max_open)
     cfg = tiny_config(latent_dim=64, spk_in_dim=64)
     cfg = dataclasses.replace(
         cfg, train=fast_train_config(batches, 1e-3, max_frames=4000, num_workers=workers)
@@ -123,13 +123,14 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--batches", type=int, default=200)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-open", type=int, default=8, help="FeatureStore: shards kept open per process")
     p.add_argument("--root", default=None, help="where corpora are written (default: a temp folder; reused)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--train", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        return child(Path(a.child), a.batches, a.workers, a.eager, a.train)
+        return child(Path(a.child), a.batches, a.workers, a.eager, a.train, a.max_open)
     root = Path(a.root or Path(tempfile.gettempdir()) / "mmspeech-feature-bench")
     rows = []
     for n in a.sizes:
@@ -137,11 +138,11 @@ def main() -> None:
         write_corpus(root / str(n), n)
         written = time.perf_counter() - t
         gb = sum(f.stat().st_size for f in (root / str(n)).rglob("*.safetensors")) / 1e9
-        r = measure(root / str(n), a.batches, a.workers)
+        r = measure(root / str(n), a.batches, a.workers, a.max_open)
         rows.append([n, f"{gb:.2f}", f"{written:.0f}", r["rss_mb"], r["worker_rss_mb"], r["per_s"]])
     base = rows[0][3]
     table(
-        f"lazy shards (map mode), {a.batches} batches, {a.workers} workers",
+        f"lazy shards (map mode), {a.batches} batches, {a.workers} workers, {a.max_open} open shards",
         ["utterances", "shards GB", "write s", "peak RSS MB", "worker peak MB", "batches/s"],
         rows,
     )
@@ -151,7 +152,7 @@ def main() -> None:
     small = root / str(a.sizes[0])
     speed = []
     for eager in (False, True):
-        r = measure(small, 100, a.workers, eager=eager, train=True)
+        r = measure(small, 100, a.workers, a.max_open, eager=eager, train=True)
         speed.append(["in-memory dicts (before)" if eager else "lazy shards", r["rss_mb"], r["per_s"]])
     table(
         f"tiny flow training on {a.sizes[0]} utterances, 100 steps",

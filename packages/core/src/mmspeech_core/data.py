@@ -7,7 +7,9 @@ import logging
 import math
 import os
 import random
+import sys
 import zlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ class ManifestError(ValueError):
     """A manifest line that cannot be parsed."""
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a 10-million-line manifest holds 10 million of these
 class Utterance:
     """One manifest entry. ``audio`` is a path; relative paths are resolved against the manifest's folder."""
 
@@ -49,31 +51,40 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Utterance]:
     out: list[Utterance] = []
     seen: set[str] = set()
     is_jsonl = path.suffix in (".jsonl", ".json")
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if is_jsonl:
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{path}:{n}: invalid JSON: {e}") from e
-            if not isinstance(d, dict) or "id" not in d or "audio" not in d:
-                raise ManifestError(f"{path}:{n}: each line needs 'id' and 'audio'")
-            known = {k: d.pop(k) for k in ("id", "audio", "text", "speaker") if k in d}
-            u = Utterance(str(known["id"]), str(known["audio"]), known.get("text"), known.get("speaker"), d)
-        else:
-            parts = line.split(maxsplit=1)
-            if len(parts) != 2:
-                raise ManifestError(f"{path}:{n}: expected 'utt_id path', got {line!r}")
-            u = Utterance(parts[0], parts[1])
-        if u.id in seen:
-            raise ManifestError(f"{path}:{n}: duplicate id {u.id!r}")
-        seen.add(u.id)
-        if not os.path.isabs(u.audio):
-            u.audio = str((path.parent / u.audio).resolve())
-        out.append(u)
+    with open(path, encoding="utf-8") as f:  # line by line: the file is never in memory whole
+        for n, line in enumerate(f, 1):
+            u = _manifest_line(path, n, line.strip(), is_jsonl)
+            if u is None:
+                continue
+            if u.id in seen:
+                raise ManifestError(f"{path}:{n}: duplicate id {u.id!r}")
+            seen.add(u.id)
+            if not os.path.isabs(u.audio):
+                u.audio = str((path.parent / u.audio).resolve())
+            out.append(u)
     return out
+
+
+def _manifest_line(path: Path, n: int, line: str, is_jsonl: bool) -> Utterance | None:
+    """One manifest line -> an Utterance (None for blank and comment lines); speakers are interned (many
+    utterances share one)."""
+    if not line or line.startswith("#"):
+        return None
+    if not is_jsonl:
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2:
+            raise ManifestError(f"{path}:{n}: expected 'utt_id path', got {line!r}")
+        return Utterance(parts[0], parts[1])
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}:{n}: invalid JSON: {e}") from e
+    if not isinstance(d, dict) or "id" not in d or "audio" not in d:
+        raise ManifestError(f"{path}:{n}: each line needs 'id' and 'audio'")
+    known = {k: d.pop(k) for k in ("id", "audio", "text", "speaker") if k in d}
+    speaker = known.get("speaker")
+    speaker = sys.intern(speaker) if isinstance(speaker, str) else speaker
+    return Utterance(str(known["id"]), str(known["audio"]), known.get("text"), speaker, d)
 
 
 def write_manifest(path: str | os.PathLike[str], utts: Iterable[Utterance]) -> None:
@@ -281,51 +292,59 @@ class FeatureStore(Mapping[str, torch.Tensor]):
     DataLoader workers each open their own. Shapes come from the index (written since 0.2) or, for older
     folders, from the shard headers (read once, without the tensors)."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], max_open: int = 8) -> None:
+    def __init__(self, out_dir: str | os.PathLike[str], max_open: int = 32) -> None:
         self.dir, self.max_open = Path(out_dir), max_open
         self._shards: list[str] = []  # shard file names; items point into this list
-        self._where: dict[str, int] = {}
-        self._shape: dict[str, tuple[int, ...]] = {}
+        # per item, compactly (~120 bytes with its id): position, shard number, last dim, leading dims
+        self._pos: dict[str, int] = {}
+        self._shard_of = array("i")
+        self._last = array("q")
+        self._lead: list[tuple[int, ...]] = []  # interned: items of one kind share one tuple
         self._open: OrderedDict[int, Any] = OrderedDict()
+        leads: dict[tuple[int, ...], tuple[int, ...]] = {}
         shard_ids: dict[str, int] = {}
-        unknown: set[int] = set()
+        unknown: list[int] = []
         for p in sorted(self.dir.glob("index-r*.jsonl")):
             for r in _read_jsonl(p):
                 k = shard_ids.setdefault(r["shard"], len(shard_ids))
-                self._where[r["id"]] = k
-                if "shape" in r:
-                    self._shape[r["id"]] = tuple(r["shape"])
-                else:
-                    unknown.add(k)
+                shape = tuple(r.get("shape", (-1,)))
+                if "shape" not in r:
+                    unknown.append(len(self._last))
+                self._pos[r["id"]] = len(self._last)
+                self._shard_of.append(k)
+                self._last.append(shape[-1] if shape else 1)
+                self._lead.append(leads.setdefault(shape[:-1], shape[:-1]))
         self._shards = list(shard_ids)
-        for k in sorted(unknown):
-            f = self._handle(k)
-            for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
-                self._shape.setdefault(key, tuple(f.get_slice(key).get_shape()))
+        ids = list(self._pos)
+        for i in unknown:  # folders written before the index had shapes: read the shard headers
+            shape = tuple(self._handle(self._shard_of[i]).get_slice(ids[i]).get_shape())
+            self._last[i] = shape[-1] if shape else 1
+            self._lead[i] = leads.setdefault(shape[:-1], shape[:-1])
 
     def __getitem__(self, utt_id: str) -> torch.Tensor:
-        k = self._where[utt_id]
+        k = self._shard_of[self._pos[utt_id]]
         try:
             return self._handle(k).get_tensor(utt_id)  # type: ignore[no-any-return]
         except Exception as e:
             raise CheckpointError(f"{self.dir / self._shards[k]}: cannot read {utt_id!r}: {e}") from e
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._where)
+        return iter(self._pos)
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self._pos)
 
     def __contains__(self, utt_id: object) -> bool:
-        return utt_id in self._where
+        return utt_id in self._pos
 
     def shape(self, utt_id: str) -> tuple[int, ...]:
         """The stored tensor's shape, without reading it."""
-        return self._shape[utt_id]
+        i = self._pos[utt_id]
+        return (*self._lead[i], self._last[i])
 
     def length(self, utt_id: str) -> int:
         """Frames of an item (its last dimension), without reading it."""
-        return self._shape[utt_id][-1]
+        return self._last[self._pos[utt_id]]
 
     def _handle(self, k: int) -> Any:
         if k in self._open:
