@@ -82,6 +82,40 @@ def test_chunk_mode_is_causal_beyond_lookahead():
     assert not torch.allclose(f2.data[0, :, : 4 * r], p2.data[0, :, : 4 * r], atol=1e-4)
 
 
+@pytest.mark.parametrize("solver, cfg_rate", [("euler", 0.0), ("rk4", 0.7), ("midpoint", 0.7)])
+@pytest.mark.parametrize("prompt_len", [0, 6, 7])
+def test_streamed_chunks_equal_the_offline_chunked_latents(solver, cfg_rate, prompt_len):
+    """Issue 15: FlowStream computes only new chunks (cached keys/values) yet matches generate(chunked)."""
+    torch.manual_seed(0)
+    m = FlowModel(tiny_config()).eval()
+    for p in m.parameters():  # AdaLN-zero starts every block as identity: make the blocks do something
+        if not p.abs().sum():
+            p.data.normal_(0, 0.05)
+    c = m.config.model
+    tokens = torch.randint(0, c.vocab_size, (41,))
+    spk = SpeakerEmbedding(torch.randn(1, c.spk_dim))
+    prompt = None
+    if prompt_len:
+        prompt = FlowPrompt(
+            SpeechTokens.from_list([torch.randint(0, c.vocab_size, (prompt_len,))]),
+            Latents.from_list([torch.randn(c.latent_dim, prompt_len * c.ratio)]),
+        )
+    infer = FlowInferConfig(steps=4, solver=solver, cfg_rate=cfg_rate)
+    offline = m.generate(SpeechTokens.from_list([tokens]), spk, prompt, infer, seed=3, chunked=True)
+    stream = m.stream(spk, prompt, infer, seed=3)
+    pieces = [stream.advance(tokens[:n]) for n in (1, 5, 6, 13, 30, 38)]
+    pieces.append(stream.advance(tokens, last=True))
+    assert sum(p.shape[-1] for p in pieces[:2]) == 0 or prompt_len  # nothing final before a whole chunk
+    assert pieces[-1].shape[-1] > 0 and stream.done == len(tokens) + prompt_len
+    streamed = torch.cat(pieces, dim=-1)
+    assert streamed.shape == offline.unbatch()[0].shape
+    assert torch.allclose(streamed, offline.unbatch()[0], atol=1e-5)
+    unchunked = m.generate(SpeechTokens.from_list([tokens]), spk, prompt, infer, seed=3)
+    assert not torch.allclose(streamed, unchunked.unbatch()[0], atol=1e-3)  # the test can tell them apart
+    with pytest.raises(ValueError, match="fixed-step"):
+        m.stream(spk, prompt, FlowInferConfig(solver="dopri5"))
+
+
 def test_one_shot_prompt_is_cut_from_output():
     torch.manual_seed(0)
     m = FlowModel(tiny_config()).eval()

@@ -14,31 +14,63 @@ from torch import nn
 from .types import lengths_to_mask
 
 
-def chunk_attention_mask(valid: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
-    """(B, T) valid mask -> (B, T, T) bool attention mask (True = may attend).
+def chunk_attention_mask(valid: torch.Tensor, chunk_size: int | None, past: int = 0) -> torch.Tensor:
+    """(B, T) valid mask -> (B, T, past + T) bool attention mask (True = may attend).
 
     ``chunk_size=None``: full attention over valid frames. Otherwise frame i attends to frames j with
     ``j // chunk_size <= i // chunk_size`` (its own chunk and all earlier ones): outputs of a chunk never
     depend on later chunks, which is what streaming needs. Padded query rows attend to themselves so
-    softmax never sees an all-masked row.
+    softmax never sees an all-masked row. ``past``: frames before these, already computed and cached
+    (streaming; all valid, all in earlier chunks), which every frame may attend to; positions count from
+    the start of the past.
     """
     b, t = valid.shape
     allow = valid[:, None, :].expand(b, t, t)
     if chunk_size is not None:
-        idx = torch.arange(t, device=valid.device) // chunk_size
+        idx = (past + torch.arange(t, device=valid.device)) // chunk_size
         allow = allow & (idx[None, None, :] <= idx[None, :, None])
     eye = torch.eye(t, dtype=torch.bool, device=valid.device)[None]
-    return allow | (eye & ~valid[:, :, None])
+    mask = allow | (eye & ~valid[:, :, None])
+    if past:
+        mask = torch.cat([mask.new_ones(b, t, past), mask], dim=-1)
+    return mask
 
 
-def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Apply rotary position embedding. x: (B, H, T, Dh), Dh even."""
+def rotary(x: torch.Tensor, base: float = 10000.0, offset: int = 0) -> torch.Tensor:
+    """Apply rotary position embedding. x: (B, H, T, Dh), Dh even; positions start at ``offset``."""
     t, dh = x.shape[-2], x.shape[-1]
     inv = 1.0 / (base ** (torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh))
-    ang = torch.arange(t, device=x.device, dtype=torch.float32)[:, None] * inv[None]  # (T, Dh/2)
+    pos = torch.arange(offset, offset + t, device=x.device, dtype=torch.float32)
+    ang = pos[:, None] * inv[None]  # (T, Dh/2)
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class KVCache:
+    """Keys and values of the frames one attention layer has already seen (streaming). Stored in buffers
+    that double when full, so appending a chunk copies only the chunk (amortised), not the whole past."""
+
+    def __init__(self) -> None:
+        self._k: torch.Tensor | None = None  # (B, H, capacity, Dh)
+        self._v: torch.Tensor | None = None
+        self.length = 0
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's (B, H, T, Dh) keys / values; returns all of them, past first."""
+        end = self.length + k.shape[-2]
+        if self._k is None or self._v is None or end > self._k.shape[-2]:
+            cap = max(end, 2 * (self._k.shape[-2] if self._k is not None else 0), 64)
+            grown_k = k.new_empty(*k.shape[:-2], cap, k.shape[-1])
+            grown_v = v.new_empty(*v.shape[:-2], cap, v.shape[-1])
+            if self._k is not None and self._v is not None:
+                grown_k[..., : self.length, :] = self._k[..., : self.length, :]
+                grown_v[..., : self.length, :] = self._v[..., : self.length, :]
+            self._k, self._v = grown_k, grown_v
+        self._k[..., self.length : end, :] = k
+        self._v[..., self.length : end, :] = v
+        self.length = end
+        return self._k[..., :end, :], self._v[..., :end, :]
 
 
 class Attention(nn.Module):
@@ -50,10 +82,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, D), attn_mask: (B, T, T) bool -> (B, T, D)."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """x: (B, T, D), attn_mask: (B, T, past + T) bool -> (B, T, D). With a ``cache`` (streaming), x
+        continues the frames cached there: it attends to their keys and values too, and its own are
+        appended."""
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
-        q, k = rotary(q), rotary(k)
+        past = cache.length if cache is not None else 0
+        q, k = rotary(q, offset=past), rotary(k, offset=past)
+        if cache is not None:
+            k, v = cache.extend(k, v)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask[:, None], dropout_p=self.dropout if self.training else 0.0
         )
@@ -82,16 +119,21 @@ class TransformerBlock(nn.Module):
             nn.init.zeros_(self.ada[1].bias)  # type: ignore[index, union-attr, arg-type]
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor, cond: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, D), attn_mask: (B, T, T), cond: (B, cond_dim) -> (B, T, D)."""
+        """x: (B, T, D), attn_mask: (B, T, past + T), cond: (B, cond_dim) -> (B, T, D); ``cache``: see
+        :meth:`Attention.forward`."""
         if self.ada is None:
-            x = x + self.attn(self.norm1(x), attn_mask)
+            x = x + self.attn(self.norm1(x), attn_mask, cache)
             return x + self.ff(self.norm2(x))
         if cond is None:
             raise ValueError("this block is conditioned: pass cond")
         s1, b1, g1, s2, b2, g2 = self.ada(cond)[:, None].chunk(6, dim=-1)
-        x = x + g1 * self.attn(self.norm1(x) * (1 + s1) + b1, attn_mask)
+        x = x + g1 * self.attn(self.norm1(x) * (1 + s1) + b1, attn_mask, cache)
         return x + g2 * self.ff(self.norm2(x) * (1 + s2) + b2)
 
 

@@ -15,7 +15,7 @@ from mmspeech_core import (
     SpeechTokens,
     lengths_to_mask,
 )
-from mmspeech_core.nn import SpeakerEncoder, TransformerBlock, chunk_attention_mask, sinusoidal
+from mmspeech_core.nn import KVCache, SpeakerEncoder, TransformerBlock, chunk_attention_mask, sinusoidal
 from mmspeech_core.training import item_seeds
 from torch import nn
 
@@ -67,6 +67,52 @@ class TokenEncoder(nn.Module):
         mu = self.proj(self.norm(x)) * lat_valid[..., None]
         return mu.transpose(1, 2)  # (B, C, T)
 
+    def stream(self, tokens: torch.Tensor, n: int, state: EncoderState) -> torch.Tensor:
+        """The next ``n`` tokens of one chunk-causal stream -> their μ (B, C, n·ratio), continuing
+        ``state``. ``tokens`` (B, n + k): those n, then the k <= lookahead tokens after them that exist
+        (fewer only at the end of the utterance, where the offline pass pads with zeros too). Equal to
+        ``forward(..., chunked=True)`` on the whole sequence, frame for frame, if every call but the last
+        covers whole chunks."""
+        c, r = self.c, self.c.ratio
+        x = self.embed(tokens.clamp(0, c.vocab_size - 1))  # (B, n + k, D)
+        if self.lookahead is not None:
+            h = F.pad(x.transpose(1, 2), (0, n + c.lookahead - x.shape[1]))
+            x = x[:, :n] + F.leaky_relu(self.lookahead(h)).transpose(1, 2)
+        else:
+            x = x[:, :n]
+        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        mask = chunk_attention_mask(valid, c.chunk_size, past=state.pre[0].length)
+        for blk, cache in zip(self.pre, state.pre):
+            x = blk(x, mask, cache=cache)
+        x = x.repeat_interleave(r, dim=1).transpose(1, 2)  # (B, D, n·r)
+        tail = state.up_tail if state.up_tail is not None else x.new_zeros(x.shape[0], x.shape[1], 2 * r)
+        h = torch.cat([tail, x], dim=-1)
+        state.up_tail = h[..., -2 * r :]
+        x = (x + self.up_conv(h)).transpose(1, 2)
+        mask = chunk_attention_mask(
+            valid.repeat_interleave(r, 1), c.chunk_size * r, past=state.post[0].length
+        )
+        for blk, cache in zip(self.post, state.post):
+            x = blk(x, mask, cache=cache)
+        return self.proj(self.norm(x)).transpose(1, 2)
+
+
+@dataclass
+class EncoderState:
+    """What a streamed :class:`TokenEncoder` keeps between chunks."""
+
+    pre: list[KVCache]  # one per token-rate block
+    post: list[KVCache]  # one per latent-rate block
+    up_tail: torch.Tensor | None = (
+        None  # (B, D, 2·ratio) last upsampled frames: the causal conv's left context
+    )
+
+    @classmethod
+    def new(cls, c: FlowModelConfig) -> EncoderState:
+        return cls(
+            [KVCache() for _ in range(c.encoder_layers)], [KVCache() for _ in range(c.encoder_post_layers)]
+        )
+
 
 class Estimator(nn.Module):
     """DiT velocity estimator: (x_t, mu, prompt cond) per frame, (t, speaker) globally via AdaLN."""
@@ -98,13 +144,17 @@ class Estimator(nn.Module):
         spk: torch.Tensor,
         cond: torch.Tensor,
         chunked: bool,
+        caches: Sequence[KVCache] | None = None,
     ) -> torch.Tensor:
-        """x, mu, cond: (B, C, T); valid: (B, T) bool; t: (B,); spk: (B, spk_dim) -> velocity (B, C, T)."""
+        """x, mu, cond: (B, C, T); valid: (B, T) bool; t: (B,); spk: (B, spk_dim) -> velocity (B, C, T).
+        ``caches`` (streaming, chunked only): one per block, holding the earlier frames of this ODE
+        evaluation; x continues them."""
         h = self.inp(torch.cat([x, mu, cond], dim=1).transpose(1, 2))  # (B, T, D)
         g = self.time(sinusoidal(t, self.c.dim).to(h.dtype)) + self.spk(spk)
-        mask = chunk_attention_mask(valid, self.c.chunk_size * self.c.ratio if chunked else None)
-        for blk in self.blocks:
-            h = blk(h, mask, g)
+        past = caches[0].length if caches else 0
+        mask = chunk_attention_mask(valid, self.c.chunk_size * self.c.ratio if chunked else None, past)
+        for k, blk in enumerate(self.blocks):
+            h = blk(h, mask, g, caches[k] if caches else None)
         scale, shift = self.final_ada(g)[:, None].chunk(2, dim=-1)
         v = self.out(self.norm(h) * (1 + scale) + shift)
         return v.transpose(1, 2) * valid[:, None]
@@ -213,6 +263,16 @@ class FlowModel(nn.Module, PretrainedMixin):
         outs = [x[i, :, p : int(n) * r] for i, (p, n) in enumerate(zip(cond.prompt_frames, cond.lengths))]
         return Latents.from_list(outs, frame_rate=self.config.model.latent_rate)
 
+    def stream(
+        self,
+        speaker: SpeakerEmbedding,
+        prompt: FlowPrompt | None = None,
+        infer: FlowInferConfig | None = None,
+        seed: int | None = None,
+    ) -> FlowStream:
+        """Start a chunk-by-chunk generation of one utterance (see :class:`FlowStream`)."""
+        return FlowStream(self, speaker, prompt, infer or self.config.infer, seed)
+
     def _check_request(
         self, tokens: SpeechTokens, speaker: SpeakerEmbedding, prompt: FlowPrompt | None
     ) -> None:
@@ -257,14 +317,23 @@ class FlowModel(nn.Module, PretrainedMixin):
         return _Conditions(mu, cond, valid, speaker.vectors.to(dev, mu.dtype), lengths, prompt_frames)
 
     def _velocity(
-        self, cond: _Conditions, infer: FlowInferConfig, chunked: bool
+        self,
+        cond: _Conditions,
+        infer: FlowInferConfig,
+        chunked: bool,
+        caches: Callable[[], list[KVCache]] | None = None,
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """v(x, t) with classifier-free guidance: one estimator call on (cond, uncond) stacked on the batch
-        axis; the stacked constants are built once here, not at every ODE step."""
+        axis; the stacked constants are built once here, not at every ODE step. ``caches()`` (streaming)
+        gives the key/value caches of the evaluation about to run."""
+
+        def kv() -> list[KVCache] | None:
+            return caches() if caches is not None else None
+
         b, w = cond.mu.shape[0], infer.cfg_rate
         if w == 0:
             return lambda x, t: self.estimator(
-                x, cond.valid, cond.mu, t.expand(b), cond.spk, cond.cond, chunked
+                x, cond.valid, cond.mu, t.expand(b), cond.spk, cond.cond, chunked, kv()
             )
         valid2 = torch.cat([cond.valid, cond.valid])
         mu2 = torch.cat([cond.mu, torch.zeros_like(cond.mu)])
@@ -272,11 +341,86 @@ class FlowModel(nn.Module, PretrainedMixin):
         cond2 = torch.cat([cond.cond, torch.zeros_like(cond.cond)])
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            v = self.estimator(torch.cat([x, x]), valid2, mu2, t.expand(2 * b), spk2, cond2, chunked)
+            v = self.estimator(torch.cat([x, x]), valid2, mu2, t.expand(2 * b), spk2, cond2, chunked, kv())
             v_cond, v_uncond = v.chunk(2)
             return (1 + w) * v_cond - w * v_uncond
 
         return velocity
+
+
+class FlowStream:
+    """One utterance's latents, chunk by chunk, at a cost per chunk that does not grow with its position.
+
+    The chunk-causal model makes a chunk's frames depend only on tokens up to its end (plus the
+    lookahead); so each call runs the token encoder and the ODE over the new chunks alone, attending to
+    the keys and values earlier chunks left in the caches (the encoder's per block, the estimator's per
+    block and per ODE evaluation). The result equals ``generate(..., chunked=True)`` on the whole sequence
+    to float tolerance. Fixed-step solvers only (euler / midpoint / rk4): dopri5 picks its steps from the
+    whole sequence, which a stream never sees. Memory: the caches grow with the utterance
+    (evaluations × blocks × frames × width).
+    """
+
+    def __init__(
+        self,
+        model: FlowModel,
+        speaker: SpeakerEmbedding,
+        prompt: FlowPrompt | None,
+        infer: FlowInferConfig,
+        seed: int | None,
+    ) -> None:
+        if infer.solver == "dopri5":
+            raise ValueError("streaming needs a fixed-step solver (euler, midpoint, rk4), not dopri5")
+        if len(speaker) != 1 or (prompt is not None and len(prompt) != 1):
+            raise ValueError("a FlowStream generates one utterance: give one speaker vector (and prompt)")
+        c, dev = model.config.model, model.device
+        self.model, self.infer, self.seed = model, infer, seed
+        self.prefix = torch.zeros(0, dtype=torch.long, device=dev)
+        self.prompt_cond = torch.zeros(c.latent_dim, 0, device=dev)
+        if prompt is not None:
+            model._check_tokens(prompt.tokens)
+            pt, pl = prompt.tokens.unbatch()[0], prompt.latents.unbatch()[0]
+            n = min(len(pt), pl.shape[-1] // c.ratio)
+            self.prefix = pt[:n].to(dev)
+            self.prompt_cond = model.normalize(pl[None, :, : n * c.ratio].to(dev))[0]
+        self.spk = speaker.vectors.to(dev)
+        self.done = 0  # tokens (prompt included) whose frames are out
+        self.encoder = EncoderState.new(c)
+        self.estimator: list[list[KVCache]] = []  # per ODE evaluation, one cache per block
+
+    @torch.inference_mode()
+    def advance(self, tokens: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """``tokens``: all (N,) speech tokens of the utterance so far (without the prompt). Returns the
+        (C, frames) latents that became final since the previous call: whole chunks whose lookahead tokens
+        have arrived, or, with ``last``, everything left."""
+        c, m = self.model.config.model, self.model
+        full = torch.cat([self.prefix, tokens.to(self.prefix.device, torch.long)])
+        # whole chunks (counted from the prompt's start) whose lookahead has arrived; at the end, the rest
+        final = max(0, (len(full) - c.lookahead) // c.chunk_size * c.chunk_size)
+        end = len(full) if last else final
+        if end <= self.done:
+            return torch.zeros(c.latent_dim, 0, device=self.prefix.device)
+        start, r = self.done, c.ratio
+        m._check_tokens(SpeechTokens.from_list([full[start:end]], c.token_rate))
+        mu = m.encoder.stream(full[None, start : end + c.lookahead], end - start, self.encoder)
+        frames = (end - start) * r
+        cond = torch.zeros_like(mu)
+        prompt = self.prompt_cond[:, start * r : end * r]
+        cond[0, :, : prompt.shape[-1]] = prompt
+        valid = torch.ones(1, frames, dtype=torch.bool, device=mu.device)
+        conds = _Conditions(mu, cond, valid, self.spk.to(mu.dtype), torch.tensor([end]), [0])
+        evaluation = iter(range(1 << 30))
+
+        def caches() -> list[KVCache]:
+            k = next(evaluation)
+            if k == len(self.estimator):
+                self.estimator.append([KVCache() for _ in m.estimator.blocks])
+            return self.estimator[k]
+
+        noise = _noise(end * r, c.latent_dim, self.seed)[:, start * r :].to(mu)  # the offline noise, sliced
+        x = solve(m._velocity(conds, self.infer, True, caches), noise[None], self.infer)
+        self.done = end
+        keep = max(0, self.prompt_cond.shape[-1] - start * r)  # prompt frames are conditioned on, not output
+        return m.denormalize(x)[0, :, keep:]
 
 
 @dataclass

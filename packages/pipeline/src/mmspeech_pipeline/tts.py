@@ -30,7 +30,7 @@ from mmspeech_core.checkpoint import load_state_dict, save_state_dict
 from mmspeech_core.stages import SpeechTokenizerStage
 from mmspeech_core.training import default_device
 from mmspeech_flow.config import FlowInferConfig
-from mmspeech_flow.model import FlowModel
+from mmspeech_flow.model import FlowModel, FlowStream
 from mmspeech_llm.config import SamplingConfig
 from mmspeech_llm.model import SpeechLM
 from mmspeech_llm.text import TextError, TextTokenizer
@@ -283,6 +283,17 @@ class TTS:
         tokens = SpeechTokens.from_list([p.tokens for p in prompts], self.llm.config.model.token_rate)
         return LMPrompt([p.text for p in prompts], tokens)
 
+    def _flow_conditions(self, voices: list[Voice]) -> tuple[SpeakerEmbedding, FlowPrompt | None]:
+        spk = SpeakerEmbedding(torch.stack([v.flow_speaker for v in voices]))
+        prompts = [v.prompt for v in voices if v.prompt is not None]
+        if not prompts:
+            return spk, None
+        fm = self.flow.config.model
+        return spk, FlowPrompt(
+            SpeechTokens.from_list([p.tokens for p in prompts], fm.token_rate),
+            Latents.from_list([p.latents for p in prompts], fm.latent_rate),
+        )
+
     def _latents(
         self,
         tokens: SpeechTokens,
@@ -291,15 +302,7 @@ class TTS:
         seeds: list[int],
         chunked: bool = False,
     ) -> Latents:
-        spk = SpeakerEmbedding(torch.stack([v.flow_speaker for v in voices]))
-        prompts = [v.prompt for v in voices if v.prompt is not None]
-        prompt = None
-        if prompts:
-            fm = self.flow.config.model
-            prompt = FlowPrompt(
-                SpeechTokens.from_list([p.tokens for p in prompts], fm.token_rate),
-                Latents.from_list([p.latents for p in prompts], fm.latent_rate),
-            )
+        spk, prompt = self._flow_conditions(voices)
         return self.flow.generate(tokens, spk, prompt, infer=infer, seed=seeds, chunked=chunked)
 
     @torch.inference_mode()
@@ -437,10 +440,12 @@ class TTS:
         decode_context: int | None = None,
     ) -> Iterator[StreamChunk]:
         """Yield audio while the LM is still generating: every ``chunk_tokens`` (default the flow's chunk size)
-        final tokens, the flow re-runs in chunk-causal mode (earlier frames never change), and the VAE decodes
-        the new frames with ``decode_context`` frames of context on both sides (default: the decoder's
-        receptive field, so streamed audio equals the offline decode of the same latents); frames that
-        lack right context are held back until it arrives."""
+        final tokens, the flow computes the new chunks alone, continuing its cached state
+        (:class:`~mmspeech_flow.model.FlowStream`: a chunk costs the same at any position, and the latents
+        equal the offline chunk-causal ones), and the VAE decodes the new frames with ``decode_context``
+        frames of context on both sides (default: the decoder's receptive field, so streamed audio equals
+        the offline decode of the same latents); frames that lack right context are held back until it
+        arrives. The flow needs a fixed-step solver (euler / midpoint / rk4)."""
         t0 = time.perf_counter()
         sentences = split_sentences(text)
         index = 0
@@ -467,11 +472,11 @@ class TTS:
     ) -> Iterator[tuple[torch.Tensor, bool]]:
         """(audio, is_last) pieces of one sentence; the last piece may be empty."""
         fm = self.flow.config.model
+        spk_flow, prompt = self._flow_conditions([voice])
         state = _SentenceStream(
-            voice,
-            seed,
-            flow_infer,
+            self.flow.stream(spk_flow, prompt, flow_infer, seed),
             decode_context if decode_context is not None else self.vae.decoder_context,
+            torch.zeros(fm.latent_dim, 0, device=self.flow.device),
         )
         chunk = chunk_tokens or fm.chunk_size
         n_prompt = len(voice.prompt.tokens) if voice.prompt is not None else 0
@@ -496,16 +501,15 @@ class TTS:
     def _stream_audio(self, state: _SentenceStream, last: bool) -> torch.Tensor:
         """Audio of the frames that became final since the last call (those without enough right context
         are held back unless ``last``); advances ``state.emitted``."""
-        r, ctx = self.flow.config.model.ratio, state.decode_context
-        tokens = SpeechTokens.from_list([torch.tensor(state.tokens)], self.flow.config.model.token_rate)
-        lat = self._latents(tokens, [state.voice], state.flow_infer, [state.seed], chunked=True)
-        z = lat.unbatch()[0][:, : state.final_tokens * r]
+        ctx = state.decode_context
+        new = state.flow.advance(torch.tensor(state.tokens), last)
+        state.latents = z = torch.cat([state.latents, new.to(state.latents)], dim=-1)
         end = z.shape[-1] if last else max(state.emitted, z.shape[-1] - ctx)
         if end <= state.emitted:
             return torch.zeros(0)
         start = max(0, state.emitted - ctx)  # left context ...
         window = z[:, start : min(z.shape[-1], end + ctx)]  # ... and right context, cropped off below
-        wav = self.vae.decode(Latents.from_list([window], lat.frame_rate)).unbatch()[0]
+        wav = self.vae.decode(Latents.from_list([window], self.flow.config.model.latent_rate)).unbatch()[0]
         _check_finite([wav])
         hop = self.vae.hop
         state.emitted, emitted = end, state.emitted
@@ -536,10 +540,9 @@ class SentenceJob:
 class _SentenceStream:
     """Progress of one streamed sentence."""
 
-    voice: Voice
-    seed: int
-    flow_infer: FlowInferConfig | None
+    flow: FlowStream  # the flow's cached state: each chunk computed once
     decode_context: int  # latent frames of context on each side of a decoded window
+    latents: torch.Tensor  # (C, T) the final latent frames so far
     tokens: list[int] = field(default_factory=list)  # speech tokens generated so far
     final_tokens: int = 0  # tokens whose latent frames are final
     emitted: int = 0  # latent frames already sent as audio
