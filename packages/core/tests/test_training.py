@@ -217,3 +217,123 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     results = _torchrun(tmp_path, "nan", 6)
     for r in results:
         assert "non-finite loss at step 1 on rank(s) [1]" in r["error"]
+
+
+class Blocks(torch.nn.Module):
+    """Two transformer blocks and a head: what FSDP2 shards (per block) and gathers (the rest)."""
+
+    def __init__(self):
+        super().__init__()
+        from mmspeech_core.nn import TransformerBlock
+
+        torch.manual_seed(0)
+        self.inp = torch.nn.Linear(4, 16)
+        self.blocks = torch.nn.ModuleList([TransformerBlock(16, 2) for _ in range(2)])
+        self.head = torch.nn.Linear(16, 1)
+
+    def training_loss(self, batch):
+        x = self.inp(batch)
+        mask = torch.ones(x.shape[0], x.shape[1], x.shape[1], dtype=torch.bool)
+        for blk in self.blocks:
+            x = blk(x, mask)
+        return {"loss": (self.head(x) - batch.sum(-1, keepdim=True)).pow(2).mean()}
+
+    def save_pretrained(self, d, state_dict=None):
+        from mmspeech_core.checkpoint import save_state_dict
+
+        save_state_dict(state_dict if state_dict is not None else self.state_dict(), d / "model.safetensors")
+
+
+def _blocks_data(n=8):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(2, 5, 4, generator=g) for _ in range(n)]
+
+
+_FSDP_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    sys.path.insert(0, {tests!r})
+    from test_training import Blocks, _blocks_data, fast_train_config
+    from mmspeech_core.training import Trainer, init_distributed
+
+    out, steps, world = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    info = init_distributed("cpu")
+    data = _blocks_data()
+    mine = data[info.rank :: info.world_size]
+    cfg = fast_train_config(steps, save_every=2, parallel="fsdp", grad_accum=2, activation_checkpointing=True)
+    trainer = Trainer(Blocks(), cfg, out, info)
+    trainer.fit(mine)
+    with torch.no_grad():
+        loss = float(trainer.loss_module(data[0])["loss"])  # a collective forward on every rank
+    with open(f"{{out}}/fsdp-{{steps}}-w{{world}}-r{{info.rank}}.json", "w") as f:
+        json.dump({{"loss": loss, "step": trainer.step}}, f)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    """
+)
+
+
+def _torchrun_fsdp(tmp_path, steps: int, world: int) -> list[dict]:
+    script = tmp_path / "fsdp_worker.py"
+    script.write_text(_FSDP_WORKER.format(tests=str(Path(__file__).parent)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(world),
+        "--master_port",
+        str(port),
+    ]
+    r = subprocess.run(
+        [*cmd, str(script), str(tmp_path / "run"), str(steps), str(world)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [
+        json.loads((tmp_path / "run" / f"fsdp-{steps}-w{world}-r{k}.json").read_text()) for k in range(world)
+    ]
+
+
+def test_fsdp_two_ranks_save_full_weights_that_load_on_one_and_resume_on_one(tmp_path):
+    """Issue 14: FSDP2 on two gloo ranks (grad accumulation, activation checkpointing); the checkpoint is a
+    full state dict: one process loads it with the same outputs, and the run resumes on one rank."""
+    from mmspeech_core.checkpoint import load_state_dict
+
+    two = _torchrun_fsdp(tmp_path, 4, 2)
+    assert two[0]["loss"] == pytest.approx(two[1]["loss"]) and two[0]["step"] == 4
+    weights = load_state_dict(tmp_path / "run" / "checkpoint-00000004" / "model.safetensors")
+    single = Blocks()
+    assert set(weights) == set(single.state_dict())  # plain names, no FSDP or wrapper prefixes
+    single.load_state_dict(weights)
+    with torch.no_grad():
+        assert float(single.training_loss(_blocks_data()[0])["loss"]) == pytest.approx(
+            two[0]["loss"], rel=1e-5
+        )
+    assert not torch.equal(weights["head.weight"], Blocks().state_dict()["head.weight"])  # it trained
+    one = _torchrun_fsdp(tmp_path, 6, 1)  # resumed at step 4 on one rank, two more steps
+    assert one[0]["step"] == 6
+    assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-00000006"
+
+
+def test_fsdp_on_one_process_without_torchrun_and_ddp_checkpoints_are_refused(tmp_path):
+    from mmspeech_core import CheckpointError
+
+    try:
+        cfg = fast_train_config(2, parallel="fsdp")
+        trainer = Trainer(Blocks(), cfg, tmp_path / "f")
+        trainer.fit(_blocks_data(4))
+        assert (tmp_path / "f" / "checkpoint-00000002" / "model.safetensors").is_file()
+        Trainer(Blocks(), fast_train_config(2), tmp_path / "d").fit(_blocks_data(4))
+        with pytest.raises(CheckpointError, match="parallel='ddp'"):
+            Trainer(Blocks(), fast_train_config(3, parallel="fsdp"), tmp_path / "d").fit(_blocks_data(4))
+    finally:  # the single-rank group FSDP made must not outlive the test
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -353,3 +353,28 @@ def test_topk_sampling_draws_what_sorting_the_vocabulary_drew():
             empty = torch.full((b, 0), -1)
             fast = sample_step(logits, empty, u, torch.rand(b, generator=g), cfg, 6561)
             assert torch.equal(fast, _sort_based_nucleus(logits, u, cfg, 6561))
+
+
+def test_fsdp_on_one_process_trains_the_lm_and_saves_plain_weights(tmp_path):
+    """Issue 14: the LM under FSDP2 (Qwen2 decoder layers and speaker blocks as units, activation
+    checkpointing) learns like under DDP and saves weights that load without FSDP."""
+    torch.manual_seed(0)
+    utts, tokens = _corpus(tmp_path)
+    tok = TextTokenizer.train_bpe([u.text for u in utts], vocab_size=280, min_frequency=1)
+    cfg = tiny_config(text_vocab=tok.vocab_size)
+    cfg = dataclasses.replace(
+        cfg,
+        layout=dataclasses.replace(cfg.layout, bistream_prob=0.0),
+        train=fast_train_config(
+            30, 3e-3, warmup_steps=5, max_frames=10_000, parallel="fsdp", activation_checkpointing=True
+        ),
+    )
+    ds = LLMDataset(utts, tokens, tok, cfg)
+    try:
+        _, hist = train(cfg, ds, tmp_path / "run", device="cpu", val_dataset=ds)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert hist[-1]["loss"] < 0.7 * hist[0]["loss"] and "val/loss" in hist[-1]
+    re = SpeechLM.from_pretrained(tmp_path / "run" / "checkpoint-00000030")
+    assert set(re.state_dict()) == set(SpeechLM(cfg).state_dict())

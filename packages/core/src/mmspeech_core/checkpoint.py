@@ -205,13 +205,17 @@ class PretrainedMixin:
     # meta.json so a bundle can refuse parts from another training run
     trained_with: Mapping[str, str] = MappingProxyType({})  # replaced, never mutated
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(
+        self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> Path:
+        """``state_dict``: the weights to write instead of ``self.state_dict()`` (e.g. gathered from FSDP
+        shards)."""
         assert isinstance(self, torch.nn.Module)
         return save_pretrained_dir(
             directory,
             self.checkpoint_kind,
             self.config,
-            self.state_dict(),
+            state_dict if state_dict is not None else self.state_dict(),
             self.package_version,
             dict(self.trained_with),
         )

@@ -54,6 +54,11 @@ class TrainConfig:
     max_frames: int = 20_000  # dynamic batching: padded frames per batch per GPU
     max_batch: int = 64
     ddp_find_unused: bool = False  # True only for models that skip parameters on some steps (slower)
+    # "fsdp": FSDP2 under torchrun (each transformer block its own unit; bf16 compute with amp "bf16");
+    # checkpoints are full state dicts either way, so they load on any number of ranks
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    grad_accum: int = 1  # batches per optimiser step (the effective batch is grad_accum × max_frames × ranks)
 
 
 def fast_train_config(steps: int, lr: float, **overrides: Any) -> TrainConfig:
@@ -311,7 +316,19 @@ class Trainer:
         self.out = Path(out_dir)
         self.model = model.to(self.dist.device)
         self.loss_module: nn.Module = _LossModule(self.model)
-        if self.dist.world_size > 1:
+        if cfg.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {cfg.grad_accum}")
+        self.fsdp = cfg.parallel == "fsdp"
+        if self.fsdp:
+            from .parallel import shard
+
+            shard(self.loss_module, self.model, cfg.amp, self.dist.device, cfg.activation_checkpointing)
+        elif cfg.activation_checkpointing:
+            from .parallel import checkpoint_activations, transformer_blocks
+
+            for block in transformer_blocks(self.model):
+                checkpoint_activations(block)
+        if self.dist.world_size > 1 and not self.fsdp:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.loss_module = nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=ids, find_unused_parameters=cfg.ddp_find_unused
@@ -343,14 +360,22 @@ class Trainer:
         d = self.out / f"checkpoint-{self.step:08d}"
         atomic_torch_save(_rng_state(), d / f"rng-r{self.dist.rank}.pt")
         self._barrier()
+        weights = optimizer = None
+        if self.fsdp:  # gathering the shards is a collective: every rank takes part, rank 0 writes
+            from .parallel import full_model_state, full_optimizer_state
+
+            weights = full_model_state(self.model)
+            optimizer = {"full": full_optimizer_state(self.model, self.optimizer)}
         if self.dist.is_main:
-            self.model.save_pretrained(d)  # type: ignore[operator]
+            extra = {"state_dict": weights} if weights is not None else {}
+            self.model.save_pretrained(d, **extra)  # type: ignore[operator]
             state = {
                 "step": self.step,
                 "epoch": self.position.epoch,
                 "batch": self.position.batch,
                 "world_size": self.dist.world_size,
-                "optimizer": self.optimizer.state_dict(),
+                "parallel": self.cfg.parallel,
+                "optimizer": optimizer if optimizer is not None else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 **self.extra_state(),
@@ -403,14 +428,28 @@ class Trainer:
         return None
 
     def resume(self, directory: Path) -> None:
-        self.model.load_state_dict(load_state_dict(directory / "model.safetensors", self.dist.device))
         try:
             state = torch.load(
-                directory / "train_state.pt", map_location=self.dist.device, weights_only=False
+                directory / "train_state.pt",
+                map_location="cpu" if self.fsdp else self.dist.device,
+                weights_only=False,
             )
         except Exception as e:
             raise CheckpointError(f"cannot read training state in {directory}: {e}") from e
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("parallel", "ddp") != self.cfg.parallel:
+            raise CheckpointError(
+                f"{directory} was trained with parallel={state.get('parallel', 'ddp')!r}, this run uses "
+                f"{self.cfg.parallel!r}: its optimiser state does not carry over (start a new run with "
+                "--init-from to keep the weights)"
+            )
+        if self.fsdp:
+            from .parallel import load_full_state
+
+            weights = load_state_dict(directory / "model.safetensors", "cpu")
+            load_full_state(self.model, self.optimizer, weights, state["optimizer"]["full"])
+        else:
+            self.model.load_state_dict(load_state_dict(directory / "model.safetensors", self.dist.device))
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state)
@@ -453,30 +492,54 @@ class Trainer:
         with autocast(self.dist.device, self.cfg.amp):
             return self.loss_module(batch)  # type: ignore[no-any-return]
 
-    def train_step(self, batch: Any) -> dict[str, float]:
+    def train_step(self, batch: Any, *more: Any) -> dict[str, float]:
+        """One optimiser step over ``batch`` (and, with gradient accumulation, the ``more`` batches after
+        it): gradients are averaged over them and synchronised across ranks once, after the last."""
         self.loss_module.train()
-        losses = self.compute_losses(move_to(batch, self.dist.device))
-        loss = losses["loss"]
-        assert isinstance(loss, torch.Tensor)
-        self.check_finite(loss)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        batches = (batch, *more)
+        sums: dict[str, float] = {}
+        for k, b in enumerate(batches):
+            with self._gradient_sync(k == len(batches) - 1):
+                losses = self.compute_losses(move_to(b, self.dist.device))
+                loss = losses["loss"]
+                assert isinstance(loss, torch.Tensor)
+                self.check_finite(loss)
+                self.scaler.scale(loss / len(batches)).backward()
+            for name, v in losses.items():
+                sums[name] = sums.get(name, 0.0) + (
+                    float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                )
         self.scaler.unscale_(self.optimizer)
         gnorm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if hasattr(gnorm, "full_tensor"):  # FSDP2: the norm is a DTensor
+            gnorm = gnorm.full_tensor()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        out = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in losses.items()}
+        out = {k: v / len(batches) for k, v in sums.items()}
         out["grad_norm"] = float(gnorm)
         out["lr"] = float(self.scheduler.get_last_lr()[0])
         return out
 
+    def _gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        """Accumulating micro-batches skip the gradient all-reduce / reduce-scatter until the last."""
+        if self.dist.world_size == 1 or sync:
+            if self.fsdp:
+                self.loss_module.set_requires_gradient_sync(True)  # type: ignore[operator]
+            return contextlib.nullcontext()
+        if self.fsdp:
+            self.loss_module.set_requires_gradient_sync(False)  # type: ignore[operator]
+            return contextlib.nullcontext()
+        return self.loss_module.no_sync()  # type: ignore[operator]
+
     # ---- validation ---------------------------------------------------------------------------------
     def val_step(self, batch: Any) -> dict[str, float]:
-        """Metrics of one validation batch (subclasses may report other things than the training loss)."""
-        with autocast(self.dist.device, self.cfg.amp):
-            return {k: float(v) for k, v in self.model.training_loss(batch).items()}  # type: ignore[operator]
+        """Metrics of one validation batch (subclasses may report other things than the training loss).
+        Through the root module: under FSDP its forward gathers the parameters outside the blocks."""
+        with autocast(self.dist.device, self.cfg.amp), torch.no_grad():
+            return {k: float(v) for k, v in self.loss_module(batch).items()}
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
@@ -487,13 +550,21 @@ class Trainer:
         totals: dict[str, float] = {}
         n = 0
         with torch.random.fork_rng(devices=[self.dist.device] if self.dist.device.type == "cuda" else []):
+            last = None
             for k, batch in enumerate(loader):
                 if k % self.dist.world_size != self.dist.rank:
                     continue
                 torch.manual_seed(self.cfg.seed + k)
-                for name, v in self.val_step(move_to(batch, self.dist.device)).items():
+                last = move_to(batch, self.dist.device)
+                for name, v in self.val_step(last).items():
                     totals[name] = totals.get(name, 0.0) + v
                 n += 1
+            if self.fsdp:  # every forward is a collective: ranks with fewer batches run extra, discarded ones
+                counts = torch.tensor([n], device=self.dist.device)
+                dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+                for _ in range(int(counts) - n):
+                    if last is not None:
+                        self.val_step(last)
         self.model.train()
         if self.dist.world_size > 1:
             parts: list[Any] = [None] * self.dist.world_size
@@ -522,8 +593,11 @@ class Trainer:
         it = infinite(loader, set_epoch, self.position, self.cfg.seed)
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=not self.dist.is_main)
         while self.step < self.cfg.max_steps:
-            self.position, batch = next(it)
-            metrics = self.train_step(batch)
+            batches = []
+            for _ in range(self.cfg.grad_accum):
+                self.position, batch = next(it)
+                batches.append(batch)
+            metrics = self.train_step(*batches)
             history.append(metrics)
             bar.update(1)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:

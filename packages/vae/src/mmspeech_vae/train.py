@@ -22,6 +22,9 @@ class VAETrainer(Trainer):
     def __init__(
         self, model: DACVAE, cfg: VAEConfig, out_dir: str | Path, dist_info: DistInfo | None = None
     ) -> None:
+        if cfg.train.parallel != "ddp" or cfg.train.grad_accum != 1:
+            # the discriminator steps inside compute_losses, once per batch, beside its own DDP wrapper
+            raise ValueError("VAE training supports parallel 'ddp' with grad_accum 1 only")
         super().__init__(model, cfg.train, out_dir, dist_info)
         self.vcfg = cfg
         self.losses = VAELosses(cfg.loss, cfg.model.sample_rate).to(self.dist.device)
