@@ -468,3 +468,30 @@ def test_error_rate_ignores_case_and_punctuation_like_seed_tts_eval():
     assert error_rate("你好，世界。", "你好世界", unit="char", lang="zh") == 0.0
     with pytest.raises(ValueError, match="nothing to score"):
         error_rate("?!", "hello")
+
+
+def test_long_form_continuation_prompts_each_sentence_with_the_one_before(tts):
+    """Issue 15: 'continue' conditions sentence k on sentence k-1 (its text, tokens and latents); the first
+    sentence is the independent one, and the result is batch invariant."""
+    voice = tts.make_voice(REF)
+    para = "hello there. good morning to you. how are you today?"
+    ind = tts.synthesize(para, voice=voice, seed=4)
+    cont = tts.synthesize(para, voice=voice, seed=4, long_form="continue")
+    first = tts.synthesize("hello there.", voice=voice, seed=4).audio.shape[-1]
+    # sentence 1 has no predecessor (equal up to batching's float noise); the later ones heard it
+    assert torch.allclose(cont.audio[..., :first], ind.audio[..., :first], atol=1e-5)
+    assert cont.audio.shape != ind.audio.shape or not torch.allclose(cont.audio, ind.audio, atol=1e-3)
+    # by hand: sentence 2 is one-shot with sentence 1 as the prompt
+    jobs = tts.plan([para], [voice], 4)
+    ((w1, p1),) = tts._run_sentences(jobs[:1], None, None)
+    j2 = dataclasses.replace(jobs[1], voice=dataclasses.replace(voice, prompt=p1))
+    ((w2, _),) = tts._run_sentences([j2], None, None)
+    pause = len(tts.pause())
+    assert torch.allclose(cont.audio[0, first + pause : first + pause + len(w2)], w2, atol=1e-5)
+    both = tts.synthesize_batch(
+        [para, "good morning to you. fine."], [voice, voice], seed=[4, 9], long_form="continue"
+    )
+    a, b = both.unbatch()[0], cont.unbatch()[0]
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="long_form"):
+        tts.synthesize(para, voice=voice, long_form="chained")

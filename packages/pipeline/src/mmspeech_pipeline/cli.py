@@ -95,7 +95,9 @@ def _synthesize(args: argparse.Namespace) -> int:
     _check_audio_output(args)
     text = args.text if args.text is not None else Path(args.text_file).read_text(encoding="utf-8")
     tts, voice = _tts_and_voice(args)
-    wav = tts.synthesize_batch([text], [voice], seed=args.seed, max_chars=args.max_chars)
+    wav = tts.synthesize_batch(
+        [text], [voice], seed=args.seed, max_chars=args.max_chars, long_form=args.long_form
+    )
     save_audio(args.out, wav)
     print(f"{float(wav.durations()[0]):.2f} s at {wav.sample_rate} Hz -> {args.out}")
     return 0
@@ -227,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text", help="text to speak (long text is split at sentences)")
     g.add_argument("--text-file", help="UTF-8 file holding the text to speak")
     sp.add_argument("--max-chars", type=int, default=100_000, help="refuse a longer text")
+    sp.add_argument(
+        "--long-form",
+        choices=["independent", "continue"],
+        default="independent",
+        help="continue: each sentence is prompted with the one before it (steadier timbre and rate, slower)",
+    )
     _output_args(sp, "output audio: .wav, .flac, .ogg or .mp3")
     sp = add_command(sub, "stream", "synthesise while generating; prints each chunk's arrival time", _stream)
     _voice_args(sp)

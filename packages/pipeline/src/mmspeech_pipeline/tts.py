@@ -318,6 +318,7 @@ class TTS:
         max_batch_sentences: int = 16,
         max_chars: int | None = None,
         progress: bool | None = None,
+        long_form: str = "independent",
     ) -> Waveform:
         """Many texts, one voice each. The texts' sentences run through the stages in batches of at most
         ``max_batch_sentences`` (memory stays bounded however long the text); item i's result does not
@@ -325,9 +326,19 @@ class TTS:
 
         ``seed``: one per text, or an int (text i then uses ``seed + 1000·i``); sentence k of a text adds k.
         ``max_chars``: refuse a text longer than this (``TextError``). ``progress``: a progress bar (default:
-        when there is more than one batch).
+        when there is more than one batch). ``long_form``: ``"independent"`` sentences, or ``"continue"``:
+        each sentence after the first is a continuation of the one before it (that sentence's text, speech
+        tokens and latents are its one-shot prompt; the speaker vectors stay the voice's), so timbre and
+        speaking rate carry over. The window is one sentence (at most ``max_sentence_chars``); sentences of a
+        text then run one after another (sentence k of every text in one batch).
         """
         jobs = self.plan(texts, voices, seed, max_sentence_chars, max_chars)
+        if long_form == "continue":
+            return self._join(
+                len(texts), jobs, self._continued(jobs, sampling, flow_infer, progress), pause_s
+            )
+        if long_form != "independent":
+            raise ValueError(f"long_form must be 'independent' or 'continue', got {long_form!r}")
         batches = [jobs[k : k + max_batch_sentences] for k in range(0, len(jobs), max_batch_sentences)]
         show = progress if progress is not None else len(batches) > 1
         wavs: list[torch.Tensor] = []
@@ -376,6 +387,12 @@ class TTS:
         """One batch of planned sentences (from any texts, one voice mode) through the LM, the flow and the
         VAE -> one (T,) waveform per sentence, on the CPU. A server schedules sentences itself with this and
         :meth:`plan`, so short requests need not wait behind long ones."""
+        return [w for w, _ in self._run_sentences(jobs, sampling, flow_infer)]
+
+    def _run_sentences(
+        self, jobs: Sequence[SentenceJob], sampling: SamplingConfig | None, flow_infer: FlowInferConfig | None
+    ) -> list[tuple[torch.Tensor, VoicePrompt]]:
+        """Each sentence's (T,) waveform on the CPU and its own (text, tokens, latents) as a prompt."""
         if len({j.voice.one_shot for j in jobs}) > 1:
             raise ValueError("mix of one-shot and zero-shot voices in one batch: synthesise them separately")
         voices, seeds = [j.voice for j in jobs], [j.seed for j in jobs]
@@ -383,9 +400,48 @@ class TTS:
         empty = [j.sentence for j, n in zip(jobs, tokens.lengths.tolist()) if n == 0]
         if empty:
             raise RuntimeError(f"the LM produced no speech for sentence(s) {empty}")
-        wavs = self.vae.decode(self._latents(tokens, voices, flow_infer, seeds)).unbatch()
+        latents = self._latents(tokens, voices, flow_infer, seeds)
+        wavs = self.vae.decode(latents).unbatch()
         _check_finite(wavs)
-        return [w.cpu() for w in wavs]
+        prompts = [
+            VoicePrompt(j.ids.cpu(), t.cpu(), z.cpu())
+            for j, t, z in zip(jobs, tokens.unbatch(), latents.unbatch())
+        ]
+        return [(w.cpu(), p) for w, p in zip(wavs, prompts)]
+
+    def _continued(
+        self,
+        jobs: list[SentenceJob],
+        sampling: SamplingConfig | None,
+        flow_infer: FlowInferConfig | None,
+        progress: bool | None,
+    ) -> list[torch.Tensor]:
+        """Round k synthesises sentence k of every text, each prompted with its text's sentence k-1."""
+        by_text: dict[int, list[int]] = {}
+        for n, j in enumerate(jobs):
+            by_text.setdefault(j.text_index, []).append(n)
+        wavs: list[torch.Tensor] = [torch.zeros(0)] * len(jobs)
+        previous: dict[int, VoicePrompt] = {}
+        rounds = max(len(v) for v in by_text.values())
+        with tqdm(total=len(jobs), desc="synthesise", unit="sentence", disable=not progress) as bar:
+            for k in range(rounds):
+                todo = [ns[k] for ns in by_text.values() if k < len(ns)]
+                batch = [
+                    dataclasses.replace(j, voice=dataclasses.replace(j.voice, prompt=previous[j.text_index]))
+                    if j.text_index in previous
+                    else j
+                    for j in (jobs[n] for n in todo)
+                ]
+                for mode in (False, True):  # round 0 may mix zero- and one-shot voices
+                    part = [(n, j) for n, j in zip(todo, batch) if j.voice.one_shot == mode]
+                    if not part:
+                        continue
+                    for (n, j), (w, p) in zip(
+                        part, self._run_sentences([j for _, j in part], sampling, flow_infer)
+                    ):
+                        wavs[n], previous[j.text_index] = w, p
+                bar.update(len(todo))
+        return wavs
 
     def pause(self, seconds: float = PAUSE_S) -> torch.Tensor:
         """(T,) silence put between a text's sentences."""
