@@ -3,6 +3,7 @@ chunk-aware attention masks, a masked learnable speaker encoder, and a log-mel f
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -38,13 +39,22 @@ def chunk_attention_mask(valid: torch.Tensor, chunk_size: int | None, past: int 
 
 def rotary(x: torch.Tensor, base: float = 10000.0, offset: int = 0) -> torch.Tensor:
     """Apply rotary position embedding. x: (B, H, T, Dh), Dh even; positions start at ``offset``."""
-    t, dh = x.shape[-2], x.shape[-1]
-    inv = 1.0 / (base ** (torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh))
-    pos = torch.arange(offset, offset + t, device=x.device, dtype=torch.float32)
-    ang = pos[:, None] * inv[None]  # (T, Dh/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    cos, sin = _rotary_table(x.shape[-2], x.shape[-1], offset, base, x.device, x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+@functools.lru_cache(maxsize=64)
+def _rotary_table(
+    t: int, dh: int, offset: int, base: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, Dh/2) cos and sin, built once per shape: every layer and every ODE step of a call reuses them.
+    Made outside inference mode, so a table first built while generating also serves training."""
+    with torch.inference_mode(False):
+        inv = 1.0 / (base ** (torch.arange(0, dh, 2, device=device, dtype=torch.float32) / dh))
+        pos = torch.arange(offset, offset + t, device=device, dtype=torch.float32)
+        ang = pos[:, None] * inv[None]
+        return ang.cos().to(dtype), ang.sin().to(dtype)
 
 
 class KVCache:

@@ -135,6 +135,10 @@ class Estimator(nn.Module):
         nn.init.zeros_(self.final_ada[1].weight)  # type: ignore[index, union-attr, arg-type]
         nn.init.zeros_(self.final_ada[1].bias)  # type: ignore[index, union-attr, arg-type]
 
+    def attention_mask(self, valid: torch.Tensor, chunked: bool, past: int = 0) -> torch.Tensor:
+        """(B, T, past + T): the same for every ODE evaluation of a call, so callers build it once."""
+        return chunk_attention_mask(valid, self.c.chunk_size * self.c.ratio if chunked else None, past)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -145,14 +149,15 @@ class Estimator(nn.Module):
         cond: torch.Tensor,
         chunked: bool,
         caches: Sequence[KVCache] | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x, mu, cond: (B, C, T); valid: (B, T) bool; t: (B,); spk: (B, spk_dim) -> velocity (B, C, T).
         ``caches`` (streaming, chunked only): one per block, holding the earlier frames of this ODE
-        evaluation; x continues them."""
+        evaluation; x continues them. ``mask``: :meth:`attention_mask` of these, when the caller keeps it."""
         h = self.inp(torch.cat([x, mu, cond], dim=1).transpose(1, 2))  # (B, T, D)
         g = self.time(sinusoidal(t, self.c.dim).to(h.dtype)) + self.spk(spk)
-        past = caches[0].length if caches else 0
-        mask = chunk_attention_mask(valid, self.c.chunk_size * self.c.ratio if chunked else None, past)
+        if mask is None:
+            mask = self.attention_mask(valid, chunked, caches[0].length if caches else 0)
         for k, blk in enumerate(self.blocks):
             h = blk(h, mask, g, caches[k] if caches else None)
         scale, shift = self.final_ada(g)[:, None].chunk(2, dim=-1)
@@ -326,22 +331,30 @@ class FlowModel(nn.Module, PretrainedMixin):
         """v(x, t) with classifier-free guidance: one estimator call on (cond, uncond) stacked on the batch
         axis; the stacked constants are built once here, not at every ODE step. ``caches()`` (streaming)
         gives the key/value caches of the evaluation about to run."""
-
-        def kv() -> list[KVCache] | None:
-            return caches() if caches is not None else None
-
         b, w = cond.mu.shape[0], infer.cfg_rate
+        valid = cond.valid if w == 0 else torch.cat([cond.valid, cond.valid])
+        masks: list[torch.Tensor] = []  # every evaluation of this solve has the same mask: build it once
+
+        def kv_and_mask() -> tuple[list[KVCache] | None, torch.Tensor]:
+            kv = caches() if caches is not None else None
+            if not masks:
+                masks.append(self.estimator.attention_mask(valid, chunked, kv[0].length if kv else 0))
+            return kv, masks[0]
+
         if w == 0:
-            return lambda x, t: self.estimator(
-                x, cond.valid, cond.mu, t.expand(b), cond.spk, cond.cond, chunked, kv()
-            )
-        valid2 = torch.cat([cond.valid, cond.valid])
+
+            def plain(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                kv, mask = kv_and_mask()
+                return self.estimator(x, valid, cond.mu, t.expand(b), cond.spk, cond.cond, chunked, kv, mask)
+
+            return plain
         mu2 = torch.cat([cond.mu, torch.zeros_like(cond.mu)])
         spk2 = torch.cat([cond.spk, torch.zeros_like(cond.spk)])
         cond2 = torch.cat([cond.cond, torch.zeros_like(cond.cond)])
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            v = self.estimator(torch.cat([x, x]), valid2, mu2, t.expand(2 * b), spk2, cond2, chunked, kv())
+            kv, mask = kv_and_mask()
+            v = self.estimator(torch.cat([x, x]), valid, mu2, t.expand(2 * b), spk2, cond2, chunked, kv, mask)
             v_cond, v_uncond = v.chunk(2)
             return (1 + w) * v_cond - w * v_uncond
 
