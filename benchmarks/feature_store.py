@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -81,20 +80,22 @@ def child(corpus: Path, batches: int, workers: int, eager: bool, train: bool, ma
     loader = make_loader(ds, cfg)
     model = FlowModel(cfg) if train else None
     opt = torch.optim.AdamW(model.parameters(), 1e-3) if model is not None else None
-    seen, t0 = 0, time.perf_counter()
-    for batch in loader:
+    seen, t0, worker_peak = 0, time.perf_counter(), 0.0
+    it = iter(loader)
+    for batch in it:
         if model is not None and opt is not None:
             loss = model.training_loss(move_to(batch, torch.device("cpu")))["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()
         seen += 1
+        for w in getattr(it, "_workers", []):  # sampled while they live (an epoch's end stops them)
+            worker_peak = max(worker_peak, peak_rss_mb(w.pid))
         if seen == batches:
             break
     wall = time.perf_counter() - t0
-    del loader  # workers exit: their peak is in RUSAGE_CHILDREN
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    # VmHWM (peak RSS of this process image; getrusage's maxrss would include the forking parent's)
+    me, kids = peak_rss_mb("self"), worker_peak
     print(
         json.dumps(
             {"rss_mb": me, "worker_rss_mb": kids, "batches": seen, "per_s": seen / wall, "items": len(ds)}
@@ -102,17 +103,22 @@ def child(corpus: Path, batches: int, workers: int, eager: bool, train: bool, ma
     )
 
 
-def measure(corpus: Path, batches: int, workers: int, eager: bool = False, train: bool = False) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        str(corpus),
-        "--batches",
-        str(batches),
-        "--workers",
-        str(workers),
-    ]
+def peak_rss_mb(pid: int | str) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # gone
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(
+    corpus: Path, batches: int, workers: int, max_open: int, eager: bool = False, train: bool = False
+) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(corpus), "--batches", str(batches)]
+    cmd += ["--workers", str(workers), "--max-open", str(max_open)]
     cmd += ["--eager"] * eager + ["--train"] * train
     r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -123,7 +129,7 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--batches", type=int, default=200)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--max-open", type=int, default=8, help="FeatureStore: shards kept open per process")
+    p.add_argument("--max-open", type=int, default=32, help="FeatureStore: shards kept open per process")
     p.add_argument("--root", default=None, help="where corpora are written (default: a temp folder; reused)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)

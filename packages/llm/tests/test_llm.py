@@ -267,17 +267,23 @@ def test_dataset_uses_other_utterance_as_reference(tmp_path):
         assert len(ref) == 4800 + 800 * ((k + 2) % 4)
 
 
-def test_overfit_tiny_batch_and_checkpoint(tmp_path):
+def _overfit_setup(tmp_path, steps, **train_overrides):
+    """The two-utterance corpus, its BPE, a unistream tiny config and the dataset."""
     torch.manual_seed(0)
     utts, tokens = _corpus(tmp_path)
     tok = TextTokenizer.train_bpe([u.text for u in utts], vocab_size=280, min_frequency=1)
     cfg = tiny_config(text_vocab=tok.vocab_size)
+    settings = {"warmup_steps": 10, "max_frames": 10_000} | train_overrides
     cfg = dataclasses.replace(
         cfg,
         layout=dataclasses.replace(cfg.layout, bistream_prob=0.0),
-        train=fast_train_config(150, 3e-3, warmup_steps=10, max_frames=10_000),
+        train=fast_train_config(steps, 3e-3, **settings),
     )
-    ds = LLMDataset(utts, tokens, tok, cfg)
+    return cfg, LLMDataset(utts, tokens, tok, cfg)
+
+
+def test_overfit_tiny_batch_and_checkpoint(tmp_path):
+    cfg, ds = _overfit_setup(tmp_path, 150)
     model, hist = train(cfg, ds, tmp_path / "run", device="cpu", val_dataset=ds)
     assert hist[-1]["loss"] < 0.2 * hist[0]["loss"]
     assert hist[-1]["val/loss"] < 0.2 * hist[0]["loss"] and "val/acc" in hist[-1]
@@ -358,18 +364,7 @@ def test_topk_sampling_draws_what_sorting_the_vocabulary_drew():
 def test_fsdp_on_one_process_trains_the_lm_and_saves_plain_weights(tmp_path):
     """Issue 14: the LM under FSDP2 (Qwen2 decoder layers and speaker blocks as units, activation
     checkpointing) learns like under DDP and saves weights that load without FSDP."""
-    torch.manual_seed(0)
-    utts, tokens = _corpus(tmp_path)
-    tok = TextTokenizer.train_bpe([u.text for u in utts], vocab_size=280, min_frequency=1)
-    cfg = tiny_config(text_vocab=tok.vocab_size)
-    cfg = dataclasses.replace(
-        cfg,
-        layout=dataclasses.replace(cfg.layout, bistream_prob=0.0),
-        train=fast_train_config(
-            30, 3e-3, warmup_steps=5, max_frames=10_000, parallel="fsdp", activation_checkpointing=True
-        ),
-    )
-    ds = LLMDataset(utts, tokens, tok, cfg)
+    cfg, ds = _overfit_setup(tmp_path, 30, warmup_steps=5, parallel="fsdp", activation_checkpointing=True)
     try:
         _, hist = train(cfg, ds, tmp_path / "run", device="cpu", val_dataset=ds)
     finally:
