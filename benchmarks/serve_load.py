@@ -105,6 +105,26 @@ def head_of_line(url: str) -> list[list[object]]:
     ]
 
 
+def first_bytes(url: str, body: dict) -> tuple[float, float]:
+    """(seconds to the first audio bytes, seconds to the last) of one request, read as it arrives."""
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    t = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=600) as r:
+        r.read(1 if body.get("response_format") == "pcm" else 45)  # past a wav header: audio
+        first = time.perf_counter() - t
+        r.read()
+    return first, time.perf_counter() - t
+
+
+def streaming(url: str) -> list[list[object]]:
+    text = " ".join(SENTENCES)
+    rows = []
+    for mode, extra in (("whole response", {}), ("stream: true", {"stream": True})):
+        first, total = first_bytes(url, {"input": text, "voice": "bench", "response_format": "pcm", **extra})
+        rows.append([mode, first * 1000, total * 1000])
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True, help="bundle folder")
@@ -141,6 +161,7 @@ def main() -> None:
         for c in a.concurrency:
             rows.append(load(url, a.requests, c, 1000 * c) + [rss_mb(proc.pid)])
         hol = head_of_line(url)
+        stream_rows = streaming(url)
         rss1 = rss_mb(proc.pid)
         table(
             f"serve: {a.requests} requests per level, 127.0.0.1, {a.device} (server RSS after warm-up {rss0:.0f} MB)",
@@ -148,6 +169,11 @@ def main() -> None:
             rows,
         )
         table("head-of-line", ["request", "latency ms"], hol)
+        table(
+            f"first audio bytes, {len(SENTENCES)} sentences",
+            ["response", "first bytes ms", "last ms"],
+            stream_rows,
+        )
         print(f"\nserver RSS: {rss0:.0f} MB after warm-up, {rss1:.0f} MB at the end ({rss1 - rss0:+.0f} MB)")
     finally:
         proc.terminate()

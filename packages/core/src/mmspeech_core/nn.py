@@ -92,8 +92,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """x: (B, T, D), attn_mask: (B, T, past + T) bool -> (B, T, D). With a ``cache`` (streaming), x
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """x: (B, T, D), attn_mask: (B, T, past + T) bool, or None when every frame may attend to every
+        other (SDPA's fast kernels then apply) -> (B, T, D). With a ``cache`` (streaming), x
         continues the frames cached there: it attends to their keys and values too, and its own are
         appended."""
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
@@ -102,7 +105,11 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.extend(k, v)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask[:, None], dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=attn_mask[:, None] if attn_mask is not None else None,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.out(rearrange(y, "b h t d -> b t (h d)"))
 
@@ -131,7 +138,7 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        attn_mask: torch.Tensor,
+        attn_mask: torch.Tensor | None,
         cond: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ) -> torch.Tensor:

@@ -4,13 +4,16 @@ prompt prefixes masked from the loss."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from mmspeech_core import lengths_to_mask
 from scipy.optimize import linear_sum_assignment
-from torch import nn
 
 from .config import FlowLossConfig
+
+if TYPE_CHECKING:  # the model module imports this one
+    from .model import Estimator
 
 
 def masked_sq_dist(x: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -57,7 +60,7 @@ def prompt_lengths(lengths: torch.Tensor, prob: float, max_ratio: float) -> torc
 
 
 def flow_matching_loss(
-    estimator: nn.Module,
+    estimator: Estimator,
     x1: torch.Tensor,
     valid: torch.Tensor,
     mu: torch.Tensor,
@@ -92,7 +95,7 @@ def flow_matching_loss(
         keep = (torch.rand(b, device=x1.device) >= cfg.cfg_dropout).to(x1.dtype)
         mu, spk, cond = mu * keep[:, None, None], spk * keep[:, None], cond * keep[:, None, None]
 
-    v = estimator(xt, valid, mu, tt, spk, cond, chunked)
+    v = estimator(xt, valid, mu, tt, spk, cond, chunked, mask=estimator.attention_mask(valid, chunked))
     m = loss_mask[:, None].to(v.dtype)
     denom = (m.sum() * c).clamp_min(1.0)
     fm = (((v - target) ** 2) * m).sum() / denom

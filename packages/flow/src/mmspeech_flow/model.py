@@ -153,11 +153,10 @@ class Estimator(nn.Module):
     ) -> torch.Tensor:
         """x, mu, cond: (B, C, T); valid: (B, T) bool; t: (B,); spk: (B, spk_dim) -> velocity (B, C, T).
         ``caches`` (streaming, chunked only): one per block, holding the earlier frames of this ODE
-        evaluation; x continues them. ``mask``: :meth:`attention_mask` of these, when the caller keeps it."""
+        evaluation; x continues them. ``mask``: :meth:`attention_mask` for these frames (built once per
+        solve by the caller), or None where every frame may attend to every other."""
         h = self.inp(torch.cat([x, mu, cond], dim=1).transpose(1, 2))  # (B, T, D)
         g = self.time(sinusoidal(t, self.c.dim).to(h.dtype)) + self.spk(spk)
-        if mask is None:
-            mask = self.attention_mask(valid, chunked, caches[0].length if caches else 0)
         for k, blk in enumerate(self.blocks):
             h = blk(h, mask, g, caches[k] if caches else None)
         scale, shift = self.final_ada(g)[:, None].chunk(2, dim=-1)
@@ -333,12 +332,14 @@ class FlowModel(nn.Module, PretrainedMixin):
         gives the key/value caches of the evaluation about to run."""
         b, w = cond.mu.shape[0], infer.cfg_rate
         valid = cond.valid if w == 0 else torch.cat([cond.valid, cond.valid])
-        masks: list[torch.Tensor] = []  # every evaluation of this solve has the same mask: build it once
+        masks: list[torch.Tensor | None] = []  # every evaluation of a solve has the same mask: build it once
 
-        def kv_and_mask() -> tuple[list[KVCache] | None, torch.Tensor]:
+        def kv_and_mask() -> tuple[list[KVCache] | None, torch.Tensor | None]:
             kv = caches() if caches is not None else None
             if not masks:
-                masks.append(self.estimator.attention_mask(valid, chunked, kv[0].length if kv else 0))
+                mask = self.estimator.attention_mask(valid, chunked, kv[0].length if kv else 0)
+                # a streamed chunk (or an unpadded full pass) may attend everywhere: no mask, faster kernels
+                masks.append(None if bool(mask.all()) else mask)
             return kv, masks[0]
 
         if w == 0:
