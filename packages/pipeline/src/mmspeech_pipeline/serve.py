@@ -329,9 +329,12 @@ def _submit(
 async def _result(
     future: Future[torch.Tensor], deadline: float, request: Request | None = None
 ) -> torch.Tensor:
-    """Wait for one sentence, checking for a vanished client (when ``request`` is given) and the deadline."""
+    """Wait for one sentence, checking for a vanished client (when ``request`` is given) and the deadline,
+    before waiting and every 0.25 s (sentences that finish quickly must not hide a disconnect)."""
     waiter = asyncio.wrap_future(future)
     while True:
+        if request is not None and await request.is_disconnected():
+            raise _ClientGone
         left = deadline - time.monotonic()
         done, _ = await asyncio.wait({waiter}, timeout=max(0.0, min(0.25, left)))
         if done:
@@ -341,8 +344,6 @@ async def _result(
                 return waiter.result()
             except Exception as e:
                 raise _error(500, f"synthesis failed: {type(e).__name__}: {e}") from e
-        if request is not None and await request.is_disconnected():
-            raise _ClientGone
         if left <= 0:
             raise _error(504, "the request took longer than the server's request timeout")
 
@@ -355,7 +356,8 @@ async def _collect(ticket: Ticket, request: Request, deadline: float) -> list[to
     try:
         return [await _result(f, deadline, request) for f in ticket.futures]
     except _ClientGone:
-        log.info("client went away: %d sentence(s) dropped", sum(not f.done() for f in ticket.futures))
+        ticket.cancel()
+        log.info("client went away: %d sentence(s) dropped", sum(f.cancelled() for f in ticket.futures))
         raise HTTPException(499, "client closed the request") from None
     finally:
         ticket.cancel()  # nothing left to do once we stop waiting (a no-op when all are done)
