@@ -14,7 +14,7 @@ from mmspeech_pipeline.bundle import write_bundle
 from mmspeech_pipeline.cli import main
 from mmspeech_pipeline.reference import ReferenceAudioError
 from mmspeech_pipeline.text import split_sentences
-from mmspeech_pipeline.tts import TTS, Voice
+from mmspeech_pipeline.tts import TTS, Voice, VoicePrompt
 from mmspeech_tokenizer.infer import sample_wavs
 
 TEXTS = ["hello there, this is a test.", "good morning to you all!", "how are you today?"]
@@ -483,9 +483,10 @@ def test_long_form_continuation_prompts_each_sentence_with_the_one_before(tts):
     assert cont.audio.shape != ind.audio.shape or not torch.allclose(cont.audio, ind.audio, atol=1e-3)
     # by hand: sentence 2 is one-shot with sentence 1 as the prompt
     jobs = tts.plan([para], [voice], 4)
-    ((w1, p1),) = tts._run_sentences(jobs[:1], None, None)
+    _, tokens, latents = tts._run_sentences(jobs[:1], None, None)
+    p1 = VoicePrompt(jobs[0].ids, tokens.unbatch()[0], latents.unbatch()[0])
     j2 = dataclasses.replace(jobs[1], voice=dataclasses.replace(voice, prompt=p1))
-    ((w2, _),) = tts._run_sentences([j2], None, None)
+    (w2,) = tts.synthesize_sentences([j2])
     pause = len(tts.pause())
     assert torch.allclose(cont.audio[0, first + pause : first + pause + len(w2)], w2, atol=1e-5)
     both = tts.synthesize_batch(

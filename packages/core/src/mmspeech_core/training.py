@@ -162,14 +162,18 @@ def freeze(model: nn.Module, prefixes: Sequence[str]) -> int:
     """Stop training the parameters whose names start with any of ``prefixes`` (e.g. ``backbone``);
     returns how many parameters were frozen. A prefix that names nothing is an error (a typo would
     silently train everything)."""
+
+    def under(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
     names = [n for n, _ in model.named_parameters()]
     for prefix in prefixes:
-        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+        if not any(under(n, prefix) for n in names):
             top = sorted({n.split(".")[0] for n in names})
             raise ValueError(f"--freeze {prefix!r} names no parameter; top-level parts: {top}")
     frozen = 0
     for n, p in model.named_parameters():
-        if any(n == pre or n.startswith(pre + ".") for pre in prefixes):
+        if any(under(n, pre) for pre in prefixes):
             p.requires_grad_(False)
             frozen += p.numel()
     log.info("froze %d parameters under %s", frozen, list(prefixes))

@@ -23,7 +23,7 @@ class FlowDataset(torch.utils.data.Dataset):
 
     ``tokens`` / ``latents`` are ``id -> tensor`` mappings, typically lazy :class:`FeatureStore` folders:
     only ids and lengths are held here; an item's tensors are read when a batch needs it. Latents keep
-    their stored dtype (e.g. float16) until the batch reaches the device (:meth:`FlowBatch.to`)."""
+    their stored dtype (e.g. float16) until the batch reaches the device (``Batch.to``)."""
 
     def __init__(
         self,

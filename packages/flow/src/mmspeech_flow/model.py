@@ -103,9 +103,8 @@ class EncoderState:
 
     pre: list[KVCache]  # one per token-rate block
     post: list[KVCache]  # one per latent-rate block
-    up_tail: torch.Tensor | None = (
-        None  # (B, D, 2·ratio) last upsampled frames: the causal conv's left context
-    )
+    # (B, D, 2·ratio) the last upsampled frames: the causal upsampling conv's left context
+    up_tail: torch.Tensor | None = None
 
     @classmethod
     def new(cls, c: FlowModelConfig) -> EncoderState:
@@ -306,11 +305,9 @@ class FlowModel(nn.Module, PretrainedMixin):
         conds = [torch.zeros(c.latent_dim, 0, device=dev) for _ in items]
         prompt_frames = [0] * len(items)
         if prompt is not None:
-            for i, (pt, pl) in enumerate(zip(prompt.tokens.unbatch(), prompt.latents.unbatch())):
-                n = min(len(pt), pl.shape[-1] // c.ratio)  # the two extractors may disagree by a frame
-                items[i] = torch.cat([pt[:n].to(dev), items[i]])
-                conds[i] = self.normalize(pl[None, :, : n * c.ratio].to(dev))[0]
-                prompt_frames[i] = n * c.ratio
+            for i, (pt, cd) in enumerate(self._prompt_items(prompt)):
+                items[i] = torch.cat([pt, items[i]])
+                conds[i], prompt_frames[i] = cd, cd.shape[-1]
         full = SpeechTokens.from_list(items, frame_rate=c.token_rate)
         lengths = full.lengths.to(dev)
         mu = self.encoder(full.tokens.to(dev), lengths, chunked)  # (B, C, T)
@@ -319,6 +316,16 @@ class FlowModel(nn.Module, PretrainedMixin):
             cond[i, :, : cd.shape[-1]] = cd
         valid = lengths_to_mask(lengths * c.ratio, mu.shape[-1])  # (B, T)
         return _Conditions(mu, cond, valid, speaker.vectors.to(dev, mu.dtype), lengths, prompt_frames)
+
+    def _prompt_items(self, prompt: FlowPrompt) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per item, on the model's device: the prompt's (P,) tokens and its (C, P·ratio) normalised latents,
+        trimmed to agree (the two extractors may disagree by a frame)."""
+        r, dev = self.config.model.ratio, self.device
+        out = []
+        for pt, pl in zip(prompt.tokens.unbatch(), prompt.latents.unbatch()):
+            n = min(len(pt), pl.shape[-1] // r)
+            out.append((pt[:n].to(dev), self.normalize(pl[None, :, : n * r].to(dev))[0]))
+        return out
 
     def _velocity(
         self,
@@ -363,14 +370,17 @@ class FlowModel(nn.Module, PretrainedMixin):
 
 
 class FlowStream:
-    """One utterance's latents, chunk by chunk, at a cost per chunk that does not grow with its position.
+    """One utterance's latents, chunk by chunk, each chunk computed once.
 
     The chunk-causal model makes a chunk's frames depend only on tokens up to its end (plus the
     lookahead); so each call runs the token encoder and the ODE over the new chunks alone, attending to
     the keys and values earlier chunks left in the caches (the encoder's per block, the estimator's per
-    block and per ODE evaluation). The result equals ``generate(..., chunked=True)`` on the whole sequence
-    to float tolerance. Fixed-step solvers only (euler / midpoint / rk4): dopri5 picks its steps from the
-    whole sequence, which a stream never sees. Memory: the caches grow with the utterance
+    block and per ODE evaluation). A chunk's cost still grows with its position, but only through that
+    attention over the cached frames (linearly; on CPU, base flow: 0.98 s for the 2nd one-second chunk,
+    2.06 s for the 59th), where re-running the flow over all tokens per chunk grew quadratically in total.
+    The result equals ``generate(..., chunked=True)`` on the whole sequence to float tolerance. Fixed-step
+    solvers only (euler / midpoint / rk4): dopri5 picks its steps from the whole sequence, which a stream
+    never sees. Memory: the caches grow with the utterance
     (evaluations × blocks × frames × width).
     """
 
@@ -392,10 +402,7 @@ class FlowStream:
         self.prompt_cond = torch.zeros(c.latent_dim, 0, device=dev)
         if prompt is not None:
             model._check_tokens(prompt.tokens)
-            pt, pl = prompt.tokens.unbatch()[0], prompt.latents.unbatch()[0]
-            n = min(len(pt), pl.shape[-1] // c.ratio)
-            self.prefix = pt[:n].to(dev)
-            self.prompt_cond = model.normalize(pl[None, :, : n * c.ratio].to(dev))[0]
+            ((self.prefix, self.prompt_cond),) = model._prompt_items(prompt)
         self.spk = speaker.vectors.to(dev)
         self.done = 0  # tokens (prompt included) whose frames are out
         self.encoder = EncoderState.new(c)

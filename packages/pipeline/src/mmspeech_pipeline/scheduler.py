@@ -2,8 +2,9 @@
 
 A request is planned into sentences (:meth:`TTS.plan`) and becomes a :class:`Ticket`. One worker thread
 fills each batch round-robin over the tickets that still have sentences to run, so a short request waits
-for at most one batch however long the requests ahead of it are (a 4,000-character request no longer
-blocks a "Hello!"). A cancelled ticket's sentences that have not started are dropped. Each sentence's audio
+for the batch in flight and then runs in the next one, however long the requests ahead of it are (a
+4,000-character request no longer blocks a "Hello!" until it ends; the next batch still lasts as long as
+its longest sentence). A cancelled ticket's sentences that have not started are dropped. Each sentence's audio
 depends only on its own text, voice and seed (the TTS guarantees batch invariance), never on its
 batch-mates or on how the scheduler grouped them.
 """

@@ -297,8 +297,8 @@ def create_app(
         if body.stream or body.stream_format == "audio":
             return StreamingResponse(_audio_stream(ticket, tts, fmt, deadline), media_type=MEDIA_TYPES[fmt])
         wavs = await _collect(ticket, request, deadline)
-        audio = torch.cat([w if k == 0 else torch.cat([tts.pause(), w]) for k, w in enumerate(wavs)])
-        return Response(encode_audio(audio, tts.sample_rate, f".{fmt}"), media_type=MEDIA_TYPES[fmt])
+        audio = encode_audio(tts.join(wavs), tts.sample_rate, f".{fmt}")
+        return Response(audio, media_type=MEDIA_TYPES[fmt])
 
     app.include_router(api)
     return app

@@ -387,12 +387,12 @@ class TTS:
         """One batch of planned sentences (from any texts, one voice mode) through the LM, the flow and the
         VAE -> one (T,) waveform per sentence, on the CPU. A server schedules sentences itself with this and
         :meth:`plan`, so short requests need not wait behind long ones."""
-        return [w for w, _ in self._run_sentences(jobs, sampling, flow_infer)]
+        return self._run_sentences(jobs, sampling, flow_infer)[0]
 
     def _run_sentences(
         self, jobs: Sequence[SentenceJob], sampling: SamplingConfig | None, flow_infer: FlowInferConfig | None
-    ) -> list[tuple[torch.Tensor, VoicePrompt]]:
-        """Each sentence's (T,) waveform on the CPU and its own (text, tokens, latents) as a prompt."""
+    ) -> tuple[list[torch.Tensor], SpeechTokens, Latents]:
+        """Each sentence's (T,) waveform on the CPU, and the speech tokens and latents that made them."""
         if len({j.voice.one_shot for j in jobs}) > 1:
             raise ValueError("mix of one-shot and zero-shot voices in one batch: synthesise them separately")
         voices, seeds = [j.voice for j in jobs], [j.seed for j in jobs]
@@ -403,11 +403,7 @@ class TTS:
         latents = self._latents(tokens, voices, flow_infer, seeds)
         wavs = self.vae.decode(latents).unbatch()
         _check_finite(wavs)
-        prompts = [
-            VoicePrompt(j.ids.cpu(), t.cpu(), z.cpu())
-            for j, t, z in zip(jobs, tokens.unbatch(), latents.unbatch())
-        ]
-        return [(w.cpu(), p) for w, p in zip(wavs, prompts)]
+        return [w.cpu() for w in wavs], tokens, latents
 
     def _continued(
         self,
@@ -436,10 +432,10 @@ class TTS:
                     part = [(n, j) for n, j in zip(todo, batch) if j.voice.one_shot == mode]
                     if not part:
                         continue
-                    for (n, j), (w, p) in zip(
-                        part, self._run_sentences([j for _, j in part], sampling, flow_infer)
-                    ):
-                        wavs[n], previous[j.text_index] = w, p
+                    out, tokens, latents = self._run_sentences([j for _, j in part], sampling, flow_infer)
+                    for (n, j), w, t, z in zip(part, out, tokens.unbatch(), latents.unbatch()):
+                        # this sentence, as the next one's prompt
+                        wavs[n], previous[j.text_index] = w, VoicePrompt(j.ids.cpu(), t.cpu(), z.cpu())
                 bar.update(len(todo))
         return wavs
 
@@ -447,15 +443,19 @@ class TTS:
         """(T,) silence put between a text's sentences."""
         return torch.zeros(int(seconds * self.sample_rate))
 
+    def join(self, sentences: Sequence[torch.Tensor], pause_s: float = PAUSE_S) -> torch.Tensor:
+        """One text's (T,) sentence waveforms, in order, with ``pause_s`` of silence between them."""
+        pause = self.pause(pause_s)
+        return torch.cat([x for k, w in enumerate(sentences) for x in ((pause, w) if k else (w,))])
+
     def _join(
         self, n_texts: int, jobs: list[SentenceJob], wavs: list[torch.Tensor], pause_s: float
     ) -> Waveform:
         """Each text's sentences in order, with ``pause_s`` of silence between them."""
-        pause = self.pause(pause_s)
         out: list[list[torch.Tensor]] = [[] for _ in range(n_texts)]
         for job, w in zip(jobs, wavs):
-            out[job.text_index] += [pause, w] if out[job.text_index] else [w]
-        return Waveform.from_list([torch.cat(x) for x in out], self.sample_rate)
+            out[job.text_index].append(w)
+        return Waveform.from_list([self.join(x, pause_s) for x in out], self.sample_rate)
 
     @torch.inference_mode()
     def resynthesize_tokens(self, tokens: SpeechTokens, voice: Voice, seed: int = 0) -> Waveform:
@@ -497,8 +497,8 @@ class TTS:
     ) -> Iterator[StreamChunk]:
         """Yield audio while the LM is still generating: every ``chunk_tokens`` (default the flow's chunk size)
         final tokens, the flow computes the new chunks alone, continuing its cached state
-        (:class:`~mmspeech_flow.model.FlowStream`: a chunk costs the same at any position, and the latents
-        equal the offline chunk-causal ones), and the VAE decodes the new frames with ``decode_context``
+        (:class:`~mmspeech_flow.model.FlowStream`: each chunk is computed once, and the latents equal the
+        offline chunk-causal ones), and the VAE decodes the new frames with ``decode_context``
         frames of context on both sides (default: the decoder's receptive field, so streamed audio equals
         the offline decode of the same latents); frames that lack right context are held back until it
         arrives. The flow needs a fixed-step solver (euler / midpoint / rk4)."""
