@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,27 @@ def test_resume_sees_the_batches_and_random_numbers_of_an_uninterrupted_run(tmp_
     assert part.seen[:5] + rest.seen == full.seen
     assert part.draws[:5] + rest.draws == full.draws
     assert rest.w.item() == pytest.approx(full.w.item())
+
+
+def test_a_time_budget_stops_training_saves_and_decays_the_learning_rate(tmp_path):
+    """train.time_budget_s: the run ends at its budget with a checkpoint, the LR schedule follows the clock
+    (decayed to its floor by the end), and a resumed run whose budget is spent trains no further."""
+
+    class Slow(Recorder):
+        def training_loss(self, batch):
+            time.sleep(0.02)
+            return super().training_loss(batch)
+
+    cfg = fast_train_config(100_000, warmup_steps=1, save_every=10_000, time_budget_s=0.6)
+    trainer = Trainer(Slow(), cfg, tmp_path)
+    hist = trainer.fit(*_loader("length"))
+    assert 5 < len(hist) < 100  # stopped by the clock, after some steps
+    assert (tmp_path / "latest").read_text().strip() == f"checkpoint-{len(hist):08d}"
+    assert hist[-1]["lr"] < 0.15 * cfg.lr < hist[len(hist) // 3]["lr"]  # cosine floor is 0.1 × lr
+    again = Trainer(Slow(), cfg, tmp_path)
+    assert again.fit(*_loader("length")) == [] and again.step == len(hist)
+    with pytest.raises(ValueError, match="time_budget_s"):
+        Trainer(Slow(), fast_train_config(5, time_budget_s=0), tmp_path / "x")
 
 
 def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path, caplog):

@@ -136,6 +136,13 @@ def add_train_args(sp: argparse.ArgumentParser) -> None:
     add_device_arg(sp, "cpu / cuda (default: cuda when available; torchrun sets the rank)")
     sp.add_argument("--max-steps", type=int, default=None, help="override train.max_steps from the config")
     sp.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="stop after this many minutes of training even before max-steps; the learning-rate schedule "
+        "then follows the clock (train.time_budget_s)",
+    )
+    sp.add_argument(
         "--no-resume", action="store_true", help="start fresh even if the run folder has a checkpoint"
     )
     sp.add_argument(
@@ -224,12 +231,19 @@ def load_init_model(
 
 
 def load_train_config(cls: type[C], args: argparse.Namespace) -> C:
-    """``--config`` loaded as ``cls``, with ``--max-steps`` applied to its ``train`` section."""
+    """``--config`` loaded as ``cls``, with ``--max-steps`` and ``--minutes`` applied to its ``train`` section."""
     import dataclasses
 
     from .config import load_config
 
     cfg = load_config(cls, args.config)
+    overrides: dict[str, Any] = {}
     if args.max_steps is not None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=args.max_steps))  # type: ignore[type-var, attr-defined]
+        overrides["max_steps"] = args.max_steps
+    if args.minutes is not None:
+        if args.minutes <= 0:
+            raise SystemExit(f"--minutes must be positive, got {args.minutes}")
+        overrides["time_budget_s"] = 60 * args.minutes
+    if overrides:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))  # type: ignore[type-var, attr-defined]
     return cfg

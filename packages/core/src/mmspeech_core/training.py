@@ -11,6 +11,7 @@ import math
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,10 @@ class TrainConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     grad_accum: int = 1  # batches per optimiser step (the effective batch is grad_accum × max_frames × ranks)
+    # stop after this many seconds of training even before max_steps (the learning rate then follows the
+    # clock: its schedule runs on max(step / max_steps, seconds / budget), so it has decayed by the end);
+    # training with a budget is not bit-reproducible, since where it stops depends on the machine
+    time_budget_s: float | None = None
 
 
 def fast_train_config(steps: int, lr: float, **overrides: Any) -> TrainConfig:
@@ -341,9 +346,14 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
+        if cfg.time_budget_s is not None and cfg.time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be positive, got {cfg.time_budget_s}")
+        self.elapsed_before = 0.0  # seconds trained by the runs this one resumed
+        self.started = time.monotonic()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.max_steps)
+            self.optimizer, lambda s: warmup_cosine(self._schedule_step(s), cfg.warmup_steps, cfg.max_steps)
         )
+
         use_scaler = cfg.amp == "fp16" and self.dist.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.step = 0
@@ -382,6 +392,7 @@ class Trainer:
                 "optimizer": optimizer if optimizer is not None else self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
+                "elapsed_s": self.elapsed(),
                 **self.extra_state(),
             }
             atomic_torch_save(state, d / "train_state.pt")
@@ -458,6 +469,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.load_extra_state(state)
         self.step = int(state["step"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.started = time.monotonic()
         self.position = DataPosition(int(state.get("epoch", 0)), int(state.get("batch", 0)))
         rng = directory / f"rng-r{self.dist.rank}.pt"
         if rng.is_file() and state.get("world_size", 1) == self.dist.world_size:
@@ -471,6 +484,28 @@ class Trainer:
             self.step,
             *vars(self.position).values(),
         )
+
+    # ---- time budget ------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        """Seconds of training in this run folder, resumed runs included."""
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def _schedule_step(self, step: int) -> int:
+        """The step the LR schedule sees: with a time budget, the further of the step and the clock."""
+        budget = self.cfg.time_budget_s
+        if budget is None:
+            return step
+        return max(step, int(self.cfg.max_steps * min(1.0, self.elapsed() / budget)))
+
+    def out_of_time(self) -> bool:
+        """True once the time budget is spent; every rank gets rank 0's answer (ranks that stopped at
+        different steps would hang in the next collective)."""
+        if self.cfg.time_budget_s is None:
+            return False
+        over = torch.tensor([float(self.elapsed() >= self.cfg.time_budget_s)], device=self.dist.device)
+        if self.dist.world_size > 1:
+            torch.distributed.broadcast(over, src=0)
+        return bool(over.item())
 
     # ---- distributed helpers ------------------------------------------------------------------------
     def _barrier(self) -> None:
@@ -589,14 +624,16 @@ class Trainer:
         resume: bool = True,
         val_loader: Iterable[Any] | None = None,
     ) -> list[dict[str, float]]:
-        """Train until ``cfg.max_steps``; returns the per-step metrics of this call (steps that ran a
-        validation also hold ``val/<metric>`` entries)."""
+        """Train until ``cfg.max_steps`` (or ``cfg.time_budget_s``); returns the per-step metrics of this call
+        (steps that ran a validation also hold ``val/<metric>`` entries)."""
         if resume and (ck := self.latest_checkpoint()) is not None:
             self.resume(ck)
+        self.started = time.monotonic()  # the budget counts training, not the set-up before it
         history: list[dict[str, float]] = []
         it = infinite(loader, set_epoch, self.position, self.cfg.seed)
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=not self.dist.is_main)
-        while self.step < self.cfg.max_steps:
+        done = self.step >= self.cfg.max_steps or self.out_of_time()
+        while not done:
             batches = []
             for _ in range(self.cfg.grad_accum):
                 self.position, batch = next(it)
@@ -604,12 +641,12 @@ class Trainer:
             metrics = self.train_step(*batches)
             history.append(metrics)
             bar.update(1)
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
+            done = last = self.step == self.cfg.max_steps or self.out_of_time()
+            if self.step % self.cfg.log_every == 0 or last:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 self._log_scalars("train", metrics)
                 if self.writer is not None and self.on_log is not None:
                     self.on_log(self.writer, self.step)
-            last = self.step == self.cfg.max_steps
             if val_loader is not None and (self.step % self.cfg.eval_every == 0 or last):
                 val = self.evaluate(val_loader)
                 metrics.update({f"val/{k}": v for k, v in val.items()})
@@ -619,6 +656,10 @@ class Trainer:
             if self.step % self.cfg.save_every == 0 or last:
                 self.save()
         bar.close()
+        if self.step < self.cfg.max_steps:
+            log.info(
+                "time budget of %.0f s spent at step %d of %d", self.elapsed(), self.step, self.cfg.max_steps
+            )
         if self.writer is not None:
             self.writer.flush()
         return history

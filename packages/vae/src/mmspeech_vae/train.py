@@ -38,7 +38,7 @@ class VAETrainer(Trainer):
             self.losses.discriminator.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay
         )
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(
-            self.opt_d, lambda s: warmup_cosine(s, t.warmup_steps, t.max_steps)
+            self.opt_d, lambda s: warmup_cosine(self._schedule_step(s), t.warmup_steps, t.max_steps)
         )
         self.last: dict[str, torch.Tensor] = {}
         self.on_log = self._log_media
