@@ -40,7 +40,7 @@ def test_corpus_is_deterministic_and_holds_out_speakers_and_sentences(corpus, tm
     items = read_eval_list(out / "test.lst")
     assert len(items) == len(split.test) and all(i.target_wav and i.prompt_text for i in items)
     assert all(i.prompt_wav != i.target_wav for i in items)  # the prompt is another utterance
-    again = build_corpus(tmp_path, speakers=6, utterances=3, seed=0, progress=False)
+    again = build_corpus(tmp_path, speakers=6, utterances=3, seed=0, progress=False, workers=1)
     same = [(u.id, u.text, u.speaker) for u in split.train + split.test]
     assert [(u.id, u.text, u.speaker) for u in again.train + again.test] == same
     assert (tmp_path / "speakers.json").read_text() == (out / "speakers.json").read_text()
@@ -108,3 +108,20 @@ def test_evaluate_cli_with_the_judges(corpus, tmp_path, make_parts):
     assert len(rows) == 2 and all('"wer"' in r and '"sim"' in r and '"dnsmos"' in r for r in rows)
     assert '"sim_other"' in rows[0]  # the recording against another held-out speaker's prompt
     assert '"pesq"' in rows[1] and '"stoi"' in rows[1]  # the VAE rung is compared with the recording
+
+
+def test_worker_processes_build_the_same_corpus(corpus, tmp_path):
+    """Synthesis in forked workers (a fresh process: one that has started eSpeak NG cannot fork them) says
+    the same sentences in the same voices as the one-process build."""
+    import subprocess
+    import sys
+
+    code = (
+        "from mmspeech_pipeline.corpus import build_corpus; "
+        f"build_corpus({str(tmp_path)!r}, speakers=6, utterances=3, seed=0, progress=False, workers=2)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    out, _ = corpus
+    rows = [(u.id, u.text, u.speaker) for u in read_manifest(tmp_path / "manifest.jsonl")]
+    assert rows == [(u.id, u.text, u.speaker) for u in read_manifest(out / "manifest.jsonl")]
+    assert all(read_audio(tmp_path / "wavs" / s / f"{i}.wav").numel() > 2400 for i, _, s in rows)
