@@ -211,9 +211,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
+    from mmspeech_core.training import default_device
+
     from .quickstart import run_quickstart
 
-    report = run_quickstart(args.out, args.size, args.fast, args.seed, args.eval_items)
+    report = run_quickstart(
+        args.out, args.size, args.fast, args.seed, args.eval_items, default_device(args.device), args.minutes
+    )
     print(json.dumps({k: report[k] for k in ("seconds", "loss_first_last", "outputs")}, indent=2))
     print(f"report: {args.out}/report.md")
     return 0
@@ -348,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--fast", action="store_true", help="a tiny corpus and ~20x fewer steps (a smoke test)")
     sp.add_argument("--eval-items", type=int, default=None, help="ladder items to score (0 skips the ladder)")
+    sp.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training budget shared by the stages (each also stops at its steps); the rest comes on top",
+    )
+    add_device_arg(sp, "cpu / cuda (default: cuda when available)")
     add_seed_arg(sp, "seed of the corpus, the training runs and the synthesis")
     return p
 

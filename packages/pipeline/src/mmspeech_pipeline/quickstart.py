@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,8 +125,11 @@ def _flow_config(
     )
 
 
-def _tc(steps: int, lr: float, **kw: Any) -> TrainConfig:
-    return fast_train_config(steps, lr, keep_checkpoints=1, **kw)
+def _loader_workers(device: str) -> int:
+    """Data loader processes. On a GPU the quickstart's small models wait for their batches (measured on an
+    H200 with none: 8-12 LM / flow steps per second, about what 2 CPU cores do); on a 2-core CPU, workers
+    would only take cores from the model."""
+    return min(4, (os.cpu_count() or 1) // 2) if device.startswith("cuda") else 0
 
 
 class _Timer:
@@ -148,11 +152,15 @@ def run_quickstart(
     fast: bool = False,
     seed: int = 0,
     evaluate_items: int | None = None,
+    device: str = "cpu",
+    minutes: float | None = None,
 ) -> dict[str, Any]:
     """Run everything; returns (and writes to ``out_dir/report.json`` + ``report.md``) the report.
 
     ``fast`` cuts corpus and steps ~10× (a smoke test for CI): the plumbing is the same.
-    ``evaluate_items``: ladder items to score (default: the size's; 0 skips the ladder)."""
+    ``evaluate_items``: ladder items to score (default: the size's; 0 skips the ladder).
+    ``minutes``: a training budget shared by the four stages in proportion to their steps (each stops at its
+    steps or its share, whichever comes first; corpus, extraction and evaluation come on top)."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
     preset = SIZES[size]
@@ -169,8 +177,10 @@ def run_quickstart(
     torch.manual_seed(seed)
     timed = _Timer()
     corpus = timed("corpus", build_corpus, out / "corpus", preset.speakers, preset.utterances, seed)
-    losses, bundle = _train_all(corpus, preset, out, timed)
-    tts = timed("load_bundle", TTS.from_pretrained, bundle, device="cpu")
+    if minutes is not None and minutes <= 0:
+        raise ValueError(f"minutes must be positive, got {minutes}")
+    losses, bundle = _train_all(corpus, preset, out, timed, device, minutes)
+    tts = timed("load_bundle", TTS.from_pretrained, bundle, device=device)
     outputs, wavs = _demo(tts, corpus, out, seed, timed)
     n_eval = preset.eval_items if evaluate_items is None else evaluate_items
     ladder = None
@@ -188,7 +198,10 @@ def run_quickstart(
     report: dict[str, Any] = {
         "size": size,
         "fast": fast,
+        "device": device,
+        "minutes": minutes,
         "steps": preset.steps,
+        "steps_done": {n: len(c) for n, c in losses.items()},
         "seconds": timed.seconds,
         "losses": {n: [round(v, 4) for v in c] for n, c in losses.items()},
         "loss_first_last": {
@@ -210,15 +223,28 @@ def run_quickstart(
 
 
 def _train_all(
-    corpus: CorpusSplit, size: QuickstartSize, out: Path, timed: _Timer
+    corpus: CorpusSplit, size: QuickstartSize, out: Path, timed: _Timer, device: str, minutes: float | None
 ) -> tuple[dict[str, list[float]], Path]:
     """Train the four stages and the text tokenizer on the training speakers; bundle the results."""
     steps = size.steps
+    total = sum(steps.values())
+
+    def _tc(stage: str, lr: float, **kw: Any) -> TrainConfig:
+        budget = None if minutes is None else 60 * minutes * steps[stage] / total
+        return fast_train_config(
+            steps[stage],
+            lr,
+            keep_checkpoints=1,
+            time_budget_s=budget,
+            num_workers=_loader_workers(device),
+            **kw,
+        )
+
     train_utts, every = corpus.train, corpus.train + corpus.test
     tcfg, vcfg = _stage_configs(size, build_vocab([u.text or "" for u in every]))
-    tcfg = dataclasses.replace(tcfg, train=_tc(steps["tokenizer"], 2e-3, max_frames=8000))
+    tcfg = dataclasses.replace(tcfg, train=_tc("tokenizer", 2e-3, max_frames=8000))
     tok, h = timed(
-        "train_tokenizer", train_tok, tcfg, train_utts, out / "runs/tokenizer", device="cpu", resume=False
+        "train_tokenizer", train_tok, tcfg, train_utts, out / "runs/tokenizer", device=device, resume=False
     )
     losses = {"tokenizer": [m["loss"] for m in h]}
     timed("extract_tokens", extract_features, tok.eval(), every, out / "features/tokens", batch_size=8)
@@ -226,24 +252,26 @@ def _train_all(
     vcfg = dataclasses.replace(
         vcfg,
         loss=dataclasses.replace(vcfg.loss, disc_start_step=int(size.gan_from * steps["vae"])),
-        train=_tc(steps["vae"], 2e-3, betas=(0.8, 0.99), max_batch=8),
+        train=_tc("vae", 2e-3, betas=(0.8, 0.99), max_batch=8),
     )
-    vae, h = timed("train_vae", train_vae, vcfg, train_utts, out / "runs/vae", device="cpu", resume=False)
+    vae, h = timed("train_vae", train_vae, vcfg, train_utts, out / "runs/vae", device=device, resume=False)
     losses["vae_mel"] = [m["mel"] for m in h]
     timed("extract_latents", extract_features, vae.eval(), every, out / "features/latents", batch_size=8)
 
     text_tok = TextTokenizer.train_bpe([u.text or "" for u in train_utts], vocab_size=500, min_frequency=1)
     text_tok.save(out / "runs/text_tokenizer")
     lcfg = _llm_config(size, text_tok.vocab_size, tok.vocab_size)
-    lcfg = dataclasses.replace(lcfg, train=_tc(steps["llm"], 2e-3, max_frames=size.max_frames))
+    lcfg = dataclasses.replace(lcfg, train=_tc("llm", 2e-3, max_frames=size.max_frames))
     tokens = load_shards(out / "features/tokens")
     llm_parts = {"text_tokenizer": text_tok.fingerprint(), "tokenizer": tok.fingerprint()}
     llm_ds = LLMDataset(train_utts, tokens, text_tok, lcfg)
-    _, h = timed("train_llm", train_llm, lcfg, llm_ds, out / "runs/llm", "cpu", False, trained_with=llm_parts)
+    _, h = timed(
+        "train_llm", train_llm, lcfg, llm_ds, out / "runs/llm", device, False, trained_with=llm_parts
+    )
     losses["llm"] = [m["loss"] for m in h]
 
     fcfg = _flow_config(size, tok.vocab_size, vcfg, latent_stats(out / "features/latents"))
-    fcfg = dataclasses.replace(fcfg, train=_tc(steps["flow"], 2e-3, max_frames=size.max_frames))
+    fcfg = dataclasses.replace(fcfg, train=_tc("flow", 2e-3, max_frames=size.max_frames))
     latents = load_shards(out / "features/latents")
     keep = {u.id for u in train_utts}
     flow_ds = FlowDataset(
@@ -255,7 +283,7 @@ def _train_all(
     )
     flow_parts = {"tokenizer": tok.fingerprint(), "vae": vae.fingerprint()}
     _, h = timed(
-        "train_flow", train_flow, fcfg, flow_ds, out / "runs/flow", "cpu", False, trained_with=flow_parts
+        "train_flow", train_flow, fcfg, flow_ds, out / "runs/flow", device, False, trained_with=flow_parts
     )
     losses["flow"] = [m["fm"] for m in h]
 
