@@ -47,30 +47,39 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
-def bench_llm(device: str, full: bool, steps: int) -> None:
+def bench_llm(device: str, full: bool, steps: int, only_modes: list[str] | None = None) -> None:
     from mmspeech_core import SpeakerEmbedding
     from mmspeech_llm.config import SamplingConfig, small_config, tiny_config
     from mmspeech_llm.model import SpeechLM
 
     rows = []
-    configs = [("tiny", tiny_config())] + ([("0.5B", small_config(text_vocab=151_936))] if full else [])
+    # --full: the 0.5B LM alone (the tiny one is launch-bound on a GPU and says little)
+    configs = [("0.5B", small_config(text_vocab=151_936))] if full else [("tiny", tiny_config())]
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     for name, cfg in configs:
         m = SpeechLM(cfg).to(device, dtype).eval()
         # fixed length: no EOS, exactly `steps` tokens per row
         sampling = SamplingConfig(min_len_ratio=steps / 8, max_len_ratio=steps / 8)
-        modes = ["dynamic", "static"] + (["cuda_graph"] if device.startswith("cuda") else [])
+        modes = ["dynamic", "static"] + (["cuda_graph", "compiled"] if device.startswith("cuda") else [])
+        modes = [x for x in modes if only_modes is None or x in only_modes]
         for b in (1, 8):
             texts = [torch.randint(0, cfg.model.text_vocab, (8,)) for _ in range(b)]
             spk = SpeakerEmbedding(torch.randn(b, cfg.model.spk_dim, device=device, dtype=dtype))
+            first = None
             for mode in modes:
                 run = functools.partial(m.generate, texts, spk, sampling=sampling, seed=0, decode=mode)
                 t = timeit(run, device, repeat=2)
-                rows.append([name, b, mode, steps, t, b * steps / t, b * steps / t / cfg.model.token_rate])
+                out = run().tokens
+                first = out if first is None else first
+                same = float((out == first).float().mean())  # the same seed: tokens equal to the first mode's
+                rows.append(
+                    [name, b, mode, steps, t, b * steps / t, b * steps / t / cfg.model.token_rate, same]
+                )
+                print(rows[-1], flush=True)  # a run cut short (a slow compile) still shows the rows done
         del m
     table(
         "LLM decode (KV cache, repetition-aware sampling)",
-        ["config", "batch", "decode", "tokens/row", "seconds", "tokens/s", "x real time"],
+        ["config", "batch", "decode", "tokens/row", "seconds", "tokens/s", "x real time", "same tokens"],
         rows,
     )
 
@@ -180,6 +189,7 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="production sizes (0.5B LM etc.); slow on CPU")
     p.add_argument("--only", nargs="*", default=["tokenizer", "vae", "llm", "flow"], help="stages to run")
     p.add_argument("--llm-steps", type=int, default=64, help="tokens generated per row")
+    p.add_argument("--llm-modes", nargs="*", default=None, help="decode modes to time (default: all)")
     p.add_argument("--flow-seconds", type=float, default=10.0, help="audio seconds per flow call")
     p.add_argument(
         "--vae-model", default=None, help="a trained VAE folder for meaningful reconstruction metrics"
@@ -194,7 +204,7 @@ def main() -> None:
     if "vae" in a.only:
         bench_vae(a.device, a.full, a.vae_model)
     if "llm" in a.only:
-        bench_llm(a.device, a.full, a.llm_steps)
+        bench_llm(a.device, a.full, a.llm_steps, a.llm_modes)
     if "flow" in a.only:
         bench_flow(a.device, a.full, a.flow_seconds)
 

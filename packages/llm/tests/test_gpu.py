@@ -54,6 +54,6 @@ def test_cuda_graph_decoder_matches_dynamic():
     texts = [torch.randint(0, 300, (6,)), torch.randint(0, 300, (3,))]
     s = SamplingConfig(min_len_ratio=1.0, max_len_ratio=4.0)
     ref = m.generate(texts, spk, sampling=s, seed=3)
-    for mode in ("static", "cuda_graph"):
+    for mode in ("static", "cuda_graph", "compiled"):
         out = m.generate(texts, spk, sampling=s, seed=3, decode=mode)
         assert [x.tolist() for x in out.unbatch()] == [x.tolist() for x in ref.unbatch()], mode
