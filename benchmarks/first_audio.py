@@ -1,0 +1,168 @@
+"""Time to the first audio: in process (``TTS.stream``) and over HTTP (``mmspeech serve``, 127.0.0.1).
+
+    uv run --no-sync python benchmarks/first_audio.py --preset tiny             # CPU
+    python benchmarks/first_audio.py --preset base --device cuda                 # the base preset on a GPU
+
+Builds a random-weight bundle of the preset (every stage's production shapes for ``base``: the 0.5B LM,
+the base flow and DAC-VAE), makes a zero-shot voice from a 3 s reference once (a cached voice, as a server
+holds it), then times, after a warm-up, ``--repeat`` requests of one sentence: the first streamed chunk and
+the whole stream in process, the whole offline synthesis, and over HTTP the first audio bytes of a
+``"stream": true`` request and of a plain one. Random weights cannot stop early (EOS is blocked below
+``min_len_ratio``), so every request generates the same number of tokens: the speed figures are real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import table  # noqa: E402
+from serve_load import first_bytes, wait_up  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
+CORPUS = [TEXT, "Hello there, how are you today?", "Please call me back when you have a moment."]
+
+
+def make_bundle(preset: str, out: Path, tokens_per_text: float) -> Path:
+    from mmspeech_flow.config import FlowConfig
+    from mmspeech_flow.config import tiny_config as flow_tiny
+    from mmspeech_flow.model import FlowModel
+    from mmspeech_llm.config import small_config
+    from mmspeech_llm.config import tiny_config as llm_tiny
+    from mmspeech_llm.model import SpeechLM
+    from mmspeech_llm.text import TextTokenizer
+    from mmspeech_pipeline.bundle import write_bundle
+    from mmspeech_tokenizer.config import S3Config
+    from mmspeech_tokenizer.s3 import S3SpeechTokenizer
+    from mmspeech_vae.config import VAEConfig
+    from mmspeech_vae.config import tiny_config as vae_tiny
+    from mmspeech_vae.model import DACVAE
+
+    torch.manual_seed(0)
+    base = preset == "base"
+    tok_cfg = S3Config() if base else S3Config(n_audio_state=128, n_audio_head=2, n_audio_layer=1)
+    S3SpeechTokenizer.random_init(tok_cfg).save_pretrained(out / "tok")
+    tt = TextTokenizer.train_bpe(CORPUS * 3, vocab_size=300, min_frequency=1)
+    tt.save(out / "text")
+    lcfg = (
+        small_config(text_vocab=tt.vocab_size)
+        if base
+        else llm_tiny(text_vocab=tt.vocab_size, speech_vocab=6561)
+    )
+    fixed = dict(min_len_ratio=tokens_per_text, max_len_ratio=tokens_per_text)
+    SpeechLM(dataclasses.replace(lcfg, sampling=dataclasses.replace(lcfg.sampling, **fixed))).save_pretrained(
+        out / "llm"
+    )
+    vcfg = VAEConfig() if base else vae_tiny()
+    latent = vcfg.model.latent_dim
+    FlowModel(
+        FlowConfig() if base else flow_tiny(vocab_size=6561, latent_dim=latent, spk_in_dim=latent)
+    ).save_pretrained(out / "flow")
+    DACVAE(vcfg).save_pretrained(out / "vae")
+    parts = {"tokenizer": "tok", "text_tokenizer": "text", "llm": "llm", "flow": "flow", "vae": "vae"}
+    return write_bundle(out / "bundle", **{k: out / v for k, v in parts.items()})
+
+
+def in_process(bundle: Path, device: str, repeat: int, voice_path: Path) -> tuple[list[list[object]], float]:
+    import time
+
+    from mmspeech_core import Waveform
+    from mmspeech_pipeline.tts import TTS
+
+    tts = TTS.from_pretrained(bundle, device=device)
+    g = torch.Generator().manual_seed(0)
+    voice = tts.make_voice(
+        Waveform.from_list([0.1 * torch.randn(3 * tts.sample_rate, generator=g)], tts.sample_rate)
+    )
+    voice.save(voice_path)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    first, stream_total, offline, audio_s = [], [], [], 0.0
+    for k in range(repeat + 1):  # the first round is the warm-up
+        chunks = []
+        t = time.perf_counter()
+        for c in tts.stream(TEXT, voice, seed=k):
+            chunks.append(c)
+        sync()
+        total = time.perf_counter() - t
+        t = time.perf_counter()
+        wav = tts.synthesize(TEXT, voice=voice, seed=k)
+        sync()
+        if k:
+            first.append(chunks[0].elapsed_s)
+            stream_total.append(total)
+            offline.append(time.perf_counter() - t)
+            audio_s = float(wav.durations()[0])
+    ms = lambda xs: 1000 * statistics.median(xs)  # noqa: E731
+    rows = [
+        ["stream: first chunk", ms(first), ""],
+        ["stream: whole", ms(stream_total), statistics.median(stream_total) / audio_s],
+        ["offline synthesize", ms(offline), statistics.median(offline) / audio_s],
+    ]
+    del tts
+    return rows, audio_s
+
+
+def over_http(bundle: Path, device: str, repeat: int, voice_path: Path, port: int) -> list[list[object]]:
+    voices = voice_path.parent
+    cmd = [sys.executable, "-m", "mmspeech_pipeline.cli", "serve", "--bundle", str(bundle)]
+    cmd += ["--voices", str(voices), "--port", str(port), "--device", device]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        wait_up(url, proc)
+        for name, extra in (("HTTP stream: true", {"stream": True}), ("HTTP whole response", {})):
+            body = {"input": TEXT, "voice": voice_path.stem, "response_format": "pcm", **extra}
+            runs = [first_bytes(url + "/v1/audio/speech", {**body, "seed": k}) for k in range(repeat + 1)][1:]
+            rows.append([f"{name}: first bytes", 1000 * statistics.median(r[0] for r in runs), ""])
+            rows.append([f"{name}: last bytes", 1000 * statistics.median(r[1] for r in runs), ""])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=["tiny", "base"], default="tiny")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeat", type=int, default=5, help="timed requests per row (after one warm-up)")
+    p.add_argument("--tokens-per-text", type=float, default=3.0, help="speech tokens per text token")
+    p.add_argument("--port", type=int, default=8766)
+    p.add_argument("--no-http", action="store_true", help="in-process figures only")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = make_bundle(a.preset, Path(tmp), a.tokens_per_text)
+        (Path(tmp) / "voices").mkdir()
+        voice_path = Path(tmp) / "voices" / "bench.safetensors"
+        rows, audio_s = in_process(bundle, a.device, a.repeat, voice_path)
+        if not a.no_http:
+            rows += over_http(bundle, a.device, a.repeat, voice_path, a.port)
+    name = (
+        torch.cuda.get_device_name()
+        if a.device.startswith("cuda")
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    table(
+        f"time to first audio: {a.preset} preset, random weights, {name}, zero-shot cached voice, "
+        f"{audio_s:.1f} s of audio, median of {a.repeat}",
+        ["what", "ms", "RTF"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Every GPU check of one short device lease, in one prepared run: the gpu-marked tests, the small quickstart
+# recipe on the GPU, and the GPU benchmarks (LM decode, its profile, FSDP2 vs DDP, time to first audio).
+#
+#   OUT=/some/folder bash benchmarks/gpu_session.sh
+#
+# Needs only python3 with torch; missing Python packages are installed from wheels in .whl/ if present.
+# Each part has a time cap; logs go to $OUT/logs.tgz after every part, the recipe's bundle and report to
+# $OUT/qs_small.tgz.part-* (cat them together, then tar xzf).
+set -u
+OUT=${OUT:-/tmp/gpu_session}
+LOG=/tmp/gpu_session_logs
+mkdir -p "$OUT" "$LOG"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+PYTHONPATH=/tmp/site:$(printf '%s:' "$PWD"/packages/*/src)
+export PYTHONPATH
+t0=$(date +%s)
+stamp() { echo "[$(($(date +%s) - t0)) s] $*"; }
+save_logs() { tar czf "$OUT/logs.tgz" -C "$LOG" .; }
+part() {  # part NAME CAP_SECONDS COMMAND...
+  local name=$1 cap=$2
+  shift 2
+  stamp "start $name (cap ${cap} s)"
+  timeout -k 5 "$cap" "$@" >"$LOG/$name.log" 2>&1
+  stamp "end $name: exit $?"
+  tr '\r' '\n' <"$LOG/$name.log" | grep -v '^\s*$' | tail -n 22 | cut -c1-220
+  save_logs
+}
+nvidia-smi -L
+python3 -c "import torch, transformers, dac, soundfile, espeakng_loader, fastapi, mmspeech_pipeline.serve as s; print('torch', torch.__version__, 'transformers', transformers.__version__)" || exit 1
+
+# the recipe trains in the background while the gpu tests (correctness only, no timings) share the GPU
+(timeout -k 5 "${RECIPE_CAP:-310}" python3 -m mmspeech_pipeline.cli quickstart --size small --device cuda \
+  --minutes "${RECIPE_MINUTES:-3.5}" --eval-items 0 --out /tmp/qs >"$LOG/recipe.log" 2>&1; echo "exit $?" >>"$LOG/recipe.log") &
+recipe=$!
+part gpu_tests "${TESTS_CAP:-150}" python3 -m pytest packages/*/tests/test_gpu.py -m gpu -v -p no:cacheprovider
+wait $recipe
+stamp "recipe: $(tail -n 1 "$LOG/recipe.log")"
+tr '\r' '\n' <"$LOG/recipe.log" | grep -v 'it/s\|s/it\|^\s*$' | tail -n 40 | cut -c1-220
+(cd /tmp/qs && tar czf - bundle report.md report.json ./*.png ./*.wav voices corpus/speakers.json corpus/test.lst) |
+  split -b 15m - "$OUT/qs_small.tgz.part-"
+save_logs
+
+# timed benchmarks, alone on the GPU (BENCHMARKS=0 skips them)
+[ "${BENCHMARKS:-1}" = 0 ] && { stamp done; exit 0; }
+part llm_decode 100 python3 benchmarks/run.py --device cuda --full --only llm --llm-modes cuda_graph compiled
+part llm_profile 20 python3 benchmarks/profile_llm_step.py --device cuda --size 0.5B --tokens 32
+part fsdp_ddp 75 python3 benchmarks/fsdp_ddp.py --device cuda --steps 5 --warmup 2
+part first_audio 75 python3 benchmarks/first_audio.py --preset base --device cuda --repeat 3
+stamp done
