@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 import uvicorn
 from fastapi.testclient import TestClient
+from mmspeech_core.audio import pcm16
 from mmspeech_pipeline.bundle import write_bundle
 from mmspeech_pipeline.cli import main
 from mmspeech_pipeline.scheduler import SentenceScheduler
@@ -273,10 +274,14 @@ def test_concurrent_requests_share_batches_yet_match_single_requests(live, tts, 
         assert len(audio) == len(alone) and np.abs(audio - alone).max() < 1e-4
 
 
-def test_streamed_audio_arrives_by_sentence_and_equals_the_whole(live):
+def test_streamed_audio_arrives_by_chunk_and_equals_the_python_stream(live, tts, voice):
+    """Issue 15: a streamed response is what TTS.stream makes for that text, voice and seed (chunk-causal
+    audio, sent piece by piece), in every streaming format."""
     port, _ = live
     text = "hello there. good morning to you. how are you today?"
-    whole = _post(port, _speech(text, 7, response_format="pcm"))[1]
+    chunks = list(tts.stream(text, voice, seed=7))
+    assert len(chunks) > 3  # more pieces than sentences
+    whole = pcm16(torch.cat([c.audio for c in chunks]))
     for extra in ({"stream": True}, {"stream_format": "audio"}):
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/audio/speech",
@@ -289,7 +294,8 @@ def test_streamed_audio_arrives_by_sentence_and_equals_the_whole(live):
         assert streamed[:44] == streaming_wav_header(24000) and streamed[44:] == whole
     status, sse = _post(port, _speech(text, 7, stream_format="sse"))
     events = [json.loads(line[6:]) for line in sse.decode().splitlines() if line.startswith("data: ")]
-    assert [e["type"] for e in events] == ["speech.audio.delta"] * 3 + ["speech.audio.done"]
+    assert [e["type"] for e in events] == ["speech.audio.delta"] * (len(events) - 1) + ["speech.audio.done"]
+    assert len(events) > 4
     import base64
 
     assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == whole
@@ -345,6 +351,27 @@ def test_a_client_that_disconnects_frees_its_sentences(live, voice):
     assert sum(scheduler.batch_sizes[before:]) == ran  # nothing of it runs any more
     status, _ = _post(port, _speech("hello there."))
     assert status == 200  # the worker is free for the next request
+
+
+def test_a_streaming_client_that_disconnects_stops_its_stream(live):
+    """Issue 15: closing a streamed response cancels the request: the worker stops streaming it and takes
+    the next request."""
+    port, app = live
+    scheduler = app.state.scheduler
+    text = " ".join(["hello there. good morning to you."] * 100)  # 200 sentences
+    body = json.dumps(_speech(text, stream=True, response_format="pcm")).encode()
+    head = f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    before = len(scheduler.batch_sizes)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(head.encode() + body)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")  # streaming has begun
+    time.sleep(1.5)  # the next write to the closed socket fails; the ticket is cancelled
+    ran = len(scheduler.batch_sizes) - before
+    assert scheduler.pending == 0 and ran < 200
+    time.sleep(0.5)
+    assert len(scheduler.batch_sizes) - before == ran  # nothing of it runs any more
+    status, _ = _post(port, _speech("hello there."))
+    assert status == 200
 
 
 def test_cli_refuses_a_busy_port_and_a_missing_voices_folder(tmp_path, capsys):

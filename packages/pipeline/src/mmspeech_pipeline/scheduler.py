@@ -7,6 +7,11 @@ for the batch in flight and then runs in the next one, however long the requests
 its longest sentence). A cancelled ticket's sentences that have not started are dropped. Each sentence's audio
 depends only on its own text, voice and seed (the TTS guarantees batch invariance), never on its
 batch-mates or on how the scheduler grouped them.
+
+A streaming ticket (``submit(jobs, on_chunk=...)``) runs its sentences one at a time through
+:meth:`TTS.stream_sentence` and hands every audio piece to ``on_chunk`` as it is made, so a client hears
+the first chunk of a sentence long before the sentence ends; a cancelled streaming ticket stops between
+pieces. Streams are not batched with each other yet: one streamed sentence holds the worker while it runs.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -33,6 +38,9 @@ class Ticket:
     jobs: list[SentenceJob]
     futures: list[Future[torch.Tensor]] = field(default_factory=list)
     scheduled: int = 0  # sentences handed to the worker so far
+    # streaming: called from the worker thread with (sentence index, audio piece) as pieces are made, and
+    # with (index, None) once that sentence's future is settled (result or error)
+    on_chunk: Callable[[int, torch.Tensor | None], None] | None = None
 
     def __post_init__(self) -> None:
         self.futures = [Future() for _ in self.jobs]
@@ -41,12 +49,16 @@ class Ticket:
     def one_shot(self) -> bool:
         return self.jobs[0].voice.one_shot
 
+    _cancel: bool = False
+
     @property
     def cancelled(self) -> bool:
-        return any(f.cancelled() for f in self.futures)
+        return self._cancel or any(f.cancelled() for f in self.futures)
 
     def cancel(self) -> None:
-        """Drop the sentences that have not started (a running batch finishes; its result is discarded)."""
+        """Drop the sentences that have not started (a running batch finishes; its result is discarded; a
+        running streamed sentence stops at its next piece)."""
+        self._cancel = True
         for f in self.futures:
             f.cancel()
 
@@ -71,10 +83,17 @@ class SentenceScheduler:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="mmspeech-scheduler")
         self._thread.start()
 
-    def submit(self, jobs: Sequence[SentenceJob]) -> Ticket:
+    def submit(
+        self,
+        jobs: Sequence[SentenceJob],
+        on_chunk: Callable[[int, torch.Tensor | None], None] | None = None,
+    ) -> Ticket:
+        """Queue one request's sentences; with ``on_chunk`` it is streamed (see the module docstring)."""
         if not jobs:
             raise ValueError("nothing to synthesise")
-        ticket = Ticket(list(jobs))
+        if on_chunk is not None and not self.tts.can_stream:
+            raise ValueError("streaming needs a flow with a fixed-step solver (euler, midpoint, rk4)")
+        ticket = Ticket(list(jobs), on_chunk=on_chunk)
         with self._cv:
             if self._stopped:
                 raise RuntimeError("the scheduler is closed")
@@ -125,13 +144,23 @@ class SentenceScheduler:
 
     def _pick(self) -> list[tuple[Ticket, int]]:
         """Up to ``max_batch`` sentences, one per ticket per round (the TTS runs one voice mode per batch:
-        the first ticket's), then rotate so another ticket leads the next batch."""
+        the first ticket's), then rotate so another ticket leads the next batch. A streaming ticket's
+        sentence runs alone when its ticket leads, and is skipped otherwise."""
         self._live()
-        mode = self._queue[0].one_shot
+        lead = self._queue[0]
+        if lead.on_chunk is not None:
+            batch = [(lead, lead.scheduled)]
+            lead.scheduled += 1
+            self._queue.rotate(-1)
+            self._queue = deque(t for t in self._queue if t.scheduled < len(t.jobs))
+            return batch
+        mode = lead.one_shot
         batch: list[tuple[Ticket, int]] = []
         while len(batch) < self.max_batch:
             took = False
             for t in self._queue:
+                if t.on_chunk is not None:
+                    continue
                 if len(batch) < self.max_batch and t.one_shot == mode and t.scheduled < len(t.jobs):
                     batch.append((t, t.scheduled))
                     t.scheduled += 1
@@ -145,8 +174,28 @@ class SentenceScheduler:
     def _run(self, batch: list[tuple[Ticket, int]]) -> None:
         # a future cancelled before its batch starts is skipped; one that started can no longer be cancelled
         live = [(t, k) for t, k in batch if t.futures[k].set_running_or_notify_cancel()]
-        if live:
+        if live and live[0][0].on_chunk is not None:
+            self._stream(*live[0])
+        elif live:
             self._synthesize(live)
+
+    def _stream(self, ticket: Ticket, k: int) -> None:
+        """One sentence of a streaming ticket, piece by piece; stops early once the ticket is cancelled."""
+        assert ticket.on_chunk is not None
+        pieces = []
+        try:
+            for piece in self.tts.stream_sentence(ticket.jobs[k]):
+                if ticket.cancelled:
+                    break
+                pieces.append(piece)
+                ticket.on_chunk(k, piece)
+        except Exception as e:
+            log.warning("streaming failed for %r: %s", ticket.jobs[k].sentence, e)
+            ticket.futures[k].set_exception(e)
+            ticket.cancel()
+        else:
+            ticket.futures[k].set_result(torch.cat(pieces) if pieces else torch.zeros(0))
+        ticket.on_chunk(k, None)
 
     def _synthesize(self, live: list[tuple[Ticket, int]]) -> None:
         try:

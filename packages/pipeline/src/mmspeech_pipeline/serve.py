@@ -5,7 +5,9 @@
          -d '{"model": "mmspeech", "input": "Hello!", "voice": "alice"}' > out.wav
 
 Endpoints: ``POST /v1/audio/speech`` (OpenAI's schema plus ``seed``; ``"stream": true`` or
-``"stream_format": "audio"`` streams the audio sentence by sentence, ``"sse"`` as OpenAI's events),
+``"stream_format": "audio"`` streams the audio chunk by chunk as the chunk-causal flow makes it (what
+:meth:`TTS.stream` yields; sentence by sentence where the flow's solver cannot stream), ``"sse"`` as
+OpenAI's events),
 ``GET/POST /v1/voices``, ``DELETE /v1/voices/{id}``, ``GET /health``, and the generated docs at ``/docs``.
 With an API key set every endpoint but ``/health`` needs ``Authorization: Bearer <key>``.
 
@@ -290,12 +292,14 @@ def create_app(
         responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}, "description": "the audio"}},
     )
     async def speech(body: SpeechRequest, request: Request) -> Response:
-        ticket, fmt = _submit(body, store, scheduler, tts, s)
         deadline = time.monotonic() + s.request_timeout_s
-        if body.stream_format == "sse":
-            return StreamingResponse(_sse(ticket, tts, deadline), media_type="text/event-stream")
-        if body.stream or body.stream_format == "audio":
-            return StreamingResponse(_audio_stream(ticket, tts, fmt, deadline), media_type=MEDIA_TYPES[fmt])
+        if body.stream or body.stream_format is not None:
+            audio = _stream_request(body, store, scheduler, tts, s, deadline)
+            fmt = body.response_format
+            if body.stream_format == "sse":
+                return StreamingResponse(_sse(audio), media_type="text/event-stream")
+            return StreamingResponse(_audio_stream(audio, tts.sample_rate, fmt), media_type=MEDIA_TYPES[fmt])
+        ticket, fmt = _submit(body, store, scheduler, tts, s)
         wavs = await _collect(ticket, request, deadline)
         audio = encode_audio(tts.join(wavs), tts.sample_rate, f".{fmt}")
         return Response(audio, media_type=MEDIA_TYPES[fmt])
@@ -305,7 +309,12 @@ def create_app(
 
 
 def _submit(
-    body: SpeechRequest, store: VoiceStore, scheduler: SentenceScheduler, tts: TTS, s: ServerSettings
+    body: SpeechRequest,
+    store: VoiceStore,
+    scheduler: SentenceScheduler,
+    tts: TTS,
+    s: ServerSettings,
+    on_chunk: Callable[[int, torch.Tensor | None], None] | None = None,
 ) -> tuple[Ticket, str]:
     """Check what the schema cannot, plan the sentences (bad text fails here, alone) and queue them."""
     if body.speed != 1.0:
@@ -323,7 +332,30 @@ def _submit(
         jobs = tts.plan([body.input], [voice], [body.seed])
     except TextError as e:
         raise _error(400, str(e), "input") from e
-    return scheduler.submit(jobs), fmt
+    return scheduler.submit(jobs, on_chunk), fmt
+
+
+def _stream_request(
+    body: SpeechRequest,
+    store: VoiceStore,
+    scheduler: SentenceScheduler,
+    tts: TTS,
+    s: ServerSettings,
+    deadline: float,
+) -> AsyncIterator[torch.Tensor]:
+    """Queue a streamed request: chunk by chunk within each sentence where the flow can stream (a
+    fixed-step solver), else sentence by sentence."""
+    if not tts.can_stream:
+        ticket, _ = _submit(body, store, scheduler, tts, s)
+        return _sentences(ticket, tts, deadline)
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[tuple[int, torch.Tensor | None]] = asyncio.Queue()
+
+    def on_chunk(k: int, piece: torch.Tensor | None) -> None:  # called from the scheduler's thread
+        loop.call_soon_threadsafe(pieces.put_nowait, (k, piece))
+
+    ticket, _ = _submit(body, store, scheduler, tts, s, on_chunk)
+    return _chunks(ticket, tts, pieces, deadline)
 
 
 async def _result(
@@ -374,16 +406,45 @@ async def _sentences(ticket: Ticket, tts: TTS, deadline: float) -> AsyncIterator
         ticket.cancel()
 
 
-async def _audio_stream(ticket: Ticket, tts: TTS, fmt: str, deadline: float) -> AsyncIterator[bytes]:
+async def _chunks(
+    ticket: Ticket,
+    tts: TTS,
+    pieces: asyncio.Queue[tuple[int, torch.Tensor | None]],
+    deadline: float,
+) -> AsyncIterator[torch.Tensor]:
+    """A streaming ticket's audio pieces as the worker makes them (with the pause before every sentence
+    but the first). Starlette cancels this when the client disconnects; the ticket is then cancelled too,
+    and the worker stops at its next piece."""
+    try:
+        for k, future in enumerate(ticket.futures):
+            if k:
+                yield tts.pause()
+            while True:
+                try:
+                    _, piece = await asyncio.wait_for(pieces.get(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    raise _error(504, "the request took longer than the server's request timeout") from None
+                if piece is None:  # the sentence is settled: raises if it failed
+                    await _result(future, deadline)
+                    break
+                if piece.numel():
+                    yield piece
+    finally:
+        ticket.cancel()
+
+
+async def _audio_stream(
+    audio: AsyncIterator[torch.Tensor], sample_rate: int, fmt: str
+) -> AsyncIterator[bytes]:
     if fmt == "wav":
-        yield streaming_wav_header(tts.sample_rate)
-    async for wav in _sentences(ticket, tts, deadline):
+        yield streaming_wav_header(sample_rate)
+    async for wav in audio:
         yield pcm16(wav)
 
 
-async def _sse(ticket: Ticket, tts: TTS, deadline: float) -> AsyncIterator[bytes]:
+async def _sse(audio: AsyncIterator[torch.Tensor]) -> AsyncIterator[bytes]:
     """OpenAI's speech events: ``speech.audio.delta`` with base64 pcm, then ``speech.audio.done``."""
-    async for wav in _sentences(ticket, tts, deadline):
+    async for wav in audio:
         delta = {"type": "speech.audio.delta", "audio": base64.b64encode(pcm16(wav)).decode()}
         yield f"data: {json.dumps(delta)}\n\n".encode()
     yield b'data: {"type": "speech.audio.done"}\n\n'

@@ -506,19 +506,46 @@ class TTS:
         sentences = split_sentences(text)
         index = 0
         for si, sentence in enumerate(sentences):
+            ids = torch.tensor(self.text_tokenizer.encode(sentence))
             pieces = self._stream_sentence(
-                sentence, voice, seed + si, sampling, flow_infer, chunk_tokens, decode_context
+                sentence, ids, voice, seed + si, sampling, flow_infer, chunk_tokens, decode_context
             )
+            lead = self.pause() if si else None  # the silence synthesize puts between sentences
             for audio, last in pieces:
                 if audio.numel() or last:
+                    audio = audio.cpu()
+                    if lead is not None:
+                        audio, lead = torch.cat([lead, audio]), None
                     final = last and si == len(sentences) - 1
                     elapsed = time.perf_counter() - t0
-                    yield StreamChunk(audio.cpu(), self.sample_rate, index, elapsed, final)
+                    yield StreamChunk(audio, self.sample_rate, index, elapsed, final)
                     index += 1
+
+    @property
+    def can_stream(self) -> bool:
+        """Whether the flow's solver allows streaming (fixed-step: euler, midpoint, rk4)."""
+        return self.flow.config.infer.solver != "dopri5"
+
+    @torch.inference_mode()
+    def stream_sentence(
+        self,
+        job: SentenceJob,
+        sampling: SamplingConfig | None = None,
+        flow_infer: FlowInferConfig | None = None,
+        chunk_tokens: int | None = None,
+        decode_context: int | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """One planned sentence (:meth:`plan`) as (T_i,) audio pieces on the CPU, as :meth:`stream` makes
+        them (a server streams each request's sentences with this); the pieces join to the sentence."""
+        for audio, _ in self._stream_sentence(
+            job.sentence, job.ids, job.voice, job.seed, sampling, flow_infer, chunk_tokens, decode_context
+        ):
+            yield audio.cpu()
 
     def _stream_sentence(
         self,
         sentence: str,
+        text_ids: torch.Tensor,
         voice: Voice,
         seed: int,
         sampling: SamplingConfig | None,
@@ -536,7 +563,7 @@ class TTS:
         )
         chunk = chunk_tokens or fm.chunk_size
         n_prompt = len(voice.prompt.tokens) if voice.prompt is not None else 0
-        ids = [torch.tensor(self.text_tokenizer.encode(sentence))]
+        ids = [text_ids]
         spk = SpeakerEmbedding(voice.llm_speaker[None])
         for tok, alive in self.llm.stream(ids, spk, self._lm_prompt([voice]), sampling, [seed]):
             if not bool(alive[0]):
