@@ -148,14 +148,13 @@ class SentenceScheduler:
         sentence runs alone when its ticket leads, and is skipped otherwise."""
         self._live()
         lead = self._queue[0]
+        batch: list[tuple[Ticket, int]] = []
         if lead.on_chunk is not None:
-            batch = [(lead, lead.scheduled)]
+            batch.append((lead, lead.scheduled))
             lead.scheduled += 1
-            self._queue.rotate(-1)
-            self._queue = deque(t for t in self._queue if t.scheduled < len(t.jobs))
+            self._rotate()
             return batch
         mode = lead.one_shot
-        batch: list[tuple[Ticket, int]] = []
         while len(batch) < self.max_batch:
             took = False
             for t in self._queue:
@@ -167,9 +166,13 @@ class SentenceScheduler:
                     took = True
             if not took:
                 break
+        self._rotate()
+        return batch
+
+    def _rotate(self) -> None:
+        """Another ticket leads the next batch; tickets with every sentence handed out leave the queue."""
         self._queue.rotate(-1)
         self._queue = deque(t for t in self._queue if t.scheduled < len(t.jobs))
-        return batch
 
     def _run(self, batch: list[tuple[Ticket, int]]) -> None:
         # a future cancelled before its batch starts is skipped; one that started can no longer be cancelled

@@ -294,11 +294,13 @@ def create_app(
     async def speech(body: SpeechRequest, request: Request) -> Response:
         deadline = time.monotonic() + s.request_timeout_s
         if body.stream or body.stream_format is not None:
-            audio = _stream_request(body, store, scheduler, tts, s, deadline)
-            fmt = body.response_format
+            pieces = _stream_request(body, store, scheduler, tts, s, deadline)
+            kind = body.response_format
             if body.stream_format == "sse":
-                return StreamingResponse(_sse(audio), media_type="text/event-stream")
-            return StreamingResponse(_audio_stream(audio, tts.sample_rate, fmt), media_type=MEDIA_TYPES[fmt])
+                return StreamingResponse(_sse(pieces), media_type="text/event-stream")
+            return StreamingResponse(
+                _audio_stream(pieces, tts.sample_rate, kind), media_type=MEDIA_TYPES[kind]
+            )
         ticket, fmt = _submit(body, store, scheduler, tts, s)
         wavs = await _collect(ticket, request, deadline)
         audio = encode_audio(tts.join(wavs), tts.sample_rate, f".{fmt}")
