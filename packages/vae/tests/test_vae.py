@@ -174,3 +174,22 @@ def test_extract_and_stats(tmp_path):
     # resumable: a second run does nothing new
     stats = extract_features(m, read_manifest(tmp_path / "m.jsonl"), tmp_path / "lat")
     assert stats["done"] == 0 and stats["skipped"] == 2
+
+
+def test_a_batch_of_different_lengths_decodes_in_a_few_calls_as_if_alone():
+    """Issue 17 item 3: one padded call (plus one call for the tails of the shorter items, and one per
+    length under 2 × context) instead of one call per distinct length; padding never reaches an item."""
+    torch.manual_seed(0)
+    m = DACVAE(tiny_config()).eval()
+    ctx, c = m.decoder_context, m.config.model.latent_dim
+    lens = [40, 2 * ctx + 1, 5, 40, 2 * ctx, 30, 2 * ctx - 3]
+    lat = Latents.from_list([torch.randn(c, n) for n in lens], m.frame_rate)
+    calls = []
+    hook = m.decoder.register_forward_hook(lambda *_: calls.append(1))
+    out = m.decode(lat)
+    hook.remove()
+    assert len(calls) == 4  # padded batch, the 2·ctx tails (3 items), the 5- and 2·ctx−3-frame items alone
+    for i, n in enumerate(lens):
+        alone = m.decode(Latents.from_list([lat.data[i, :, :n]], m.frame_rate)).unbatch()[0]
+        assert out.unbatch()[i].shape == alone.shape == (n * m.hop,)
+        torch.testing.assert_close(out.unbatch()[i], alone, atol=1e-6, rtol=0)

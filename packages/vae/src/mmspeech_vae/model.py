@@ -136,13 +136,28 @@ class DACVAE(nn.Module, PretrainedMixin):
             raise ValueError(f"latents are at {latents.frame_rate} Hz, this VAE decodes {self.frame_rate} Hz")
         if (latents.lengths == 0).any():
             raise ValueError("cannot decode an empty latent sequence")
-        out: list[torch.Tensor | None] = [None] * len(latents)
-        for n, idx in _groups(latents.lengths.tolist()).items():
-            z = torch.stack([latents.data[i, :, :n] for i in idx]).to(self.device)
-            y = self.decode_tensor(z)
-            for k, i in enumerate(idx):
-                out[i] = y[k]
-        return Waveform.from_list(out, self.sample_rate)  # type: ignore[arg-type]
+        return Waveform.from_list(self._decode_padded(latents), self.sample_rate)
+
+    def _decode_padded(self, latents: Latents) -> list[torch.Tensor]:
+        """Each item's audio as if decoded alone, in two decoder calls whatever the lengths (plus one per
+        distinct length under 2 × context). The padded batch gives every item's samples up to ``context``
+        frames before its end exactly (their right context is real); the last ``context`` frames of a shorter
+        item come from a second call over windows of ``2 × context`` frames that end where the item ends,
+        so padding never reaches them."""
+        lengths = latents.lengths.tolist()
+        longest, ctx, hop = max(lengths), self.decoder_context, self.hop
+        y = self.decode_tensor(latents.data[:, :, :longest].to(self.device))  # (B, longest × hop)
+        out = [y[i, : n * hop] for i, n in enumerate(lengths)]
+        short = [i for i, n in enumerate(lengths) if n < longest]
+        for w, idx in _groups([min(lengths[i], 2 * ctx) for i in short]).items():
+            items = [short[k] for k in idx]
+            tails = self.decode_tensor(
+                torch.stack([latents.data[i, :, lengths[i] - w : lengths[i]] for i in items]).to(self.device)
+            )
+            for tail, i in zip(tails, items):
+                keep = ctx if w == 2 * ctx else w  # a whole short item comes from its own window
+                out[i] = torch.cat([y[i, : (lengths[i] - keep) * hop], tail[(w - keep) * hop :]])
+        return out
 
     def training_loss(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         """Generator pass for the trainer (routed through DDP): see :meth:`forward`."""
