@@ -353,7 +353,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(self._schedule_step(s), cfg.warmup_steps, cfg.max_steps)
         )
-
         use_scaler = cfg.amp == "fp16" and self.dist.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.step = 0
@@ -470,7 +469,6 @@ class Trainer:
         self.load_extra_state(state)
         self.step = int(state["step"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
-        self.started = time.monotonic()
         self.position = DataPosition(int(state.get("epoch", 0)), int(state.get("batch", 0)))
         rng = directory / f"rng-r{self.dist.rank}.pt"
         if rng.is_file() and state.get("world_size", 1) == self.dist.world_size:

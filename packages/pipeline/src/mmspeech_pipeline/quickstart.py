@@ -127,8 +127,8 @@ def _flow_config(
 
 def _loader_workers(device: str) -> int:
     """Data loader processes. On a GPU the quickstart's small models wait for their batches (measured on an
-    H200 with none: 8-12 LM / flow steps per second, about what 2 CPU cores do); on a 2-core CPU, workers
-    would only take cores from the model."""
+    H200 with none, size small: 8-12 LM / flow steps per second); on a 2-core CPU, workers would only take
+    cores from the model."""
     return min(4, (os.cpu_count() or 1) // 2) if device.startswith("cuda") else 0
 
 
@@ -163,6 +163,8 @@ def run_quickstart(
     steps or its share, whichever comes first; corpus, extraction and evaluation come on top)."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+    if minutes is not None and minutes <= 0:
+        raise ValueError(f"minutes must be positive, got {minutes}")
     preset = SIZES[size]
     if fast:
         preset = dataclasses.replace(
@@ -177,8 +179,6 @@ def run_quickstart(
     torch.manual_seed(seed)
     timed = _Timer()
     corpus = timed("corpus", build_corpus, out / "corpus", preset.speakers, preset.utterances, seed)
-    if minutes is not None and minutes <= 0:
-        raise ValueError(f"minutes must be positive, got {minutes}")
     losses, bundle = _train_all(corpus, preset, out, timed, device, minutes)
     tts = timed("load_bundle", TTS.from_pretrained, bundle, device=device)
     outputs, wavs = _demo(tts, corpus, out, seed, timed)

@@ -41,6 +41,7 @@ class Ticket:
     # streaming: called from the worker thread with (sentence index, audio piece) as pieces are made, and
     # with (index, None) once that sentence's future is settled (result or error)
     on_chunk: Callable[[int, torch.Tensor | None], None] | None = None
+    _cancel: bool = False  # set by cancel(): a running streamed sentence checks it between pieces
 
     def __post_init__(self) -> None:
         self.futures = [Future() for _ in self.jobs]
@@ -48,8 +49,6 @@ class Ticket:
     @property
     def one_shot(self) -> bool:
         return self.jobs[0].voice.one_shot
-
-    _cancel: bool = False
 
     @property
     def cancelled(self) -> bool:

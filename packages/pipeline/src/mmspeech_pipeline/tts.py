@@ -503,20 +503,17 @@ class TTS:
         the offline decode of the same latents); frames that lack right context are held back until it
         arrives. The flow needs a fixed-step solver (euler / midpoint / rk4)."""
         t0 = time.perf_counter()
-        sentences = split_sentences(text)
+        jobs = self.plan([text], [voice], seed)  # sentences, their ids and seeds, as synthesize has them
         index = 0
-        for si, sentence in enumerate(sentences):
-            ids = torch.tensor(self.text_tokenizer.encode(sentence))
-            pieces = self._stream_sentence(
-                sentence, ids, voice, seed + si, sampling, flow_infer, chunk_tokens, decode_context
-            )
+        for si, job in enumerate(jobs):
+            pieces = self._stream_sentence(job, sampling, flow_infer, chunk_tokens, decode_context)
             lead = self.pause() if si else None  # the silence synthesize puts between sentences
             for audio, last in pieces:
                 if audio.numel() or last:
                     audio = audio.cpu()
                     if lead is not None:
                         audio, lead = torch.cat([lead, audio]), None
-                    final = last and si == len(sentences) - 1
+                    final = last and si == len(jobs) - 1
                     elapsed = time.perf_counter() - t0
                     yield StreamChunk(audio, self.sample_rate, index, elapsed, final)
                     index += 1
@@ -537,23 +534,19 @@ class TTS:
     ) -> Iterator[torch.Tensor]:
         """One planned sentence (:meth:`plan`) as (T_i,) audio pieces on the CPU, as :meth:`stream` makes
         them (a server streams each request's sentences with this); the pieces join to the sentence."""
-        for audio, _ in self._stream_sentence(
-            job.sentence, job.ids, job.voice, job.seed, sampling, flow_infer, chunk_tokens, decode_context
-        ):
+        for audio, _ in self._stream_sentence(job, sampling, flow_infer, chunk_tokens, decode_context):
             yield audio.cpu()
 
     def _stream_sentence(
         self,
-        sentence: str,
-        text_ids: torch.Tensor,
-        voice: Voice,
-        seed: int,
+        job: SentenceJob,
         sampling: SamplingConfig | None,
         flow_infer: FlowInferConfig | None,
         chunk_tokens: int | None,
         decode_context: int | None,
     ) -> Iterator[tuple[torch.Tensor, bool]]:
         """(audio, is_last) pieces of one sentence; the last piece may be empty."""
+        voice, seed = job.voice, job.seed
         fm = self.flow.config.model
         spk_flow, prompt = self._flow_conditions([voice])
         state = _SentenceStream(
@@ -563,9 +556,8 @@ class TTS:
         )
         chunk = chunk_tokens or fm.chunk_size
         n_prompt = len(voice.prompt.tokens) if voice.prompt is not None else 0
-        ids = [text_ids]
         spk = SpeakerEmbedding(voice.llm_speaker[None])
-        for tok, alive in self.llm.stream(ids, spk, self._lm_prompt([voice]), sampling, [seed]):
+        for tok, alive in self.llm.stream([job.ids], spk, self._lm_prompt([voice]), sampling, [seed]):
             if not bool(alive[0]):
                 continue
             state.tokens.append(int(tok[0]))
@@ -577,7 +569,7 @@ class TTS:
                 state.final_tokens = final
                 yield self._stream_audio(state, last=False), False
         if not state.tokens:
-            raise RuntimeError(f"the LM produced no speech for {sentence!r}")
+            raise RuntimeError(f"the LM produced no speech for {job.sentence!r}")
         state.final_tokens = len(state.tokens)
         yield self._stream_audio(state, last=True), True
 
