@@ -62,22 +62,27 @@ def _dataset(corpus: Path, eager: bool, max_open: int):  # type: ignore[no-untyp
     return FlowDataset(tokens, latents, 2, {u.id: u.speaker for u in utts})
 
 
-def child(corpus: Path, batches: int, workers: int, eager: bool, train: bool, max_open: int) -> None:
+def child(
+    corpus: Path, batches: int, workers: int, eager: bool, train: bool, max_open: int, mode: str
+) -> None:
     """One measurement in a fresh process: prints a JSON line."""
     import dataclasses
+    import functools
 
-    from mmspeech_core.training import fast_train_config, move_to
+    from mmspeech_core.training import DistInfo, fast_train_config, move_to, train_loader
     from mmspeech_flow.config import tiny_config
+    from mmspeech_flow.data import collate
     from mmspeech_flow.model import FlowModel
-    from mmspeech_flow.train import make_loader
 
     torch.set_num_threads(1)
     ds = _dataset(corpus, eager, max_open)
     cfg = tiny_config(latent_dim=64, spk_in_dim=64)
     cfg = dataclasses.replace(
-        cfg, train=fast_train_config(batches, 1e-3, max_frames=4000, num_workers=workers)
+        cfg, train=fast_train_config(batches, 1e-3, max_frames=4000, num_workers=workers, data=mode)
     )
-    loader = make_loader(ds, cfg)
+    to_batch = functools.partial(collate, token_rate=25.0, latent_rate=50.0)
+    loader, set_epoch = train_loader(ds, to_batch, cfg.train, DistInfo())
+    set_epoch(0)
     model = FlowModel(cfg) if train else None
     opt = torch.optim.AdamW(model.parameters(), 1e-3) if model is not None else None
     seen, t0, worker_peak = 0, time.perf_counter(), 0.0
@@ -115,10 +120,16 @@ def peak_rss_mb(pid: int | str) -> float:
 
 
 def measure(
-    corpus: Path, batches: int, workers: int, max_open: int, eager: bool = False, train: bool = False
+    corpus: Path,
+    batches: int,
+    workers: int,
+    max_open: int,
+    eager: bool = False,
+    train: bool = False,
+    mode: str = "map",
 ) -> dict:
     cmd = [sys.executable, __file__, "--child", str(corpus), "--batches", str(batches)]
-    cmd += ["--workers", str(workers), "--max-open", str(max_open)]
+    cmd += ["--workers", str(workers), "--max-open", str(max_open), "--mode", mode]
     cmd += ["--eager"] * eager + ["--train"] * train
     r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -131,12 +142,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-open", type=int, default=32, help="FeatureStore: shards kept open per process")
     p.add_argument("--root", default=None, help="where corpora are written (default: a temp folder; reused)")
+    p.add_argument("--modes", nargs="+", default=["map", "stream"], choices=["map", "stream"])
+    p.add_argument("--mode", default="map", help=argparse.SUPPRESS)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--train", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        return child(Path(a.child), a.batches, a.workers, a.eager, a.train, a.max_open)
+        return child(Path(a.child), a.batches, a.workers, a.eager, a.train, a.max_open, a.mode)
     root = Path(a.root or Path(tempfile.gettempdir()) / "mmspeech-feature-bench")
     rows = []
     for n in a.sizes:
@@ -144,22 +157,30 @@ def main() -> None:
         write_corpus(root / str(n), n)
         written = time.perf_counter() - t
         gb = sum(f.stat().st_size for f in (root / str(n)).rglob("*.safetensors")) / 1e9
-        r = measure(root / str(n), a.batches, a.workers, a.max_open)
-        rows.append([n, f"{gb:.2f}", f"{written:.0f}", r["rss_mb"], r["worker_rss_mb"], r["per_s"]])
-    base = rows[0][3]
+        row: list = [n, f"{gb:.2f}", f"{written:.0f}"]
+        for mode in a.modes:
+            r = measure(root / str(n), a.batches, a.workers, a.max_open, mode=mode)
+            row += [r["rss_mb"], r["worker_rss_mb"], r["per_s"]]
+        rows.append(row)
+    heads = [f"{m} {h}" for m in a.modes for h in ("peak RSS MB", "worker peak MB", "batches/s")]
     table(
-        f"lazy shards (map mode), {a.batches} batches, {a.workers} workers, {a.max_open} open shards",
-        ["utterances", "shards GB", "write s", "peak RSS MB", "worker peak MB", "batches/s"],
+        f"lazy shards, {a.batches} batches, {a.workers} workers, {a.max_open} open shards",
+        ["utterances", "shards GB", "write s", *heads],
         rows,
     )
-    print(
-        f"\nRSS growth {a.sizes[0]} -> {a.sizes[-1]} utterances: {rows[-1][3] - base:+.0f} MB ({(rows[-1][3] / base - 1):+.1%})"
-    )
+    for k, mode in enumerate(a.modes):
+        first, last = rows[0][3 + 3 * k], rows[-1][3 + 3 * k]
+        print(
+            f"{mode}: RSS growth {a.sizes[0]} -> {a.sizes[-1]} utterances: {last - first:+.0f} MB "
+            f"({last / first - 1:+.1%})"
+        )
     small = root / str(a.sizes[0])
     speed = []
-    for eager in (False, True):
-        r = measure(small, 100, a.workers, a.max_open, eager=eager, train=True)
-        speed.append(["in-memory dicts (before)" if eager else "lazy shards", r["rss_mb"], r["per_s"]])
+    for name, eager, mode in [("in-memory dicts (before)", True, "map")] + [
+        (f"lazy shards, {m}", False, m) for m in a.modes
+    ]:
+        r = measure(small, 100, a.workers, a.max_open, eager=eager, train=True, mode=mode)
+        speed.append([name, r["rss_mb"], r["per_s"]])
     table(
         f"tiny flow training on {a.sizes[0]} utterances, 100 steps",
         ["features", "peak RSS MB", "steps/s"],

@@ -9,6 +9,7 @@ from mmspeech_core.config import config_from_dict, config_to_dict, load_config, 
 from mmspeech_core.data import (
     LengthBatchSampler,
     ManifestError,
+    ShardStream,
     ShardWriter,
     Utterance,
     holdout,
@@ -210,6 +211,39 @@ def test_length_batch_sampler_respects_budget_and_ranks():
     r1 = list(LengthBatchSampler(lengths, 120, rank=1, world_size=2))
     assert len(r0) == len(r1)
     assert set(i for b in r0 + r1 for i in b) == set(range(len(lengths)))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shard_stream_reads_whole_shards_gives_ranks_equal_batches_and_resumes_exactly(workers):
+    """Issue 14, streaming mode: each rank reads whole shards through a bounded buffer, every item of the
+    epoch is read, batches keep the frame budget, ranks get equal counts, and a resumed epoch continues
+    with exactly the batches not yet trained on."""
+    lengths = [1 + (7 * i) % 5 for i in range(60)]
+    shards = [i // 6 for i in range(60)]  # ten shards of six items
+
+    def batches(rank=0, world=2, start=0, epoch=1, workers=workers):
+        s = ShardStream(list(range(60)), shards, lengths, torch.tensor, 8, 3, 4, 1, rank, world, workers)
+        s.set_epoch(epoch)
+        s.set_start(start)
+        loader = torch.utils.data.DataLoader(s, batch_size=None, num_workers=workers)
+        return [b.tolist() for b in loader]
+
+    r0, r1 = batches(0), batches(1)
+    assert len(r0) == len(r1) > 0
+    assert all(max(lengths[i] for i in b) * len(b) <= 8 and len(b) <= 3 for b in r0 + r1)
+    assert {i for b in r0 + r1 for i in b} == set(range(60))  # nothing lost
+    assert not {shards[i] for b in r0 for i in b} & {shards[i] for b in r1 for i in b}  # whole shards
+    assert batches(0, start=5) == r0[5:]
+    assert batches(0, epoch=2) != r0  # a new order each epoch
+    one = batches(world=1, workers=0)
+    first_window, n = [], 0
+    while n < 4:  # the first 4 items out of the buffer were among the first 8 read: at most 2 shards
+        first_window += one.pop(0)
+        n = len(first_window)
+    assert len({shards[i] for i in first_window}) <= 2
+    with pytest.raises(ValueError, match="loader worker"):
+        s = ShardStream(list(range(60)), shards, lengths, torch.tensor, 8, num_workers=workers)
+        next(iter(torch.utils.data.DataLoader(s, batch_size=None, num_workers=1 if workers else 2)))
 
 
 def test_holdout_is_deterministic_and_stable_under_growth():

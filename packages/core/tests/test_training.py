@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mmspeech_core.data import LengthBatchSampler
+from mmspeech_core.data import LengthBatchSampler, ShardStream
 from mmspeech_core.training import TrainConfig, Trainer, set_seed
 from mmspeech_core.training import fast_train_config as core_fast_train_config
 
@@ -55,13 +55,18 @@ def _loader(kind: str):
     if kind == "length":  # ours: skips without reading
         sampler = LengthBatchSampler([1 + i % 3 for i in data], max_frames=9, max_batch=3, seed=0)
         loader = torch.utils.data.DataLoader(data, batch_sampler=sampler)
+    elif kind.startswith("stream"):  # streaming mode, in the main process or two loader workers
+        workers = int(kind.split("-")[1]) if "-" in kind else 0
+        lengths, shards = [1 + i % 3 for i in data], [i // 3 for i in data]
+        stream = ShardStream(data, shards, lengths, torch.tensor, 9, 3, buffer=2, num_workers=workers)
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers), stream.set_epoch
     else:  # torch's: skipped batches are read and discarded
         sampler = torch.utils.data.DistributedSampler(data, 1, 0, seed=0)
         loader = torch.utils.data.DataLoader(data, batch_size=3, sampler=sampler)
     return loader, sampler.set_epoch
 
 
-@pytest.mark.parametrize("kind", ["length", "torch"])
+@pytest.mark.parametrize("kind", ["length", "torch", "stream", "stream-2"])
 def test_resume_sees_the_batches_and_random_numbers_of_an_uninterrupted_run(tmp_path, kind):
     """Review items 3 and 4: a job killed mid-epoch continues with the batch and the random numbers an
     uninterrupted job would have used next (not epoch 0, batch 0)."""

@@ -17,9 +17,10 @@ from mmspeech_flow.model import FlowModel
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_torchrun_two_process_training(tmp_path, parallel):
     """Two CPU ranks (gloo) train through the CLI, under DDP or FSDP2 (with bf16 ignored on CPU, gradient
-    accumulation and activation checkpointing): rank 0 checkpoints plain weights, both exit 0."""
+    accumulation, activation checkpointing, and the shards streamed: unequal batch counts would hang a
+    rank): rank 0 checkpoints plain weights, both exit 0."""
     g = torch.Generator().manual_seed(0)
-    tw, lw = ShardWriter(tmp_path / "tokens"), ShardWriter(tmp_path / "latents")
+    tw, lw = ShardWriter(tmp_path / "tokens", 2), ShardWriter(tmp_path / "latents", 2)
     lines = []
     for i in range(8):
         n = 6 + i % 3
@@ -55,12 +56,14 @@ def test_torchrun_two_process_training(tmp_path, parallel):
     cmd += shlex.split(
         f"-m mmspeech_flow.cli train --config {tmp_path / 'flow.json'} --tokens {tmp_path / 'tokens'} "
         f"--latents {tmp_path / 'latents'} --manifest {tmp_path / 'm.jsonl'} --out {tmp_path / 'run'} --device cpu"
+        + (" --data stream" if parallel == "fsdp" else "")
     )
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-00000006"
     model = FlowModel.from_pretrained(tmp_path / "run" / "checkpoint-00000006")  # loads on one process
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert model.config.train.data == ("stream" if parallel == "fsdp" else "map")
 
 
 def _scalars(run, tag):

@@ -261,17 +261,20 @@ def test_dataset_from_extracted_folders_reads_lazily_and_casts_on_the_device(tmp
     assert batch.tokens.tokens.dtype == torch.long
 
 
-def _overfit_cfg(steps, **loss):
+def _overfit_cfg(steps, data="map", **loss):
     cfg = tiny_config()
     return dataclasses.replace(
         cfg,
         loss=dataclasses.replace(cfg.loss, cfg_dropout=0.0, prompt_prob=0.0, **loss),
-        train=fast_train_config(steps, 3e-3, warmup_steps=5, max_frames=1000),
+        train=fast_train_config(steps, 3e-3, warmup_steps=5, max_frames=1000, data=data),
     )
 
 
-@pytest.mark.parametrize("loss", [dict(), dict(immiscible="batch", contrastive_lambda=0.05)])
-def test_training_overfits_a_tiny_set_and_resumes(tmp_path, loss):
+@pytest.mark.parametrize(
+    "data, loss",
+    [("map", dict()), ("map", dict(immiscible="batch", contrastive_lambda=0.05)), ("stream", dict())],
+)
+def test_training_overfits_a_tiny_set_and_resumes(tmp_path, data, loss):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     tokens = {f"u{i}": torch.randint(0, 64, (6,), generator=g) for i in range(2)}
@@ -279,7 +282,7 @@ def test_training_overfits_a_tiny_set_and_resumes(tmp_path, loss):
     table = torch.randn(64, 8, generator=g)
     latents = {k: table[v].T.repeat_interleave(2, dim=1) for k, v in tokens.items()}
     ds = FlowDataset(tokens, latents, ratio=2, speakers={"u0": "a", "u1": "a"})
-    cfg = _overfit_cfg(150, **loss)
+    cfg = _overfit_cfg(150, data, **loss)
     model, hist = train(cfg, ds, tmp_path / "run", device="cpu", val_dataset=ds)
     assert "val/fm" in hist[-1] and hist[-1]["val/fm"] < 0.5 * hist[0]["fm"]  # validated at the last step
     first, last = sum(h["fm"] for h in hist[:10]) / 10, sum(h["fm"] for h in hist[-10:]) / 10

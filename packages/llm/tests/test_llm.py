@@ -363,8 +363,10 @@ def test_topk_sampling_draws_what_sorting_the_vocabulary_drew():
 
 def test_fsdp_on_one_process_trains_the_lm_and_saves_plain_weights(tmp_path):
     """Issue 14: the LM under FSDP2 (Qwen2 decoder layers and speaker blocks as units, activation
-    checkpointing) learns like under DDP and saves weights that load without FSDP."""
-    cfg, ds = _overfit_setup(tmp_path, 30, warmup_steps=5, parallel="fsdp", activation_checkpointing=True)
+    checkpointing, its tokens streamed) learns like under DDP and saves weights that load without FSDP."""
+    cfg, ds = _overfit_setup(
+        tmp_path, 30, warmup_steps=5, parallel="fsdp", activation_checkpointing=True, data="stream"
+    )
     try:
         _, hist = train(cfg, ds, tmp_path / "run", device="cpu", val_dataset=ds)
     finally:

@@ -127,8 +127,9 @@ def add_config_command(sub: argparse._SubParsersAction, presets: dict[str, Calla
     sp.add_argument("--out", required=True, help="output JSON path")
 
 
-def add_train_args(sp: argparse.ArgumentParser) -> None:
-    """Options shared by every ``train`` command."""
+def add_train_args(sp: argparse.ArgumentParser, streaming: bool = False) -> None:
+    """Options shared by every ``train`` command (``streaming``: the stage trains on extracted feature
+    shards and can read them in streaming mode)."""
     sp.add_argument("--config", required=True, help="config JSON (write one with the `config` command)")
     sp.add_argument(
         "--out", required=True, help="run folder: checkpoints, tensorboard logs; resumed if it exists"
@@ -158,6 +159,15 @@ def add_train_args(sp: argparse.ArgumentParser) -> None:
         metavar="PREFIX",
         help="with --init-from: parameters whose names start with PREFIX are not trained (e.g. backbone)",
     )
+    if streaming:
+        sp.add_argument(
+            "--data",
+            choices=["map", "stream"],
+            default=None,
+            help="override train.data: 'map' draws batches from the whole corpus (random access to the "
+            "shards), 'stream' reads the shards one after another through a shuffle buffer of "
+            "train.stream_buffer items per loader worker (object stores, network file systems)",
+        )
     sp.add_argument(
         "--val-fraction",
         type=float,
@@ -231,7 +241,8 @@ def load_init_model(
 
 
 def load_train_config(cls: type[C], args: argparse.Namespace) -> C:
-    """``--config`` loaded as ``cls``, with ``--max-steps`` and ``--minutes`` applied to its ``train`` section."""
+    """``--config`` loaded as ``cls``, with ``--max-steps``, ``--minutes`` and ``--data`` applied to its
+    ``train`` section."""
     import dataclasses
 
     from .config import load_config
@@ -244,6 +255,8 @@ def load_train_config(cls: type[C], args: argparse.Namespace) -> C:
         if args.minutes <= 0:
             raise SystemExit(f"--minutes must be positive, got {args.minutes}")
         overrides["time_budget_s"] = 60 * args.minutes
+    if getattr(args, "data", None) is not None:
+        overrides["data"] = args.data
     if overrides:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))  # type: ignore[type-var, attr-defined]
     return cfg

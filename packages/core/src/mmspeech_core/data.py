@@ -97,6 +97,24 @@ def write_manifest(path: str | os.PathLike[str], utts: Iterable[Utterance]) -> N
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 
+def length_batches(
+    items: Iterable[int], lengths: Sequence[int], max_frames: int, max_batch: int, rng: random.Random
+) -> list[list[int]]:
+    """``items`` sorted by length (ties in random order) and cut into batches of at most ``max_frames``
+    padded frames and ``max_batch`` items, shortest first."""
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in sorted(items, key=lambda i: (lengths[i], rng.random())):
+        longest = lengths[i]  # ascending order: the newcomer is the longest
+        if cur and (longest * (len(cur) + 1) > max_frames or len(cur) >= max_batch):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 class LengthBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Dynamic batches: items sorted into buckets by length so each batch holds at most ``max_frames``
     padded frames (and at most ``max_batch`` items). Shards batches across ``world_size`` ranks;
@@ -132,17 +150,7 @@ class LengthBatchSampler(torch.utils.data.Sampler[list[int]]):
         if self._cache is not None and self._cache[0] == self.epoch:
             return self._cache[1]
         rng = random.Random(self.seed + self.epoch)
-        order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], rng.random()))
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        for i in order:
-            longest = self.lengths[i]  # ascending order: the newcomer is the longest
-            if cur and (longest * (len(cur) + 1) > self.max_frames or len(cur) >= self.max_batch):
-                batches.append(cur)
-                cur = []
-            cur.append(i)
-        if cur:
-            batches.append(cur)
+        batches = length_batches(range(len(self.lengths)), self.lengths, self.max_frames, self.max_batch, rng)
         if self.shuffle:
             rng.shuffle(batches)
         per_rank = math.ceil(len(batches) / self.world_size)
@@ -159,6 +167,143 @@ class LengthBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+class ShardStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """Streaming mode: collated batches read shard by shard, for storage without fast random access.
+
+    Each epoch the shards are shuffled and dealt to *readers*, one per (rank, DataLoader worker); a reader
+    reads its shards' items in stored order through a shuffle buffer of ``buffer`` items, and every
+    ``buffer`` items leaving it are sorted by length, cut into batches of at most ``max_frames`` padded
+    frames (as :class:`LengthBatchSampler` does) and shuffled. So only ~2 × ``buffer`` items per worker are
+    in flight, and the storage is read one shard after another.
+
+    Batches are planned from ``shards`` (each item's shard number) and ``lengths`` alone, before any
+    tensor is read, which gives every reader the same number of batches (DDP and FSDP need equal steps:
+    a reader with fewer batches repeats its first ones) and an exact resume: :meth:`set_start` skips the
+    batches a rank already trained on without reading them. The plan depends on the seed, epoch, number
+    of ranks and of workers, not on timing: the DataLoader takes batches from its workers in turn, and
+    worker ``w`` yields the rank's batches ``start + w``, ``start + w + W``, …
+
+    ``dataset[i]`` reads item ``i``; ``collate(items)`` makes the batch. Wrap in
+    ``DataLoader(stream, batch_size=None, num_workers=num_workers)`` (the loader's worker count must be
+    ``num_workers``; workers are started afresh each epoch, so :meth:`set_epoch` reaches them).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        shards: Sequence[int],
+        lengths: Sequence[int],
+        collate: Callable[[list[Any]], Any],
+        max_frames: int,
+        max_batch: int = 64,
+        buffer: int = 1000,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+    ) -> None:
+        if len(shards) != len(lengths) or not lengths:
+            raise ValueError(f"{len(shards)} shard numbers for {len(lengths)} items (need one per item, >0)")
+        if max_frames <= 0 or max_batch <= 0 or buffer <= 0:
+            raise ValueError("max_frames, max_batch and buffer must be positive")
+        self.dataset, self.collate = dataset, collate
+        self.lengths = array("q", lengths)
+        self.max_frames, self.max_batch, self.buffer = max_frames, max_batch, buffer
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.num_workers = num_workers
+        by_shard: dict[int, array[int]] = {}
+        for i, s in enumerate(shards):
+            by_shard.setdefault(s, array("q")).append(i)
+        self.shards = [by_shard[s] for s in sorted(by_shard)]  # item indices of each shard, stored order
+        self.readers = world_size * max(1, num_workers)
+        if len(self.shards) < self.readers:
+            log.warning(
+                "%d shard(s) for %d readers (ranks x loader workers): some shards are read by several "
+                "readers each epoch; write smaller shards (extract --shard-size) for an even split",
+                len(self.shards),
+                self.readers,
+            )
+        self.epoch, self.start = 0, 0
+        self._counts: dict[int, int] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Iterate epoch ``epoch`` next, from its first batch (then :meth:`set_start` to resume within it)."""
+        self.epoch, self.start = epoch, 0
+        self.batches_per_reader(epoch)  # planned here, once, before the workers copy this object
+
+    def set_start(self, batch: int) -> None:
+        """The next iteration starts at this rank's batch ``batch`` of the epoch (a resumed run)."""
+        self.start = batch
+
+    def __len__(self) -> int:
+        """Batches per epoch on each rank."""
+        return self.batches_per_reader(self.epoch) * max(1, self.num_workers)
+
+    def _reader_shards(self, reader: int, epoch: int) -> list[int]:
+        order = list(range(len(self.shards)))
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        order = order * math.ceil(self.readers / len(order))  # fewer shards than readers: deal again
+        return order[reader :: self.readers]
+
+    def _plan(self, reader: int, epoch: int) -> Iterator[list[int]]:
+        """The reader's batches of item indices, from lengths alone (no tensor is read)."""
+        rng = random.Random(f"{self.seed}:{epoch}:{reader}")
+        pool: list[int] = []  # the shuffle buffer
+        out: list[int] = []  # items that left it, batched once there are ``buffer`` of them
+        for s in self._reader_shards(reader, epoch):
+            for i in self.shards[s]:
+                if len(pool) < self.buffer:
+                    pool.append(i)
+                    continue
+                j = rng.randrange(self.buffer)
+                out.append(pool[j])
+                pool[j] = i
+                if len(out) == self.buffer:
+                    yield from self._batches(out, rng)
+                    out = []
+        rng.shuffle(pool)
+        out += pool
+        for k in range(0, len(out), self.buffer):
+            yield from self._batches(out[k : k + self.buffer], rng)
+
+    def _batches(self, items: list[int], rng: random.Random) -> list[list[int]]:
+        batches = length_batches(items, self.lengths, self.max_frames, self.max_batch, rng)
+        rng.shuffle(batches)
+        return batches
+
+    def batches_per_reader(self, epoch: int) -> int:
+        """Every reader's batch count this epoch: the most any reader plans."""
+        if epoch not in self._counts:
+            self._counts = {epoch: max(sum(1 for _ in self._plan(r, epoch)) for r in range(self.readers))}
+        return self._counts[epoch]
+
+    def _padded_plan(self, reader: int, epoch: int) -> Iterator[list[int]]:
+        """The reader's plan, repeated from its start until it has the common count of batches."""
+        n = self.batches_per_reader(epoch)
+        while n > 0:
+            for b in self._plan(reader, epoch):
+                yield b
+                n -= 1
+                if n == 0:
+                    return
+
+    def __iter__(self) -> Iterator[Any]:
+        info = torch.utils.data.get_worker_info()
+        w, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if workers != max(1, self.num_workers):
+            raise ValueError(
+                f"ShardStream was planned for {self.num_workers} loader worker(s), the loader has {workers}"
+            )
+        start, epoch = self.start, self.epoch
+        # the rank's batch n comes from its reader n mod W (the n // W-th of that reader's batches); the
+        # loader asks its workers in turn from worker 0, so worker w serves the batches start + w + kW
+        first = start + w
+        reader = self.rank * workers + first % workers
+        for k, batch in enumerate(self._padded_plan(reader, epoch)):
+            if k >= first // workers:
+                yield self.collate([self.dataset[i] for i in batch])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -346,6 +491,10 @@ class FeatureStore(Mapping[str, torch.Tensor]):
         """Frames of an item (its last dimension), without reading it."""
         return self._last[self._pos[utt_id]]
 
+    def shard(self, utt_id: str) -> int:
+        """The number of the shard that holds an item (shards numbered in the order the index lists them)."""
+        return self._shard_of[self._pos[utt_id]]
+
     def _handle(self, k: int) -> Any:
         if k in self._open:
             self._open.move_to_end(k)
@@ -369,6 +518,14 @@ def feature_length(features: Mapping[str, torch.Tensor], utt_id: str) -> int:
     if isinstance(features, FeatureStore):
         return features.length(utt_id)
     return int(features[utt_id].shape[-1])
+
+
+def feature_shards(features: Mapping[str, torch.Tensor], ids: Sequence[str], group: int = 1000) -> list[int]:
+    """The shard of each item, for streaming (:class:`ShardStream`): from a :class:`FeatureStore`'s index;
+    for an in-memory mapping, consecutive groups of ``group`` items."""
+    if isinstance(features, FeatureStore):
+        return [features.shard(i) for i in ids]
+    return [k // group for k in range(len(ids))]
 
 
 def load_shards(out_dir: str | os.PathLike[str]) -> FeatureStore:

@@ -64,6 +64,11 @@ class TrainConfig:
     # clock: its schedule runs on max(step / max_steps, seconds / budget), so it has decayed by the end);
     # training with a budget is not bit-reproducible, since where it stops depends on the machine
     time_budget_s: float | None = None
+    # "map": random access to the feature shards (batches drawn from the whole corpus each epoch);
+    # "stream": shards read one after another through a shuffle buffer of stream_buffer items per loader
+    # worker, for storage without fast random access (see mmspeech_core.data.ShardStream)
+    data: Literal["map", "stream"] = "map"
+    stream_buffer: int = 1000
 
 
 def fast_train_config(steps: int, lr: float, **overrides: Any) -> TrainConfig:
@@ -202,8 +207,25 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _pin(x: Any) -> Any:
+    if isinstance(x, (torch.Tensor, _Padded, Batch)):
+        return x.pin_memory()
+    if isinstance(x, dict):
+        return {k: _pin(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_pin(v) for v in x)
+    return x
+
+
 class Batch:
     """Base of the stages' typed training batches (dataclasses): ``.to(device)`` moves every field."""
+
+    def pin_memory(self) -> Any:
+        """Every tensor in page-locked memory (a DataLoader with ``pin_memory=True`` calls this), so the
+        copy to the GPU runs beside the compute."""
+        assert dataclasses.is_dataclass(self)
+        fields = {f.name: _pin(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **fields)  # type: ignore[type-var]
 
     def to(self, device: torch.device | str) -> Any:
         assert dataclasses.is_dataclass(self)
@@ -211,6 +233,48 @@ class Batch:
             f.name: move_to(getattr(self, f.name), torch.device(device)) for f in dataclasses.fields(self)
         }
         return dataclasses.replace(self, **fields)  # type: ignore[type-var]
+
+
+def train_loader(
+    dataset: Any,
+    collate: Callable[[list[Any]], Any],
+    cfg: TrainConfig,
+    info: DistInfo,
+) -> tuple[torch.utils.data.DataLoader[Any], Callable[[int], None]]:
+    """The training DataLoader of a feature dataset (one with ``lengths()`` and ``shards()``) and its
+    ``set_epoch``: length-bucketed batches drawn from the whole corpus (``cfg.data == "map"``) or read shard
+    by shard (``"stream"``, :class:`~mmspeech_core.data.ShardStream`); this rank's share either way, in
+    page-locked memory when training on a GPU."""
+    from .data import LengthBatchSampler, ShardStream
+
+    pin = info.device.type == "cuda"
+    if cfg.data == "stream":
+        stream = ShardStream(
+            dataset,
+            dataset.shards(),
+            dataset.lengths(),
+            collate,
+            cfg.max_frames,
+            cfg.max_batch,
+            cfg.stream_buffer,
+            cfg.seed,
+            info.rank,
+            info.world_size,
+            cfg.num_workers,
+        )
+        loader = torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=cfg.num_workers, pin_memory=pin
+        )
+        return loader, stream.set_epoch
+    if cfg.data != "map":
+        raise ValueError(f"train.data must be 'map' or 'stream', got {cfg.data!r}")
+    sampler = LengthBatchSampler(
+        dataset.lengths(), cfg.max_frames, cfg.max_batch, True, cfg.seed, info.rank, info.world_size
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate, pin_memory=pin
+    )
+    return loader, sampler.set_epoch
 
 
 class _LossModule(nn.Module):
@@ -233,8 +297,10 @@ class DataPosition:
 
 
 def _skip_in_sampler(loader: Iterable[Any], skip: int) -> bool:
-    """Ask the loader's batch sampler to start ``skip`` batches in (no data is read for them)."""
-    set_start = getattr(getattr(loader, "batch_sampler", None), "set_start", None)
+    """Ask the loader's batch sampler (or streaming dataset) to start ``skip`` batches in (no data is read
+    for them)."""
+    planner = getattr(loader, "batch_sampler", None) or getattr(loader, "dataset", None)
+    set_start = getattr(planner, "set_start", None)
     if skip and set_start is not None:
         set_start(skip)
         return True

@@ -78,6 +78,10 @@ class _Padded:
             data = data.to(float_dtype)
         return self._with_data(data, self.lengths.to(device))
 
+    def pin_memory(self: T) -> T:
+        """In page-locked memory (DataLoader ``pin_memory=True``), for copies to the GPU beside compute."""
+        return self._with_data(self._data.pin_memory(), self.lengths.pin_memory())
+
     def select(self: T, index: int | Sequence[int] | torch.Tensor) -> T:
         """Sub-batch (keeps batch axis), trimmed to its longest item."""
         idx = torch.as_tensor([index] if isinstance(index, int) else index, dtype=torch.long)

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_command(sub, {"base": FlowConfig, "tiny": tiny_config})
     sp = add_command(sub, "train", "train a flow model on extracted tokens + latents", _train)
-    add_train_args(sp)
+    add_train_args(sp, streaming=True)
     sp.add_argument("--tokens", required=True, help="token folder written by `mmspeech-tokenizer extract`")
     sp.add_argument("--latents", required=True, help="latent folder written by `mmspeech-vae extract`")
     sp.add_argument(

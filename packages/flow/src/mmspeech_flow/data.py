@@ -8,7 +8,14 @@ from typing import Any
 
 import torch
 from mmspeech_core import Latents, SpeechTokens
-from mmspeech_core.data import ReferencePicker, Utterance, feature_length, holdout, load_shards
+from mmspeech_core.data import (
+    ReferencePicker,
+    Utterance,
+    feature_length,
+    feature_shards,
+    holdout,
+    load_shards,
+)
 from mmspeech_core.training import Batch
 
 
@@ -82,6 +89,10 @@ class FlowDataset(torch.utils.data.Dataset):
 
     def lengths(self) -> list[int]:
         return [self.n_tokens[i] * self.ratio for i in self.index]
+
+    def shards(self) -> list[int]:
+        """The latent shard of each item (streaming reads shard by shard; latents are most of the bytes)."""
+        return feature_shards(self.latents, [self.ids[i] for i in self.index])
 
     def _read(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, utt = self.n_tokens[i], self.ids[i]

@@ -8,26 +8,22 @@ from pathlib import Path
 
 import torch
 from mmspeech_core.data import LengthBatchSampler
-from mmspeech_core.training import Trainer, init_distributed, set_seed
+from mmspeech_core.training import Trainer, init_distributed, set_seed, train_loader
 
 from .config import FlowConfig
-from .data import FlowDataset, collate
+from .data import FlowBatch, FlowDataset, collate
 from .model import FlowModel
 
 
-def make_loader(
-    ds: FlowDataset, cfg: FlowConfig, rank: int = 0, world: int = 1, shuffle: bool = True
-) -> torch.utils.data.DataLoader:
+def _collate(cfg: FlowConfig) -> functools.partial[FlowBatch]:
+    return functools.partial(collate, token_rate=cfg.model.token_rate, latent_rate=cfg.model.latent_rate)
+
+
+def make_loader(ds: FlowDataset, cfg: FlowConfig) -> torch.utils.data.DataLoader:
+    """Validation batches: every item once, in length order."""
     t = cfg.train
-    sampler = LengthBatchSampler(ds.lengths(), t.max_frames, t.max_batch, shuffle, t.seed, rank, world)
-    return torch.utils.data.DataLoader(
-        ds,
-        batch_sampler=sampler,
-        num_workers=t.num_workers,
-        collate_fn=functools.partial(
-            collate, token_rate=cfg.model.token_rate, latent_rate=cfg.model.latent_rate
-        ),
-    )
+    sampler = LengthBatchSampler(ds.lengths(), t.max_frames, t.max_batch, shuffle=False)
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=_collate(cfg))
 
 
 def train(
@@ -48,8 +44,8 @@ def train(
     model.config = dataclasses.replace(model.config, train=cfg.train)
     if trained_with is not None:  # fingerprints of the parts behind the data, saved with every checkpoint
         model.trained_with = dict(trained_with)
-    loader = make_loader(dataset, cfg, info.rank, info.world_size)
-    val = make_loader(val_dataset, cfg, shuffle=False) if val_dataset is not None else None
+    loader, set_epoch = train_loader(dataset, _collate(cfg), cfg.train, info)
+    val = make_loader(val_dataset, cfg) if val_dataset is not None else None
     trainer = Trainer(model, cfg.train, out_dir, info)
-    history = trainer.fit(loader, loader.batch_sampler.set_epoch, resume, val)  # type: ignore[union-attr]
+    history = trainer.fit(loader, set_epoch, resume, val)
     return model, history

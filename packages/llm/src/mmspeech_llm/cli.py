@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_command(
         sub, "train", "train the LM on a manifest (text, speaker, audio) + extracted tokens", _train
     )
-    add_train_args(sp)
+    add_train_args(sp, streaming=True)
     sp.add_argument("--manifest", required=True, help="JSONL manifest with id, audio, text, speaker")
     sp.add_argument("--tokens", required=True, help="token folder written by `mmspeech-tokenizer extract`")
     sp.add_argument(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from mmspeech_core import Waveform
 from mmspeech_core.audio import read_audio
-from mmspeech_core.data import ReferencePicker, Utterance, feature_length
+from mmspeech_core.data import ReferencePicker, Utterance, feature_length, feature_shards
 from mmspeech_core.training import Batch
 
 from .config import LLMConfig
@@ -57,6 +57,10 @@ class LLMDataset(torch.utils.data.Dataset):
 
     def lengths(self) -> list[int]:
         return [len(self.text[i]) + self.n_speech[i] + 3 for i in self.index]
+
+    def shards(self) -> list[int]:
+        """The token shard of each item (streaming reads shard by shard)."""
+        return feature_shards(self.tokens, [self.utts[i].id for i in self.index])
 
     def __getitem__(self, k: int) -> LLMItem:
         i = self.index[k]

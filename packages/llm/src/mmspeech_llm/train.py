@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from mmspeech_core.data import LengthBatchSampler
-from mmspeech_core.training import Trainer, init_distributed, set_seed
+from mmspeech_core.training import Trainer, init_distributed, set_seed, train_loader
 
 from .config import LLMConfig
 from .data import LLMDataset, collate
@@ -38,19 +38,12 @@ def train(
     if trained_with is not None:  # fingerprints of the parts behind the data, saved with every checkpoint
         model.trained_with = dict(trained_with)
     t = cfg.train
-    sampler = LengthBatchSampler(
-        dataset.lengths(), t.max_frames, t.max_batch, True, t.seed, info.rank, info.world_size
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=t.num_workers,
-        collate_fn=functools.partial(collate, sample_rate=cfg.model.spk_sample_rate),
-    )
+    to_batch = functools.partial(collate, sample_rate=cfg.model.spk_sample_rate)
+    loader, set_epoch = train_loader(dataset, to_batch, t, info)
     val = None
     if val_dataset is not None:
         vs = LengthBatchSampler(val_dataset.lengths(), t.max_frames, t.max_batch, shuffle=False)
-        val = torch.utils.data.DataLoader(val_dataset, batch_sampler=vs, collate_fn=loader.collate_fn)
+        val = torch.utils.data.DataLoader(val_dataset, batch_sampler=vs, collate_fn=to_batch)
     trainer = Trainer(model, t, out_dir, info)
-    history = trainer.fit(loader, sampler.set_epoch, resume, val)
+    history = trainer.fit(loader, set_epoch, resume, val)
     return model, history
