@@ -72,7 +72,9 @@ def make_bundle(preset: str, out: Path, tokens_per_text: float) -> Path:
     return write_bundle(out / "bundle", **{k: out / v for k, v in parts.items()})
 
 
-def in_process(bundle: Path, device: str, repeat: int, voice_path: Path) -> tuple[list[list[object]], float]:
+def in_process(
+    bundle: Path, device: str, repeat: int, voice_path: Path, streams: int = 1
+) -> tuple[list[list[object]], float]:
     import time
 
     from mmspeech_core import Waveform
@@ -111,8 +113,39 @@ def in_process(bundle: Path, device: str, repeat: int, voice_path: Path) -> tupl
         ["stream: whole", ms(stream_total), statistics.median(stream_total) / audio_s],
         ["offline synthesize", ms(offline), statistics.median(offline) / audio_s],
     ]
+    if streams > 1:
+        rows += _together(tts, voice, streams, repeat, sync, audio_s)
     del tts
     return rows, audio_s
+
+
+def _together(tts, voice, n: int, repeat: int, sync, audio_s: float) -> list[list[object]]:  # type: ignore[no-untyped-def]
+    """``n`` concurrent streams as one batch (``TTS.stream_sentences``) against one offline batch of ``n``:
+    each stream's first piece (median over streams and rounds) and the real-time factor of the batch
+    (wall time / audio made)."""
+    import time
+
+    first, whole, offline = [], [], []
+    for k in range(repeat + 1):
+        jobs = [tts.plan([TEXT], [voice], seed=100 * k + i)[0] for i in range(n)]
+        t, seen = time.perf_counter(), {}
+        for piece in tts.stream_sentences(jobs):
+            seen.setdefault(piece.job, time.perf_counter() - t)
+        sync()
+        total = time.perf_counter() - t
+        t = time.perf_counter()
+        tts.synthesize_sentences(jobs)
+        sync()
+        if k:
+            first += list(seen.values())
+            whole.append(total)
+            offline.append(time.perf_counter() - t)
+    med = statistics.median
+    return [
+        [f"{n} streams together: first chunk", 1000 * med(first), ""],
+        [f"{n} streams together: whole", 1000 * med(whole), med(whole) / (n * audio_s)],
+        [f"offline batch of {n}", 1000 * med(offline), med(offline) / (n * audio_s)],
+    ]
 
 
 def over_http(bundle: Path, device: str, repeat: int, voice_path: Path, port: int) -> list[list[object]]:
@@ -143,12 +176,13 @@ def main() -> None:
     p.add_argument("--tokens-per-text", type=float, default=3.0, help="speech tokens per text token")
     p.add_argument("--port", type=int, default=8766)
     p.add_argument("--no-http", action="store_true", help="in-process figures only")
+    p.add_argument("--streams", type=int, default=8, help="also time this many streams as one batch (1: not)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         bundle = make_bundle(a.preset, Path(tmp), a.tokens_per_text)
         (Path(tmp) / "voices").mkdir()
         voice_path = Path(tmp) / "voices" / "bench.safetensors"
-        rows, audio_s = in_process(bundle, a.device, a.repeat, voice_path)
+        rows, audio_s = in_process(bundle, a.device, a.repeat, voice_path, a.streams)
         if not a.no_http:
             rows += over_http(bundle, a.device, a.repeat, voice_path, a.port)
     name = (

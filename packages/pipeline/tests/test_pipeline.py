@@ -166,6 +166,34 @@ def test_streamed_audio_equals_the_offline_decode_of_the_same_latents(tts, one_s
     torch.testing.assert_close(streamed, offline, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("one_shot", [False, True])
+def test_batched_streams_equal_single_streams(tts, one_shot):
+    """Issue 15: sentences streamed together (one LM batch, one VAE call per step) give each sentence the
+    pieces it gets streamed alone, and each sentence ends when its own LM row ends."""
+    refs = [read_audio(REF, 24000)[: n * tts.vae.hop] for n in (100, 101, 90)]
+    voices = [
+        tts.make_voice(Waveform.from_list([r], 24000), "a reference" if one_shot else None) for r in refs
+    ]
+    texts = ["hello there, this is a test.", "good morning!", "how are you today, my friend?"]
+    jobs = [tts.plan([t], [v], seed=3 + i)[0] for i, (t, v) in enumerate(zip(texts, voices))]
+    together: dict[int, list[torch.Tensor]] = {i: [] for i in range(3)}
+    order, ended = [], set()
+    for piece in tts.stream_sentences(jobs, chunk_tokens=4):
+        assert piece.job not in ended  # nothing after a sentence's last piece
+        ended |= {piece.job} if piece.last else set()
+        together[piece.job].append(piece.audio)
+        order.append((piece.job, piece.last))
+    assert sorted(i for i, last in order if last) == [0, 1, 2]  # each sentence ends exactly once
+    assert len(order) > 6 and len({i for i, _ in order[:3]}) > 1  # pieces of several sentences interleave
+    for i, job in enumerate(jobs):
+        alone = list(tts.stream_sentence(job, chunk_tokens=4))
+        assert [len(a) for a in together[i]] == [len(a) for a in alone]
+        torch.testing.assert_close(torch.cat(together[i]), torch.cat(alone), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="mix of one-shot"):
+        other = tts.make_voice(REF, None if one_shot else "a reference")
+        list(tts.stream_sentences([jobs[0], tts.plan(["hi there."], [other])[0]]))
+
+
 def test_long_text_runs_in_bounded_batches_with_the_same_audio(tts, monkeypatch):
     """Issue 11 item 5: memory bounded by the batch, not the text; the batching never changes the audio."""
     voice = tts.make_voice(REF)

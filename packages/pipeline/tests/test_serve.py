@@ -301,6 +301,29 @@ def test_streamed_audio_arrives_by_chunk_and_equals_the_python_stream(live, tts,
     assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == whole
 
 
+def test_concurrent_streams_share_batches_yet_each_equals_its_own_stream(live, tts, voice):
+    """Issue 15: streaming requests that arrive together stream as one batch (one LM batch, one VAE call
+    per step), and each client gets what TTS.stream makes for its text alone (to 16-bit rounding)."""
+    port, app = live
+    reqs = [("hello there. good morning.", 11), ("how are you today?", 12), ("good day to you, friends.", 13)]
+    results = {}
+
+    def call(k):
+        results[k] = _post(port, _speech(*reqs[k], stream=True, response_format="pcm"))
+
+    app.state.scheduler.batch_sizes.clear()
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(reqs))]
+    [t.start() for t in threads]
+    [t.join(timeout=120) for t in threads]
+    assert max(app.state.scheduler.batch_sizes) > 1  # they really streamed together
+    for k, (text, seed) in enumerate(reqs):
+        status, body = results[k]
+        alone = np.frombuffer(pcm16(torch.cat([c.audio for c in tts.stream(text, voice, seed=seed)])), "<i2")
+        got = np.frombuffer(body, "<i2")
+        assert status == 200 and len(got) == len(alone)
+        assert np.abs(got.astype(int) - alone.astype(int)).max() <= 1
+
+
 @pytest.mark.parametrize(
     "data, status",
     [
@@ -399,6 +422,49 @@ def test_cli_refuses_a_busy_port_and_a_missing_voices_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--bundle", "b", "--voices", "v", "--port", "70000"])
     assert e.value.code == 2 and "out of range" in capsys.readouterr().err
+
+
+def test_serve_computes_on_its_calling_thread_and_stops_when_the_scheduler_closes(
+    tts, voice, tmp_path, monkeypatch
+):
+    """`mmspeech serve` does all model work (sentences, new voices) on the thread that called serve() and
+    loaded the models, uvicorn answering from another (libgomp runs a second computing thread up to 3x
+    slower on a CPU: see SentenceScheduler); closing the scheduler stops both."""
+    import httpx
+    from mmspeech_pipeline.serve import serve
+
+    workers = set()
+    for name in ("synthesize_sentences", "make_voice"):
+        real = getattr(tts, name)
+        monkeypatch.setattr(
+            tts, name, lambda *a, _real=real, **k: workers.add(threading.current_thread()) or _real(*a, **k)
+        )
+    app = create_app(tts, _voices_dir(tmp_path, voice), ServerSettings(), worker_thread=False)
+    assert not app.state.scheduler.has_thread
+    sock = bind("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    runner = threading.Thread(target=serve, args=(app, sock, "warning"))
+    runner.start()
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(url + "/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        r = httpx.post(url + "/v1/audio/speech", json=_speech("hello there."), timeout=60)
+        assert r.status_code == 200 and len(r.content) > 44
+        wav = io.BytesIO()
+        x, sr = sf.read(str(REF))
+        sf.write(wav, x, sr, format="WAV")
+        up = httpx.post(
+            url + "/v1/voices", files={"file": ("me.wav", wav.getvalue())}, data={"name": "x"}, timeout=60
+        )
+        assert up.status_code == 201
+    finally:
+        app.state.scheduler.close()
+        runner.join(timeout=30)
+    assert not runner.is_alive() and workers == {runner}
 
 
 def test_streaming_header_is_a_valid_wav_start():

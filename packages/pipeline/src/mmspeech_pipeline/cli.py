@@ -196,7 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
         api_key=args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV),
     )
     sock = bind(args.host, args.port)  # a busy port fails now, before the models load
-    app = create_app(_tts(args), args.voices, settings)
+    app = create_app(_tts(args), args.voices, settings, worker_thread=False)  # serve() runs it here
     host, port = sock.getsockname()[:2]
     print(f"serving {len(app.state.voices.list().voices)} voice(s) on http://{host}:{port} (docs: /docs)")
     serve(app, sock)

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import socket
 import struct
 import tempfile
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -232,13 +234,18 @@ async def _send_error(send: Any, status: int, message: str) -> None:
 
 # ---- the app --------------------------------------------------------------------------------------------
 def create_app(
-    tts: TTS, voices_dir: str | os.PathLike[str], settings: ServerSettings | None = None
+    tts: TTS,
+    voices_dir: str | os.PathLike[str],
+    settings: ServerSettings | None = None,
+    worker_thread: bool = True,
 ) -> FastAPI:
     """The server as an ASGI app (run it with :func:`serve`, or any ASGI server). ``app.state.scheduler``
-    is the batching worker; close it with ``app.state.scheduler.close()`` when done."""
+    is the batching worker, which does all the model work (synthesis and new voices); close it with
+    ``app.state.scheduler.close()`` when done. ``worker_thread=False``: the worker has no thread of its
+    own, :func:`serve` runs it on its caller's thread (faster on a CPU: see :class:`SentenceScheduler`)."""
     s = settings or ServerSettings()
     store = VoiceStore(tts, voices_dir)
-    scheduler = SentenceScheduler(tts, s.max_batch, s.batch_window_ms / 1000.0)
+    scheduler = SentenceScheduler(tts, s.max_batch, s.batch_window_ms / 1000.0, thread=worker_thread)
     app = FastAPI(title="mmspeech", version="0.1.0", summary="Zero-shot TTS with an OpenAI-compatible API")
     app.state.scheduler, app.state.voices, app.state.settings = scheduler, store, s
     app.add_middleware(BodyLimits, settings=s)  # type: ignore[arg-type]
@@ -277,7 +284,7 @@ def create_app(
         voice_id = name if name is not None else f"voice-{secrets.token_hex(4)}"
         if not VOICE_ID.fullmatch(voice_id):
             raise _error(400, f"voice name {voice_id!r}: use 1-64 letters, digits, '-' or '_'", "name")
-        voice = _voice_from_upload(tts, file, transcript)
+        voice = _voice_from_upload(tts, scheduler, file, transcript)
         store.add(voice_id, voice, overwrite)
         return VoiceInfo(id=voice_id, one_shot=voice.one_shot)
 
@@ -303,11 +310,19 @@ def create_app(
             )
         ticket, fmt = _submit(body, store, scheduler, tts, s)
         wavs = await _collect(ticket, request, deadline)
-        audio = encode_audio(tts.join(wavs), tts.sample_rate, f".{fmt}")
+        audio = encode_audio(_joined(tts, wavs), tts.sample_rate, f".{fmt}")
         return Response(audio, media_type=MEDIA_TYPES[fmt])
 
     app.include_router(api)
     return app
+
+
+def _joined(tts: TTS, wavs: list[torch.Tensor]) -> np.ndarray:
+    """The sentences with the TTS's pause between them, as :meth:`TTS.join` makes them, but in numpy: no
+    torch work on the web thread (see :func:`mmspeech_core.audio.encode_audio`)."""
+    pause = tts.pause().numpy()
+    parts = [w.numpy() for w in wavs]
+    return np.concatenate([x for k, w in enumerate(parts) for x in ((pause, w) if k else (w,))])
 
 
 def _submit(
@@ -467,8 +482,11 @@ def streaming_wav_header(sample_rate: int) -> bytes:
     )
 
 
-def _voice_from_upload(tts: TTS, file: UploadFile, transcript: str | None) -> Voice:
-    """An uploaded recording -> a checked voice; a bad recording or transcript is a 400 naming why."""
+def _voice_from_upload(
+    tts: TTS, scheduler: SentenceScheduler, file: UploadFile, transcript: str | None
+) -> Voice:
+    """An uploaded recording -> a checked voice, made by the scheduler's worker (between batches); a bad
+    recording or transcript is a 400 naming why."""
     suffix = Path(file.filename or "").suffix.lower()
     with tempfile.NamedTemporaryFile(
         suffix=suffix if re.fullmatch(r"\.\w{1,5}", suffix) else ".audio"
@@ -476,7 +494,7 @@ def _voice_from_upload(tts: TTS, file: UploadFile, transcript: str | None) -> Vo
         tmp.write(file.file.read())
         tmp.flush()
         try:
-            return tts.make_voice(tmp.name, transcript)
+            return scheduler.call(lambda: tts.make_voice(tmp.name, transcript)).result()
         except (ReferenceAudioError, TextError) as e:
             raise _error(400, str(e).replace(tmp.name, file.filename or "upload"), "file") from e
 
@@ -500,11 +518,46 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(app: FastAPI, sock: socket.socket, log_level: str = "info") -> None:
-    """Run ``app`` with uvicorn on an already bound socket until Ctrl-C."""
+    """Run ``app`` with uvicorn on an already bound socket until Ctrl-C (or SIGTERM, or the scheduler is
+    closed). A scheduler without a thread of its own (``create_app(worker_thread=False)``) works on the
+    calling thread while uvicorn serves from another."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=5, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    scheduler: SentenceScheduler = app.state.scheduler
+    if scheduler.has_thread:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            scheduler.close()
+        return
+    web = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="mmspeech-http")
+    web.start()
+
+    def close_when_web_ends() -> None:  # the web server ending (a failure, say) ends the worker too
+        web.join()
+        scheduler.close()
+
+    threading.Thread(target=close_when_web_ends, daemon=True).start()
+    previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
+    if _main_thread():  # SIGTERM stops the server as Ctrl-C does (uvicorn's handlers need its main thread)
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        scheduler.run()
+    except KeyboardInterrupt:
+        log.info("stopping")
     finally:
-        app.state.scheduler.close()
+        server.should_exit = True
+        scheduler.close()
+        web.join(timeout=15)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

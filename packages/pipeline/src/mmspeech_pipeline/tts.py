@@ -121,6 +121,15 @@ class StreamChunk:
     final: bool
 
 
+@dataclass
+class StreamPiece:
+    """A piece of one of several sentences streamed together (:meth:`TTS.stream_sentences`)."""
+
+    job: int  # the sentence's position in the list streamed
+    audio: torch.Tensor  # (T,) on the CPU; the pieces of a sentence join to its audio
+    last: bool  # the sentence's last piece (it may be empty)
+
+
 class TTS:
     def __init__(
         self,
@@ -506,11 +515,11 @@ class TTS:
         jobs = self.plan([text], [voice], seed)  # sentences, their ids and seeds, as synthesize has them
         index = 0
         for si, job in enumerate(jobs):
-            pieces = self._stream_sentence(job, sampling, flow_infer, chunk_tokens, decode_context)
+            pieces = self._stream_jobs([job], sampling, flow_infer, chunk_tokens, decode_context)
             lead = self.pause() if si else None  # the silence synthesize puts between sentences
-            for audio, last in pieces:
+            for piece in pieces:
+                audio, last = piece.audio, piece.last
                 if audio.numel() or last:
-                    audio = audio.cpu()
                     if lead is not None:
                         audio, lead = torch.cat([lead, audio]), None
                     final = last and si == len(jobs) - 1
@@ -533,62 +542,134 @@ class TTS:
         decode_context: int | None = None,
     ) -> Iterator[torch.Tensor]:
         """One planned sentence (:meth:`plan`) as (T_i,) audio pieces on the CPU, as :meth:`stream` makes
-        them (a server streams each request's sentences with this); the pieces join to the sentence."""
-        for audio, _ in self._stream_sentence(job, sampling, flow_infer, chunk_tokens, decode_context):
-            yield audio.cpu()
+        them; the pieces join to the sentence."""
+        for piece in self._stream_jobs([job], sampling, flow_infer, chunk_tokens, decode_context):
+            yield piece.audio
 
-    def _stream_sentence(
+    @torch.inference_mode()
+    def stream_sentences(
         self,
-        job: SentenceJob,
+        jobs: Sequence[SentenceJob],
+        sampling: SamplingConfig | None = None,
+        flow_infer: FlowInferConfig | None = None,
+        chunk_tokens: int | None = None,
+        decode_context: int | None = None,
+    ) -> Iterator[StreamPiece]:
+        """Several planned sentences streamed together (a server's concurrent streams): the LM decodes them
+        as one batch, each sentence's flow advances on its own as its chunks become final, and the VAE
+        decodes the new windows of every sentence due at a step in one padded call. Yields each sentence's
+        pieces as :meth:`stream_sentence` makes them for it alone (to float tolerance: the padded VAE call
+        differs from a lone one by ~1e-7), tagged with the sentence's position in ``jobs``; a sentence whose
+        LM finishes first ends first. All zero-shot or all one-shot voices, as in a synthesis batch."""
+        if len({j.voice.one_shot for j in jobs}) > 1:
+            raise ValueError("mix of one-shot and zero-shot voices in one batch: stream them separately")
+        yield from self._stream_jobs(jobs, sampling, flow_infer, chunk_tokens, decode_context)
+
+    def _stream_jobs(
+        self,
+        jobs: Sequence[SentenceJob],
         sampling: SamplingConfig | None,
         flow_infer: FlowInferConfig | None,
         chunk_tokens: int | None,
         decode_context: int | None,
-    ) -> Iterator[tuple[torch.Tensor, bool]]:
-        """(audio, is_last) pieces of one sentence; the last piece may be empty."""
-        voice, seed = job.voice, job.seed
+    ) -> Iterator[StreamPiece]:
+        """Pieces of the sentences ``jobs``, streamed as one LM batch; each sentence's last piece (maybe
+        empty) has ``last`` set."""
         fm = self.flow.config.model
-        spk_flow, prompt = self._flow_conditions([voice])
-        state = _SentenceStream(
-            self.flow.stream(spk_flow, prompt, flow_infer, seed),
-            decode_context if decode_context is not None else self.vae.decoder_context,
-            torch.zeros(fm.latent_dim, 0, device=self.flow.device),
-        )
         chunk = chunk_tokens or fm.chunk_size
-        n_prompt = len(voice.prompt.tokens) if voice.prompt is not None else 0
-        spk = SpeakerEmbedding(voice.llm_speaker[None])
-        for tok, alive in self.llm.stream([job.ids], spk, self._lm_prompt([voice]), sampling, [seed]):
-            if not bool(alive[0]):
-                continue
-            state.tokens.append(int(tok[0]))
-            # tokens whose flow frames are final: whole chunks (counted from the prompt start) - lookahead
-            final = (
-                (n_prompt + len(state.tokens) - fm.lookahead) // fm.chunk_size
-            ) * fm.chunk_size - n_prompt
-            if final - state.final_tokens >= chunk:
-                state.final_tokens = final
-                yield self._stream_audio(state, last=False), False
-        if not state.tokens:
-            raise RuntimeError(f"the LM produced no speech for {job.sentence!r}")
-        state.final_tokens = len(state.tokens)
-        yield self._stream_audio(state, last=True), True
+        context = decode_context if decode_context is not None else self.vae.decoder_context
+        states = []
+        for job in jobs:
+            spk_flow, prompt = self._flow_conditions([job.voice])
+            flow = self.flow.stream(spk_flow, prompt, flow_infer, job.seed)
+            latents = torch.zeros(fm.latent_dim, 0, device=self.flow.device)
+            states.append(_SentenceStream(job, flow, context, latents))
+        voices = [j.voice for j in jobs]
+        spk = SpeakerEmbedding(torch.stack([v.llm_speaker for v in voices]))
+        steps = self.llm.stream(
+            [j.ids for j in jobs], spk, self._lm_prompt(voices), sampling, [j.seed for j in jobs]
+        )
+        # reading tokens back waits for the device: on a GPU, read them every few steps in one copy (the
+        # pieces come at most that many steps later); on the CPU it costs nothing, so every step
+        poll = 4 if self.llm.device.type == "cuda" else 1
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for step in _with_end(steps):
+            if step is not None:
+                pending.append(step)
+                if len(pending) < poll:
+                    continue
+            due = self._take_tokens(states, pending, chunk, ended=step is None)
+            pending = []
+            yield from self._pieces(states, due)
 
-    def _stream_audio(self, state: _SentenceStream, last: bool) -> torch.Tensor:
-        """Audio of the frames that became final since the last call (those without enough right context
-        are held back unless ``last``); advances ``state.emitted``."""
-        ctx = state.decode_context
-        new = state.flow.advance(torch.tensor(state.tokens), last)
-        state.latents = z = torch.cat([state.latents, new.to(state.latents)], dim=-1)
-        end = z.shape[-1] if last else max(state.emitted, z.shape[-1] - ctx)
-        if end <= state.emitted:
-            return torch.zeros(0)
-        start = max(0, state.emitted - ctx)  # left context ...
-        window = z[:, start : min(z.shape[-1], end + ctx)]  # ... and right context, cropped off below
-        wav = self.vae.decode(Latents.from_list([window], self.flow.config.model.latent_rate)).unbatch()[0]
-        _check_finite([wav])
-        hop = self.vae.hop
-        state.emitted, emitted = end, state.emitted
-        return wav[(emitted - start) * hop : (end - start) * hop]
+    def _take_tokens(
+        self,
+        states: list[_SentenceStream],
+        steps: list[tuple[torch.Tensor, torch.Tensor]],
+        chunk: int,
+        ended: bool,
+    ) -> list[tuple[int, bool]]:
+        """Append the polled steps' tokens (one copy from the device) to each live sentence; returns the
+        sentences with audio due, as ``(position, is_last)``: a chunk of newly final tokens, or the end of
+        the sentence (its EOS, or the end of the LM's decoding)."""
+        fm = self.flow.config.model
+        if steps:
+            tokens = torch.stack([t for t, _ in steps], 1).tolist()  # (B, k)
+            alive = torch.stack([a for _, a in steps], 1).tolist()
+        due = []
+        for i, st in enumerate(states):
+            if st.finished:
+                continue
+            if steps:
+                st.tokens += [t for t, a in zip(tokens[i], alive[i]) if a]
+            if ended or (steps and not alive[i][-1]):
+                if not st.tokens:
+                    raise RuntimeError(f"the LM produced no speech for {st.job.sentence!r}")
+                st.finished, st.final_tokens = True, len(st.tokens)
+                due.append((i, True))
+                continue
+            # tokens whose flow frames are final: whole chunks (counted from the prompt start) - lookahead
+            final = ((st.n_prompt + len(st.tokens) - fm.lookahead) // fm.chunk_size) * fm.chunk_size
+            if final - st.n_prompt - st.final_tokens >= chunk:
+                st.final_tokens = final - st.n_prompt
+                due.append((i, False))
+        return due
+
+    def _pieces(self, states: list[_SentenceStream], due: list[tuple[int, bool]]) -> Iterator[StreamPiece]:
+        """The audio of the frames that became final in each due sentence: the flows advance one by one, the
+        VAE decodes every window in one padded call. Frames without enough right context are held back
+        until it arrives (or the sentence ends)."""
+        windows: list[torch.Tensor] = []
+        cuts: list[tuple[int, int] | None] = []  # each window's samples to keep
+        for i, last in due:
+            st = states[i]
+            ctx = st.decode_context
+            new = st.flow.advance(torch.tensor(st.tokens), last)
+            st.latents = z = torch.cat([st.latents, new.to(st.latents)], dim=-1)
+            end = z.shape[-1] if last else max(st.emitted, z.shape[-1] - ctx)
+            if end <= st.emitted:
+                cuts.append(None)
+                continue
+            start = max(0, st.emitted - ctx)  # left context ...
+            windows.append(z[:, start : min(z.shape[-1], end + ctx)])  # ... and right, cropped off below
+            cuts.append(((st.emitted - start) * self.vae.hop, (end - start) * self.vae.hop))
+            st.emitted = end
+        wavs: list[torch.Tensor] = []
+        if windows:
+            latents = Latents.from_list(windows, self.flow.config.model.latent_rate)
+            wavs = [w.cpu() for w in self.vae.decode(latents.to(self.vae.device)).unbatch()]
+            _check_finite(wavs)
+        made = iter(wavs)
+        for (i, last), cut in zip(due, cuts):
+            audio = next(made)[cut[0] : cut[1]] if cut is not None else torch.zeros(0)
+            if audio.numel() or last:
+                yield StreamPiece(i, audio, last)
+
+
+def _with_end(steps: Iterator[Any]) -> Iterator[Any]:
+    """``steps``, then ``None``."""
+    yield from steps
+    yield None
 
 
 def _check_finite(wavs: Sequence[torch.Tensor]) -> None:
@@ -615,9 +696,17 @@ class SentenceJob:
 class _SentenceStream:
     """Progress of one streamed sentence."""
 
+    job: SentenceJob
     flow: FlowStream  # the flow's cached state: each chunk computed once
     decode_context: int  # latent frames of context on each side of a decoded window
     latents: torch.Tensor  # (C, T) the final latent frames so far
     tokens: list[int] = field(default_factory=list)  # speech tokens generated so far
     final_tokens: int = 0  # tokens whose latent frames are final
     emitted: int = 0  # latent frames already sent as audio
+    finished: bool = False  # its LM row has ended: the last piece is out
+
+    @property
+    def n_prompt(self) -> int:
+        """One-shot prompt tokens before the sentence's own (the flow's chunks count from the prompt start)."""
+        prompt = self.job.voice.prompt
+        return len(prompt.tokens) if prompt is not None else 0
