@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import torch
@@ -40,7 +42,10 @@ class Utterance:
     audio: str
     text: str | None = None
     speaker: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA)  # other fields of its line
+
+
+NO_EXTRA: Mapping[str, Any] = MappingProxyType({})  # shared by the lines without other fields
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[Utterance]:
@@ -84,7 +89,10 @@ def _manifest_line(path: Path, n: int, line: str, is_jsonl: bool) -> Utterance |
     known = {k: d.pop(k) for k in ("id", "audio", "text", "speaker") if k in d}
     speaker = known.get("speaker")
     speaker = sys.intern(speaker) if isinstance(speaker, str) else speaker
-    return Utterance(str(known["id"]), str(known["audio"]), known.get("text"), speaker, d)
+    # ids interned: feature indexes of the same corpus then share these strings; a line's emptied dict
+    # would still hold its table (~200 bytes), so lines without other fields share one empty mapping
+    utt_id = sys.intern(str(known["id"]))
+    return Utterance(utt_id, str(known["audio"]), known.get("text"), speaker, dict(d) if d else NO_EXTRA)
 
 
 def write_manifest(path: str | os.PathLike[str], utts: Iterable[Utterance]) -> None:
@@ -314,28 +322,26 @@ class ShardIndexError(ValueError):
     """A corrupt line inside an extraction index or errors file."""
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of an index / errors file. An incomplete last line (a write cut off by a crash) is not a
-    record: its ids count as not done and are extracted again. Any other bad line is corruption."""
+def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of an index / errors file, read line by line (a corpus index is never in memory whole). An
+    incomplete last line (a write cut off by a crash) is not a record: its ids count as not done and are
+    extracted again. Any other bad line is corruption."""
     if not path.is_file():
-        return []
-    raw = path.read_text()
-    lines = raw.split("\n")
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "id" not in record:
-                raise ValueError("not an object with an 'id'")
-        except ValueError as e:
-            if n == len(lines):  # no newline after it: the write never finished
-                log.warning("%s: ignoring the incomplete last line (an interrupted write)", path)
+        return
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
                 continue
-            raise ShardIndexError(f"{path}:{n}: corrupt line ({e}): {line[:80]!r}") from e
-        records.append(record)
-    return records
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or "id" not in record:
+                    raise ValueError("not an object with an 'id'")
+            except ValueError as e:
+                if not line.endswith("\n"):  # the last line, and its write never finished
+                    log.warning("%s: ignoring the incomplete last line (an interrupted write)", path)
+                    continue
+                raise ShardIndexError(f"{path}:{n}: corrupt line ({e}): {line[:80]!r}") from e
+            yield record
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -375,11 +381,11 @@ class ShardWriter:
         self.errors_path = self.out / f"errors-r{rank}.jsonl"
         _drop_torn_tail(self.index_path)  # appending after a torn line would corrupt the next one
         _drop_torn_tail(self.errors_path)
-        self.failed = {r["id"] for r in _read_jsonl(self.errors_path)}
+        self.failed = {r["id"] for r in _iter_jsonl(self.errors_path)}
 
     @staticmethod
     def done_ids(out_dir: str | os.PathLike[str]) -> set[str]:
-        return {r["id"] for p in Path(out_dir).glob("index-r*.jsonl") for r in _read_jsonl(p)}
+        return {r["id"] for p in Path(out_dir).glob("index-r*.jsonl") for r in _iter_jsonl(p)}
 
     def add(self, utt_id: str, value: torch.Tensor) -> None:
         self.buffer[utt_id] = compact(value.detach().cpu(), self.float_dtype).contiguous()
@@ -450,12 +456,12 @@ class FeatureStore(Mapping[str, torch.Tensor]):
         shard_ids: dict[str, int] = {}
         unknown: list[int] = []
         for p in sorted(self.dir.glob("index-r*.jsonl")):
-            for r in _read_jsonl(p):
+            for r in _iter_jsonl(p):
                 k = shard_ids.setdefault(r["shard"], len(shard_ids))
                 shape = tuple(r.get("shape", (-1,)))
                 if "shape" not in r:
                     unknown.append(len(self._last))
-                self._pos[r["id"]] = len(self._last)
+                self._pos[sys.intern(r["id"])] = len(self._last)  # shared with the manifest's ids
                 self._shard_of.append(k)
                 self._last.append(shape[-1] if shape else 1)
                 self._lead.append(leads.setdefault(shape[:-1], shape[:-1]))
@@ -626,10 +632,10 @@ class ReferencePicker:
     ) -> None:
         if fallback not in ("self", "drop"):
             raise ValueError(f"fallback must be 'self' or 'drop', got {fallback!r}")
-        self.by_spk: dict[str, list[int]] = {}
+        self.by_spk: dict[str, array[int]] = {}  # arrays: ~4 bytes per utterance, not ~36
         for i, s in enumerate(speakers):
             if s is not None:
-                self.by_spk.setdefault(s, []).append(i)
+                self.by_spk.setdefault(s, array("i")).append(i)
         self.speakers = list(speakers)
         self.fallback = fallback
         self.rng = random.Random(seed)
@@ -659,10 +665,10 @@ class ReferencePicker:
             log.warning("%d of %d utterance(s) are their own reference (leakage risk)", n_single, n)
 
     @property
-    def usable(self) -> list[int]:
+    def usable(self) -> array[int]:
         """Indices that can be trained on under this fallback."""
         bad = set(self.single) if self.fallback == "drop" else set()
-        return [i for i in range(len(self.speakers)) if i not in bad]
+        return array("i", (i for i in range(len(self.speakers)) if i not in bad))
 
     @property
     def num_self(self) -> int:
@@ -671,14 +677,13 @@ class ReferencePicker:
 
     def __call__(self, i: int) -> int:
         s = self.speakers[i]
-        pool = self.by_spk.get(s, []) if s is not None else []
-        if len(pool) < 2:
+        pool = self.by_spk.get(s) if s is not None else None
+        if pool is None or len(pool) < 2:
             if self.fallback == "drop":
                 raise ValueError(f"utterance {i} has no other utterance of its speaker")
             return i
-        j = self.rng.randrange(len(pool) - 1)
-        others = [k for k in pool if k != i]
-        return others[j]
+        j = self.rng.randrange(len(pool) - 1)  # the j-th of the others: skip i itself (pools ascend)
+        return pool[j] if j < bisect.bisect_left(pool, i) else pool[j + 1]
 
 
 SOURCE_NAME = "source.json"

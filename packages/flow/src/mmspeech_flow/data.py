@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,7 @@ class FlowDataset(torch.utils.data.Dataset):
             raise ValueError("no utterance has both tokens and latents")
         self.tokens, self.latents, self.ratio = tokens, latents, ratio
         self.ids: list[str] = []
-        self.n_tokens: list[int] = []  # aligned length of each item, known without reading it
+        self.n_tokens = array("i")  # aligned length of each item, known without reading it
         for i in ids:
             n = min(feature_length(tokens, i), feature_length(latents, i) // ratio)
             if n >= min_tokens:
