@@ -2,6 +2,7 @@
 
     uv run --no-sync python benchmarks/streaming.py                  # 60 s, base flow, CPU
     uv run --no-sync python benchmarks/streaming.py --device cuda
+    uv run --no-sync python benchmarks/streaming.py --left-chunks 4 --rerun-every 0   # bounded attention
 
 Random weights (speed is real). Feeds the speech tokens of a ``--seconds`` utterance chunk by chunk
 (``chunk_size`` tokens = 1 s at 25 Hz) and times each chunk: ``FlowStream.advance`` (only the new chunk,
@@ -14,6 +15,7 @@ real-time factor of streaming against one offline call.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -35,10 +37,20 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=10, help="euler steps")
-    p.add_argument("--rerun-every", type=int, default=10, help="time the old re-run at every k-th chunk")
+    p.add_argument(
+        "--rerun-every", type=int, default=10, help="time the old re-run at every k-th chunk (0: never)"
+    )
+    p.add_argument(
+        "--left-chunks",
+        type=int,
+        default=0,
+        help="chunks attend this many earlier ones (0: all; a model setting)",
+    )
     a = p.parse_args()
     torch.manual_seed(0)
-    flow = FlowModel(FlowConfig()).to(a.device).eval()
+    cfg = FlowConfig()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, left_chunks=a.left_chunks))
+    flow = FlowModel(cfg).to(a.device).eval()
     vae = DACVAE(VAEConfig()).to(a.device).eval()
     c = flow.config.model
     infer = FlowInferConfig(steps=a.steps, solver="euler", cfg_rate=0.7)
@@ -73,7 +85,7 @@ def main() -> None:
             emitted = stop
             if first_audio is None:
                 first_audio = time.perf_counter() - t_start
-            if k % a.rerun_every == 1 or last:
+            if a.rerun_every and (k % a.rerun_every == 1 or last):
                 done = end if last else (end - c.lookahead) // chunk * chunk
                 toks = SpeechTokens.from_list([tokens[:done]], c.token_rate)
                 _, rerun[k] = timed(lambda: flow.generate(toks, spk, None, infer, seed=0, chunked=True))  # noqa: B023
@@ -81,12 +93,15 @@ def main() -> None:
         offline_tokens = SpeechTokens.from_list([tokens], c.token_rate)
         (lat, t_flow) = timed(lambda: flow.generate(offline_tokens, spk, None, infer, seed=0, chunked=True))
         _, t_vae = timed(lambda: vae.decode(lat))
-    for k in sorted(rerun):
-        rows.append(
-            [k, f"{ends[k] / c.token_rate:.0f}", flow_times[k] * 1000, rerun[k] * 1000, vae_times[k] * 1000]
-        )
+    shown = (
+        sorted(rerun) if rerun else sorted({1, len(ends) // 4, len(ends) // 2, len(ends) - 2, len(ends) - 1})
+    )
+    for k in shown:
+        before = rerun[k] * 1000 if k in rerun else ""
+        rows.append([k, f"{ends[k] / c.token_rate:.0f}", flow_times[k] * 1000, before, vae_times[k] * 1000])
     table(
-        f"flow per chunk ({chunk} tokens = {chunk / c.token_rate:g} s), {a.seconds:g} s utterance, {a.device}",
+        f"flow per chunk ({chunk} tokens = {chunk / c.token_rate:g} s), {a.seconds:g} s utterance, "
+        f"left_chunks {a.left_chunks or 'all'}, {a.device}",
         ["chunk", "at s", "FlowStream ms", "re-run (before) ms", "VAE chunk ms"],
         rows,
     )

@@ -82,12 +82,17 @@ def test_chunk_mode_is_causal_beyond_lookahead():
     assert not torch.allclose(f2.data[0, :, : 4 * r], p2.data[0, :, : 4 * r], atol=1e-4)
 
 
-@pytest.mark.parametrize("solver, cfg_rate", [("euler", 0.0), ("rk4", 0.7), ("midpoint", 0.7)])
+@pytest.mark.parametrize(
+    "solver, cfg_rate, left_chunks", [("euler", 0.0, 0), ("rk4", 0.7, 0), ("midpoint", 0.7, 2)]
+)
 @pytest.mark.parametrize("prompt_len", [0, 6, 7])
-def test_streamed_chunks_equal_the_offline_chunked_latents(solver, cfg_rate, prompt_len):
-    """Issue 15: FlowStream computes only new chunks (cached keys/values) yet matches generate(chunked)."""
+def test_streamed_chunks_equal_the_offline_chunked_latents(solver, cfg_rate, left_chunks, prompt_len):
+    """Issue 15: FlowStream computes only new chunks (cached keys/values) yet matches generate(chunked),
+    also when chunks attend to a bounded number of earlier ones (left_chunks: the caches drop the rest)."""
     torch.manual_seed(0)
-    m = FlowModel(tiny_config()).eval()
+    cfg = tiny_config()
+    m = FlowModel(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, left_chunks=left_chunks)))
+    m = m.eval()
     for p in m.parameters():  # AdaLN-zero starts every block as identity: make the blocks do something
         if not p.abs().sum():
             p.data.normal_(0, 0.05)
@@ -112,6 +117,13 @@ def test_streamed_chunks_equal_the_offline_chunked_latents(solver, cfg_rate, pro
     assert torch.allclose(streamed, offline.unbatch()[0], atol=1e-5)
     unchunked = m.generate(SpeechTokens.from_list([tokens]), spk, prompt, infer, seed=3)
     assert not torch.allclose(streamed, unchunked.unbatch()[0], atol=1e-3)  # the test can tell them apart
+    if left_chunks:  # the bound changes the output, and the caches keep only the window
+        m.config.model.left_chunks = 0
+        unbounded = m.generate(SpeechTokens.from_list([tokens]), spk, prompt, infer, seed=3, chunked=True)
+        assert not torch.allclose(streamed, unbounded.unbatch()[0], atol=1e-3)
+        window = left_chunks * c.chunk_size * c.ratio
+        assert all(kv.kept <= window for evaluation in stream.estimator for kv in evaluation)
+        assert all(kv.kept <= left_chunks * c.chunk_size for kv in stream.encoder.pre)
     with pytest.raises(ValueError, match="fixed-step"):
         m.stream(spk, prompt, FlowInferConfig(solver="dopri5"))
 

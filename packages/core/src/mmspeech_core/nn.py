@@ -15,26 +15,39 @@ from torch import nn
 from .types import lengths_to_mask
 
 
-def chunk_attention_mask(valid: torch.Tensor, chunk_size: int | None, past: int = 0) -> torch.Tensor:
-    """(B, T) valid mask -> (B, T, past + T) bool attention mask (True = may attend).
+def chunk_attention_mask(
+    valid: torch.Tensor,
+    chunk_size: int | None,
+    past: int = 0,
+    left_chunks: int = 0,
+    kept: int | None = None,
+) -> torch.Tensor:
+    """(B, T) valid mask -> (B, T, kept + T) bool attention mask (True = may attend).
 
     ``chunk_size=None``: full attention over valid frames. Otherwise frame i attends to frames j with
     ``j // chunk_size <= i // chunk_size`` (its own chunk and all earlier ones): outputs of a chunk never
-    depend on later chunks, which is what streaming needs. Padded query rows attend to themselves so
-    softmax never sees an all-masked row. ``past``: frames before these, already computed and cached
-    (streaming; all valid, all in earlier chunks), which every frame may attend to; positions count from
-    the start of the past.
+    depend on later chunks, which is what streaming needs; with ``left_chunks`` > 0 also only
+    ``j // chunk_size >= i // chunk_size - left_chunks`` (its own chunk and that many before it), so a
+    streamed chunk costs the same wherever it is. Padded query rows attend to themselves so softmax never
+    sees an all-masked row. ``past``: frames before these, already computed (streaming; all valid), of
+    which the last ``kept`` (default all) are cached and come first along the key axis; positions count
+    from the start of the past.
     """
     b, t = valid.shape
-    allow = valid[:, None, :].expand(b, t, t)
+    kept = past if kept is None else kept
+    keys_valid = torch.cat([valid.new_ones(b, kept), valid], dim=1) if kept else valid
+    allow = keys_valid[:, None, :].expand(b, t, kept + t)
     if chunk_size is not None:
-        idx = (past + torch.arange(t, device=valid.device)) // chunk_size
-        allow = allow & (idx[None, None, :] <= idx[None, :, None])
-    eye = torch.eye(t, dtype=torch.bool, device=valid.device)[None]
-    mask = allow | (eye & ~valid[:, :, None])
-    if past:
-        mask = torch.cat([mask.new_ones(b, t, past), mask], dim=-1)
-    return mask
+        q = (past + torch.arange(t, device=valid.device)) // chunk_size
+        k = (past - kept + torch.arange(kept + t, device=valid.device)) // chunk_size
+        order = k[None, :] <= q[:, None]
+        if left_chunks:
+            order = order & (k[None, :] >= q[:, None] - left_chunks)
+        allow = allow & order[None]
+    itself = torch.eye(t, dtype=torch.bool, device=valid.device)  # each query frame's own key
+    if kept:
+        itself = torch.cat([itself.new_zeros(t, kept), itself], dim=1)
+    return allow | (itself[None] & ~valid[:, :, None])
 
 
 def rotary(x: torch.Tensor, base: float = 10000.0, offset: int = 0) -> torch.Tensor:
@@ -59,27 +72,43 @@ def _rotary_table(
 
 class KVCache:
     """Keys and values of the frames one attention layer has already seen (streaming). Stored in buffers
-    that double when full, so appending a chunk copies only the chunk (amortised), not the whole past."""
+    that double when full, so appending a chunk copies only the chunk (amortised), not the whole past.
 
-    def __init__(self) -> None:
-        self._k: torch.Tensor | None = None  # (B, H, capacity, Dh)
+    ``window``: keep only that many of the latest frames for the next call (a model whose chunks attend to
+    a bounded number of earlier chunks needs no more); older ones are dropped as new ones come, so memory
+    and the cost of a call stay bounded however long the stream. ``length`` counts every frame seen (the
+    position of the next one); :attr:`kept` says how many the next call attends to."""
+
+    def __init__(self, window: int | None = None) -> None:
+        self._k: torch.Tensor | None = None  # (B, H, capacity, Dh): frames [start, length) at [0, stored)
         self._v: torch.Tensor | None = None
+        self.window = window
         self.length = 0
+        self._stored = 0
+
+    @property
+    def kept(self) -> int:
+        """Cached frames the next :meth:`extend` returns before its own."""
+        return self._stored if self.window is None else min(self._stored, self.window)
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this step's (B, H, T, Dh) keys / values; returns all of them, past first."""
-        end = self.length + k.shape[-2]
+        """Append this step's (B, H, T, Dh) keys / values; returns the kept past and them, past first."""
+        if self._k is not None and self._v is not None and self.kept < self._stored:  # drop the oldest
+            drop, self._stored = self._stored - self.kept, self.kept
+            self._k[..., : self._stored, :] = self._k[..., drop : drop + self._stored, :].clone()
+            self._v[..., : self._stored, :] = self._v[..., drop : drop + self._stored, :].clone()
+        end = self._stored + k.shape[-2]
         if self._k is None or self._v is None or end > self._k.shape[-2]:
             cap = max(end, 2 * (self._k.shape[-2] if self._k is not None else 0), 64)
             grown_k = k.new_empty(*k.shape[:-2], cap, k.shape[-1])
             grown_v = v.new_empty(*v.shape[:-2], cap, v.shape[-1])
             if self._k is not None and self._v is not None:
-                grown_k[..., : self.length, :] = self._k[..., : self.length, :]
-                grown_v[..., : self.length, :] = self._v[..., : self.length, :]
+                grown_k[..., : self._stored, :] = self._k[..., : self._stored, :]
+                grown_v[..., : self._stored, :] = self._v[..., : self._stored, :]
             self._k, self._v = grown_k, grown_v
-        self._k[..., self.length : end, :] = k
-        self._v[..., self.length : end, :] = v
-        self.length = end
+        self._k[..., self._stored : end, :] = k
+        self._v[..., self._stored : end, :] = v
+        self._stored, self.length = end, self.length + k.shape[-2]
         return self._k[..., :end, :], self._v[..., :end, :]
 
 

@@ -25,6 +25,9 @@ class FlowModelConfig:
     estimator_layers: int = 12  # DiT blocks
     lookahead: int = 3  # future tokens the encoder sees (a right-context conv), held back when streaming
     chunk_size: int = 25  # tokens per streaming chunk
+    # chunk-causal attention reaches back this many chunks (0: to the start): with a bound, a streamed
+    # chunk costs the same wherever it is and the caches stay bounded (a model attribute: train with it)
+    left_chunks: int = 0
     dropout: float = 0.0
     # per-channel latent statistics (``mmspeech-vae stats``): the flow works on (x - mean) / std; empty = as is
     latent_mean: list[float] = field(default_factory=list)
@@ -37,6 +40,8 @@ class FlowModelConfig:
             raise ValueError(f"latent_mean / latent_std need {self.latent_dim} values each")
         if any(s <= 0 for s in self.latent_std):
             raise ValueError("latent_std values must be positive")
+        if self.left_chunks < 0:
+            raise ValueError(f"left_chunks must be >= 0 (0: no bound), got {self.left_chunks}")
         r = self.latent_rate / self.token_rate
         if r < 1 or abs(r - round(r)) > 1e-6:
             raise ValueError(

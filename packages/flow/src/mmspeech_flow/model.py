@@ -52,7 +52,7 @@ class TokenEncoder(nn.Module):
         if self.lookahead is not None:  # right context: token i sees tokens i..i+lookahead
             h = F.pad(x.transpose(1, 2), (0, c.lookahead))
             x = x + F.leaky_relu(self.lookahead(h)).transpose(1, 2) * valid[..., None]
-        mask = chunk_attention_mask(valid, c.chunk_size if chunked else None)
+        mask = chunk_attention_mask(valid, c.chunk_size if chunked else None, left_chunks=c.left_chunks)
         for blk in self.pre:
             x = blk(x, mask)
         x = x * valid[..., None]
@@ -61,7 +61,9 @@ class TokenEncoder(nn.Module):
         x = x + self.up_conv(F.pad(x, (2 * c.ratio, 0)))
         x = x.transpose(1, 2)
         lat_valid = lengths_to_mask(lengths * c.ratio, x.shape[1])
-        mask = chunk_attention_mask(lat_valid, c.chunk_size * c.ratio if chunked else None)
+        mask = chunk_attention_mask(
+            lat_valid, c.chunk_size * c.ratio if chunked else None, left_chunks=c.left_chunks
+        )
         for blk in self.post:
             x = blk(x, mask)
         mu = self.proj(self.norm(x)) * lat_valid[..., None]
@@ -81,7 +83,8 @@ class TokenEncoder(nn.Module):
         else:
             x = x[:, :n]
         valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        mask = chunk_attention_mask(valid, c.chunk_size, past=state.pre[0].length)
+        pre, post = state.pre[0], state.post[0]
+        mask = chunk_attention_mask(valid, c.chunk_size, pre.length, c.left_chunks, pre.kept)
         for blk, cache in zip(self.pre, state.pre):
             x = blk(x, mask, cache=cache)
         x = x.repeat_interleave(r, dim=1).transpose(1, 2)  # (B, D, n·r)
@@ -90,7 +93,7 @@ class TokenEncoder(nn.Module):
         state.up_tail = h[..., -2 * r :]
         x = (x + self.up_conv(h)).transpose(1, 2)
         mask = chunk_attention_mask(
-            valid.repeat_interleave(r, 1), c.chunk_size * r, past=state.post[0].length
+            valid.repeat_interleave(r, 1), c.chunk_size * r, post.length, c.left_chunks, post.kept
         )
         for blk, cache in zip(self.post, state.post):
             x = blk(x, mask, cache=cache)
@@ -108,9 +111,19 @@ class EncoderState:
 
     @classmethod
     def new(cls, c: FlowModelConfig) -> EncoderState:
+        pre, post = cache_windows(c)
         return cls(
-            [KVCache() for _ in range(c.encoder_layers)], [KVCache() for _ in range(c.encoder_post_layers)]
+            [KVCache(pre) for _ in range(c.encoder_layers)],
+            [KVCache(post) for _ in range(c.encoder_post_layers)],
         )
+
+
+def cache_windows(c: FlowModelConfig) -> tuple[int | None, int | None]:
+    """Frames a stream's caches keep at token rate and at latent rate: ``left_chunks`` chunks (all, None,
+    without a bound). Calls but the last cover whole chunks, so the next needs no older ones."""
+    if not c.left_chunks:
+        return None, None
+    return c.left_chunks * c.chunk_size, c.left_chunks * c.chunk_size * c.ratio
 
 
 class Estimator(nn.Module):
@@ -134,9 +147,14 @@ class Estimator(nn.Module):
         nn.init.zeros_(self.final_ada[1].weight)  # type: ignore[index, union-attr, arg-type]
         nn.init.zeros_(self.final_ada[1].bias)  # type: ignore[index, union-attr, arg-type]
 
-    def attention_mask(self, valid: torch.Tensor, chunked: bool, past: int = 0) -> torch.Tensor:
-        """(B, T, past + T): the same for every ODE evaluation of a call, so callers build it once."""
-        return chunk_attention_mask(valid, self.c.chunk_size * self.c.ratio if chunked else None, past)
+    def attention_mask(
+        self, valid: torch.Tensor, chunked: bool, past: int = 0, kept: int | None = None
+    ) -> torch.Tensor:
+        """(B, T, kept + T): the same for every ODE evaluation of a call, so callers build it once."""
+        c = self.c
+        return chunk_attention_mask(
+            valid, c.chunk_size * c.ratio if chunked else None, past, c.left_chunks, kept
+        )
 
     def forward(
         self,
@@ -344,7 +362,8 @@ class FlowModel(nn.Module, PretrainedMixin):
         def kv_and_mask() -> tuple[list[KVCache] | None, torch.Tensor | None]:
             kv = caches() if caches is not None else None
             if not masks:
-                mask = self.estimator.attention_mask(valid, chunked, kv[0].length if kv else 0)
+                past, kept = (kv[0].length, kv[0].kept) if kv else (0, None)
+                mask = self.estimator.attention_mask(valid, chunked, past, kept)
                 # a streamed chunk (or an unpadded full pass) may attend everywhere: no mask, faster kernels
                 masks.append(None if bool(mask.all()) else mask)
             return kv, masks[0]
@@ -375,13 +394,13 @@ class FlowStream:
     The chunk-causal model makes a chunk's frames depend only on tokens up to its end (plus the
     lookahead); so each call runs the token encoder and the ODE over the new chunks alone, attending to
     the keys and values earlier chunks left in the caches (the encoder's per block, the estimator's per
-    block and per ODE evaluation). A chunk's cost still grows with its position, but only through that
-    attention over the cached frames (linearly; on CPU, base flow: 0.98 s for the 2nd one-second chunk,
-    2.06 s for the 59th), where re-running the flow over all tokens per chunk grew quadratically in total.
-    The result equals ``generate(..., chunked=True)`` on the whole sequence to float tolerance. Fixed-step
-    solvers only (euler / midpoint / rk4): dopri5 picks its steps from the whole sequence, which a stream
-    never sees. Memory: the caches grow with the utterance
-    (evaluations × blocks × frames × width).
+    block and per ODE evaluation). With every earlier chunk in reach (``left_chunks`` 0) a chunk's cost
+    still grows with its position, through that attention over the cached frames (linearly; on CPU, base
+    flow: 0.98 s for the 2nd one-second chunk, 2.06 s for the 59th), and the caches with the utterance
+    (evaluations × blocks × frames × width); a model with ``left_chunks`` N attends to N earlier chunks
+    only, so the caches keep N chunks and every chunk costs the same. The result equals
+    ``generate(..., chunked=True)`` on the whole sequence to float tolerance. Fixed-step solvers only
+    (euler / midpoint / rk4): dopri5 picks its steps from the whole sequence, which a stream never sees.
     """
 
     def __init__(
@@ -434,7 +453,8 @@ class FlowStream:
         def caches() -> list[KVCache]:
             k = next(evaluation)
             if k == len(self.estimator):
-                self.estimator.append([KVCache() for _ in m.estimator.blocks])
+                window = cache_windows(c)[1]
+                self.estimator.append([KVCache(window) for _ in m.estimator.blocks])
             return self.estimator[k]
 
         noise = _noise(end * r, c.latent_dim, self.seed)[:, start * r :].to(mu)  # the offline noise, sliced
