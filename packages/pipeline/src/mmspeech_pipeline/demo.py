@@ -3,7 +3,10 @@
     mmspeech demo --bundle bundle/            # then open http://127.0.0.1:7860
 
 Everything runs locally: the page asks nothing of the internet (system fonts, no analytics, no share link).
-Problems with the reference or the text are shown to the person as a message, never as a traceback.
+Problems with the reference or the text are shown to the person as a message, never as a traceback. The
+model work runs on one worker (the thread that loaded the models when the page blocks), not on Gradio's
+handler threads: on a CPU a second computing thread runs PyTorch's OpenMP ops up to 3x slower (see
+:class:`~mmspeech_pipeline.scheduler.SentenceScheduler`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from mmspeech_llm.text import TextError
 
 from .reference import ReferenceAudioError
+from .scheduler import SentenceScheduler
 from .tts import TTS
 
 ZERO_SHOT, ONE_SHOT = "zero-shot (voice only)", "one-shot (voice + transcript)"
@@ -46,7 +50,9 @@ def speak(
     return tts.sample_rate, pcm
 
 
-def build_demo(tts: TTS) -> gr.Blocks:
+def build_demo(tts: TTS, worker: SentenceScheduler | None = None) -> gr.Blocks:
+    """The page; its action runs on ``worker`` (:meth:`SentenceScheduler.call`) if given, else on the
+    handler's thread."""
     with gr.Blocks(title="mmspeech", analytics_enabled=False) as page:
         gr.Markdown(
             "# mmspeech\nZero-shot speech synthesis: give a reference recording, type a text, listen. "
@@ -70,7 +76,9 @@ def build_demo(tts: TTS) -> gr.Blocks:
                 result = gr.Audio(label="Result", type="numpy", interactive=False, elem_id="result")
 
         def run(*args: Any) -> tuple[int, np.ndarray]:
-            return speak(tts, *args)
+            if worker is None:
+                return speak(tts, *args)
+            return worker.call(lambda: speak(tts, *args)).result()  # gr.Error comes through as raised
 
         button.click(run, [reference, transcript, text, seed, mode], result)
     return page
@@ -79,14 +87,24 @@ def build_demo(tts: TTS) -> gr.Blocks:
 def launch(
     tts: TTS, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True
 ) -> gr.Blocks:
-    """Serve the page (``block=False``: return at once, e.g. for tests; close with ``.close()``)."""
-    page = build_demo(tts)
+    """Serve the page. ``block``: until Ctrl-C, doing the model work on this thread; ``False``: return at
+    once with the work on a thread of its own (tests; close with ``.close()``)."""
+    worker = SentenceScheduler(tts, thread=not block)
+    page = build_demo(tts, worker)
     page.launch(
         server_name=host,
         server_port=port,
         share=share,
         theme=gr.themes.Default(font=FONTS, font_mono=MONO_FONTS),
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         show_error=True,
     )
+    if block:
+        try:
+            worker.run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            worker.close()
+            page.close()
     return page
