@@ -11,20 +11,22 @@ its data ship in the ``espeakng-loader`` wheel; no system package, no download),
     out/speakers.json             each speaker's voice (language, variant, pitch, rate) and split
 
 Speakers and sentences are held out by a hash of their id (:func:`mmspeech_core.data.holdout`), so the
-split does not move when the corpus grows. Voices, sentences and splits are deterministic for a seed; the
-samples are not quite: eSpeak NG's noise source cannot be seeded from outside, so two builds differ in
-noise and by a few samples in length. Measured: ~0.002 s of compute per second of speech.
+split does not move when the corpus grows. Voices, sentences, splits and samples are deterministic for a
+seed: eSpeak NG's noise source cannot be seeded from outside and carries on from one utterance to the
+next (the same call twice gives other samples, a few samples longer or shorter), so each speaker's
+utterances are made in order by a fresh forked process, and two builds are bit-identical whatever the
+number of workers. Measured: ~0.002 s of compute per second of speech.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import multiprocessing
 import os
 import random
 import threading
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,6 +59,9 @@ VARIANTS = (
 
 class VoiceError(ValueError):
     """An eSpeak NG language or variant that does not exist (eSpeak would silently use its default)."""
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -382,8 +387,9 @@ def build_corpus(
 ) -> CorpusSplit:
     """Synthesise ``speakers`` × ``utterances`` utterances into ``out`` (see the module docstring).
     Held-out speakers say held-out sentences only; training speakers never say a held-out sentence.
-    ``workers``: synthesis processes (default: the CPU count, at most 16); what is said by whom does not
-    depend on it."""
+    ``workers``: synthesis processes (default: the CPU count, at most 16); neither what is said by whom
+    nor the audio depends on it: each speaker is made in order by a fresh process, so a build is
+    bit-identical from run to run."""
     out = Path(out)
     if speakers < 2 or utterances < 2:
         raise ValueError("need at least 2 speakers and 2 utterances per speaker")
@@ -401,22 +407,27 @@ def build_corpus(
             text = rng.choice(test_text if spk in test_spk else train_text)
             uid = f"{spk}_{k:04d}"
             utts.append(Utterance(uid, str((out / "wavs" / spk / f"{uid}.wav").resolve()), text, spk))
-    jobs = [(u.audio, u.text or "", voices[u.speaker or ""]) for u in utts]
-    n = min(workers or os.cpu_count() or 1, 16, len(jobs))
-    # workers are forked (spawn would re-run a calling script that lacks a __main__ guard); a process that
-    # has started eSpeak NG already cannot fork them: its internal thread does not survive the fork, and a
-    # forked worker would wait for it forever
-    if "fork" not in multiprocessing.get_all_start_methods() or Espeak._instance is not None:
-        n = 1
-    bar = tqdm(total=len(jobs), desc="corpus", unit="utt", disable=not progress)
-    if n <= 1:
-        for job in jobs:
-            bar.update(_speak(job))
-    else:  # worker processes: eSpeak NG keeps one global state per process
+    # eSpeak NG carries state from one utterance to the next (the same call twice gives different samples),
+    # so each speaker's utterances are made in order by a fresh forked process: the audio then depends on
+    # nothing but that speaker's list, whatever the number of workers or how they were scheduled
+    by_speaker = [
+        [(u.audio, u.text or "", voices[spk]) for u in utts if u.speaker == spk] for spk in sorted(voices)
+    ]
+    n = min(workers or os.cpu_count() or 1, 16, len(by_speaker))
+    bar = tqdm(total=len(utts), desc="corpus", unit="utt", disable=not progress)
+    # forked, not spawned (spawn would re-run a calling script that lacks a __main__ guard); a process that
+    # has started eSpeak NG already cannot fork them (its internal thread does not survive the fork: a
+    # forked worker would wait for it forever), and makes the audio itself, reproducibly for the same calls
+    # but not equal to the forked build
+    if "fork" in multiprocessing.get_all_start_methods() and Espeak._instance is None:
         ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_one_thread) as pool:
-            for done in pool.map(_speak, jobs, chunksize=8):
+        with ctx.Pool(n, initializer=_one_thread, maxtasksperchild=1) as pool:
+            for done in pool.imap_unordered(_speak_all, by_speaker):
                 bar.update(done)
+    else:
+        log.warning("eSpeak NG already runs in this process: synthesising the corpus here, not in workers")
+        for jobs in by_speaker:
+            bar.update(_speak_all(jobs))
     bar.close()
     split = CorpusSplit(
         [u for u in utts if u.speaker in train_spk],
@@ -439,12 +450,14 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _speak(job: tuple[str, str, EspeakVoice]) -> int:
-    """Synthesise one utterance to its path (a worker's unit of work); returns 1 for the progress bar."""
-    path, text, voice = job
+def _speak_all(jobs: list[tuple[str, str, EspeakVoice]]) -> int:
+    """Synthesise one speaker's utterances to their paths, in order (a worker's unit of work); returns how
+    many, for the progress bar."""
     engine = Espeak.get()
-    save_audio(path, resample(engine.synthesize(text, voice), engine.sample_rate, SAMPLE_RATE), SAMPLE_RATE)
-    return 1
+    for path, text, voice in jobs:
+        wav = resample(engine.synthesize(text, voice), engine.sample_rate, SAMPLE_RATE)
+        save_audio(path, wav, SAMPLE_RATE)
+    return len(jobs)
 
 
 def _split(ids: list[str], fraction: float, seed: int, min_held: int = 1) -> tuple[list[str], list[str]]:
