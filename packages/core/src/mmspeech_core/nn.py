@@ -80,7 +80,7 @@ class KVCache:
     position of the next one); :attr:`kept` says how many the next call attends to."""
 
     def __init__(self, window: int | None = None) -> None:
-        self._k: torch.Tensor | None = None  # (B, H, capacity, Dh): frames [start, length) at [0, stored)
+        self._k: torch.Tensor | None = None  # (B, H, capacity, Dh): the last _stored frames seen
         self._v: torch.Tensor | None = None
         self.window = window
         self.length = 0
