@@ -128,6 +128,74 @@ def test_streamed_chunks_equal_the_offline_chunked_latents(solver, cfg_rate, lef
         m.stream(spk, prompt, FlowInferConfig(solver="dopri5"))
 
 
+@pytest.mark.parametrize("cfg_rate, left_chunks", [(0.0, 0), (0.7, 2)])
+@pytest.mark.parametrize("prompt_len", [0, 7])
+def test_a_batch_of_streams_equals_each_stream_and_a_row_that_ends_early_splits_off(
+    cfg_rate, left_chunks, prompt_len
+):
+    """Issue 15: concurrent streams advance as one batch (rows), each row's latents equal its own offline
+    chunk-causal generation; a row that ends first goes on alone (split) while the others continue."""
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    m = FlowModel(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, left_chunks=left_chunks)))
+    m = m.eval()
+    for p in m.parameters():
+        if not p.abs().sum():
+            p.data.normal_(0, 0.05)
+    c = m.config.model
+    tokens = torch.randint(0, c.vocab_size, (3, 41))
+    ends = [41, 41, 29]  # row 2 ends first
+    spk = SpeakerEmbedding(torch.randn(3, c.spk_dim))
+    prompt = None
+    if prompt_len:
+        prompt = FlowPrompt(
+            SpeechTokens.from_list([torch.randint(0, c.vocab_size, (prompt_len,)) for _ in range(3)]),
+            Latents.from_list([torch.randn(c.latent_dim, prompt_len * c.ratio + i) for i in range(3)]),
+        )
+    infer = FlowInferConfig(steps=3, solver="midpoint", cfg_rate=cfg_rate)
+    seeds = [3, 8, 5]
+    stream = m.stream(spk, prompt, infer, seed=seeds)
+    pieces: list[list[torch.Tensor]] = [[], [], []]
+    for n in (1, 6, 13, 22):
+        for i, x in enumerate(stream.advance(tokens[:, :n])):
+            pieces[i].append(x)
+    alone = stream.split([2])
+    assert len(alone) == 1 and len(stream) == 2
+    pieces[2].append(alone.advance(tokens[2, : ends[2]], last=True))
+    for n in (30, 38):
+        for i, x in enumerate(stream.advance(tokens[:2, :n])):
+            pieces[i].append(x)
+    for i, x in enumerate(stream.advance(tokens[:2], last=True)):
+        pieces[i].append(x)
+    for i in range(3):
+        one = None
+        if prompt is not None:
+            one = FlowPrompt(
+                SpeechTokens.from_list([prompt.tokens.unbatch()[i]]),
+                Latents.from_list([prompt.latents.unbatch()[i]]),
+            )
+        row = SpeakerEmbedding(spk.vectors[i : i + 1])
+        offline = m.generate(
+            SpeechTokens.from_list([tokens[i, : ends[i]]]), row, one, infer, seed=seeds[i], chunked=True
+        ).unbatch()[0]
+        streamed = torch.cat(pieces[i], dim=-1)
+        assert streamed.shape == offline.shape
+        assert torch.allclose(streamed, offline, atol=1e-5), i
+    with pytest.raises(ValueError, match="not distinct positions"):
+        stream.split([2])
+    with pytest.raises(ValueError, match="token rows"):
+        stream.advance(tokens)
+    if prompt is not None:
+        uneven = FlowPrompt(
+            SpeechTokens.from_list(
+                [torch.zeros(prompt_len, dtype=torch.long), torch.zeros(prompt_len + 1, dtype=torch.long)]
+            ),
+            Latents.from_list([torch.randn(c.latent_dim, 2 * prompt_len * c.ratio)] * 2),
+        )
+        with pytest.raises(ValueError, match="same length"):
+            m.stream(SpeakerEmbedding(spk.vectors[:2]), uneven, infer)
+
+
 def test_one_shot_prompt_is_cut_from_output():
     torch.manual_seed(0)
     m = FlowModel(tiny_config()).eval()

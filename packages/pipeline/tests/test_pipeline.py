@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 from mmspeech_core import CheckpointError, Waveform, read_audio, save_audio
+from mmspeech_flow.model import FlowStream
 from mmspeech_llm.text import TextError
 from mmspeech_pipeline.bundle import write_bundle
 from mmspeech_pipeline.cli import main
@@ -167,7 +168,7 @@ def test_streamed_audio_equals_the_offline_decode_of_the_same_latents(tts, one_s
 
 
 @pytest.mark.parametrize("one_shot", [False, True])
-def test_batched_streams_equal_single_streams(tts, one_shot):
+def test_batched_streams_equal_single_streams(tts, one_shot, monkeypatch):
     """Issue 15: sentences streamed together (one LM batch, one VAE call per step) give each sentence the
     pieces it gets streamed alone, and each sentence ends when its own LM row ends."""
     refs = [read_audio(REF, 24000)[: n * tts.vae.hop] for n in (100, 101, 90)]
@@ -178,6 +179,11 @@ def test_batched_streams_equal_single_streams(tts, one_shot):
     jobs = [tts.plan([t], [v], seed=3 + i)[0] for i, (t, v) in enumerate(zip(texts, voices))]
     together: dict[int, list[torch.Tensor]] = {i: [] for i in range(3)}
     order, ended = [], set()
+    rows = []  # rows of each flow call: sentences whose chunks line up advance as one batch
+    advance = FlowStream.advance
+    monkeypatch.setattr(
+        FlowStream, "advance", lambda self, *a, **k: rows.append(len(self)) or advance(self, *a, **k)
+    )
     for piece in tts.stream_sentences(jobs, chunk_tokens=4):
         assert piece.job not in ended  # nothing after a sentence's last piece
         ended |= {piece.job} if piece.last else set()
@@ -185,6 +191,9 @@ def test_batched_streams_equal_single_streams(tts, one_shot):
         order.append((piece.job, piece.last))
     assert sorted(i for i, last in order if last) == [0, 1, 2]  # each sentence ends exactly once
     assert len(order) > 6 and len({i for i, _ in order[:3]}) > 1  # pieces of several sentences interleave
+    # zero-shot: all three together; one-shot: the two 50-token prompts together, the 45-token one apart
+    assert max(rows) == (2 if one_shot else 3) and rows.count(1) >= 3
+    monkeypatch.undo()
     for i, job in enumerate(jobs):
         alone = list(tts.stream_sentence(job, chunk_tokens=4))
         assert [len(a) for a in together[i]] == [len(a) for a in alone]

@@ -111,6 +111,17 @@ class KVCache:
         self._stored, self.length = end, self.length + k.shape[-2]
         return self._k[..., :end, :], self._v[..., :end, :]
 
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """A cache of these batch rows only (copied), at the same position: one stream of a batch that
+        goes on alone, or the batch without it."""
+        out = KVCache(self.window)
+        out.length, out._stored = self.length, self._stored
+        if self._k is not None and self._v is not None:
+            rows = rows.to(self._k.device)
+            out._k = self._k[rows, ..., : self._stored, :].clone()
+            out._v = self._v[rows, ..., : self._stored, :].clone()
+        return out
+
 
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:

@@ -92,7 +92,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def item_seeds(seed: int | Sequence[int] | None, batch: int) -> list[int | None]:
+def item_seeds(seed: int | Sequence[int | None] | None, batch: int) -> list[int | None]:
     """Per-item seeds for a batch: ``None`` (unseeded), an int (item i gets ``seed + i``) or one per item.
 
     Items drawing from their own seeded generators make batched output equal unbatched output."""

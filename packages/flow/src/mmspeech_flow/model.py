@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -289,9 +290,10 @@ class FlowModel(nn.Module, PretrainedMixin):
         speaker: SpeakerEmbedding,
         prompt: FlowPrompt | None = None,
         infer: FlowInferConfig | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int | None] | None = None,
     ) -> FlowStream:
-        """Start a chunk-by-chunk generation of one utterance (see :class:`FlowStream`)."""
+        """Start a chunk-by-chunk generation of one utterance per speaker vector (see
+        :class:`FlowStream`)."""
         return FlowStream(self, speaker, prompt, infer or self.config.infer, seed)
 
     def _check_request(
@@ -389,7 +391,7 @@ class FlowModel(nn.Module, PretrainedMixin):
 
 
 class FlowStream:
-    """One utterance's latents, chunk by chunk, each chunk computed once.
+    """Utterances' latents, chunk by chunk, each chunk computed once.
 
     The chunk-causal model makes a chunk's frames depend only on tokens up to its end (plus the
     lookahead); so each call runs the token encoder and the ODE over the new chunks alone, attending to
@@ -401,6 +403,12 @@ class FlowStream:
     only, so the caches keep N chunks and every chunk costs the same. The result equals
     ``generate(..., chunked=True)`` on the whole sequence to float tolerance. Fixed-step solvers only
     (euler / midpoint / rk4): dopri5 picks its steps from the whole sequence, which a stream never sees.
+
+    A stream has B rows (one per speaker vector) that advance in one batch: concurrent streams whose
+    tokens arrive in step (an LM batch). Their one-shot prompts must have the same number of tokens, so
+    the rows' chunks line up. A row that ends before the others is moved to a stream of its own with
+    :meth:`split`. Each row draws its own noise (``seed``: int, row i uses seed+i, or one per row), so a
+    row's latents do not depend on its batch-mates.
     """
 
     def __init__(
@@ -409,45 +417,75 @@ class FlowStream:
         speaker: SpeakerEmbedding,
         prompt: FlowPrompt | None,
         infer: FlowInferConfig,
-        seed: int | None,
+        seed: int | Sequence[int | None] | None,
     ) -> None:
         if infer.solver == "dopri5":
             raise ValueError("streaming needs a fixed-step solver (euler, midpoint, rk4), not dopri5")
-        if len(speaker) != 1 or (prompt is not None and len(prompt) != 1):
-            raise ValueError("a FlowStream generates one utterance: give one speaker vector (and prompt)")
+        if prompt is not None and len(prompt) != len(speaker):
+            raise ValueError(f"{len(prompt)} prompts for {len(speaker)} speaker vectors")
         c, dev = model.config.model, model.device
-        self.model, self.infer, self.seed = model, infer, seed
-        self.prefix = torch.zeros(0, dtype=torch.long, device=dev)
-        self.prompt_cond = torch.zeros(c.latent_dim, 0, device=dev)
+        b = len(speaker)
+        self.model, self.infer, self.seeds = model, infer, item_seeds(seed, b)
+        # (B, P) prompt tokens and (B, C, P·ratio) their normalised latents
+        self.prefix = torch.zeros(b, 0, dtype=torch.long, device=dev)
+        self.prompt_cond = torch.zeros(b, c.latent_dim, 0, device=dev)
         if prompt is not None:
             model._check_tokens(prompt.tokens)
-            ((self.prefix, self.prompt_cond),) = model._prompt_items(prompt)
-        self.spk = speaker.vectors.to(dev)
+            items = model._prompt_items(prompt)
+            if len({len(p) for p, _ in items}) > 1:
+                raise ValueError(
+                    f"the prompts of one stream have {sorted({len(p) for p, _ in items})} tokens: rows "
+                    "advance together, so their prompts need the same length (stream them apart)"
+                )
+            self.prefix = torch.stack([p for p, _ in items])
+            self.prompt_cond = torch.stack([cd for _, cd in items])
+        self.spk = speaker.vectors.to(dev)  # (B, D)
         self.done = 0  # tokens (prompt included) whose frames are out
         self.encoder = EncoderState.new(c)
         self.estimator: list[list[KVCache]] = []  # per ODE evaluation, one cache per block
 
+    def __len__(self) -> int:
+        return self.spk.shape[0]
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of each row's one-shot prompt (the chunks count from the prompt's start)."""
+        return self.prefix.shape[1]
+
     @torch.inference_mode()
     def advance(self, tokens: torch.Tensor, last: bool = False) -> torch.Tensor:
-        """``tokens``: all (N,) speech tokens of the utterance so far (without the prompt). Returns the
-        (C, frames) latents that became final since the previous call: whole chunks whose lookahead tokens
-        have arrived, or, with ``last``, everything left."""
-        c, m = self.model.config.model, self.model
-        full = torch.cat([self.prefix, tokens.to(self.prefix.device, torch.long)])
+        """``tokens``: all speech tokens of the utterances so far (without the prompt), (B, N), or (N,)
+        for a one-row stream. Returns the (B, C, frames) latents ((C, frames) for (N,) tokens) that became
+        final since the previous call: whole chunks whose lookahead tokens have arrived, or, with
+        ``last``, everything left."""
+        one = tokens.dim() == 1
+        tokens = tokens[None] if one else tokens
+        if tokens.shape[0] != len(self):
+            raise ValueError(f"{tokens.shape[0]} token rows for a stream of {len(self)}")
+        out = self._advance(tokens.to(self.prefix.device, torch.long), last)
+        return out[0] if one else out
+
+    def _advance(self, tokens: torch.Tensor, last: bool) -> torch.Tensor:
+        c, m, b = self.model.config.model, self.model, len(self)
+        full = torch.cat([self.prefix, tokens], dim=1)  # (B, P + N)
+        n = full.shape[1]
         # whole chunks (counted from the prompt's start) whose lookahead has arrived; at the end, the rest
-        final = max(0, (len(full) - c.lookahead) // c.chunk_size * c.chunk_size)
-        end = len(full) if last else final
+        final = max(0, (n - c.lookahead) // c.chunk_size * c.chunk_size)
+        end = n if last else final
         if end <= self.done:
-            return torch.zeros(c.latent_dim, 0, device=self.prefix.device)
+            return torch.zeros(b, c.latent_dim, 0, device=self.prefix.device)
         start, r = self.done, c.ratio
-        m._check_tokens(SpeechTokens.from_list([full[start:end]], c.token_rate))
-        mu = m.encoder.stream(full[None, start : end + c.lookahead], end - start, self.encoder)
+        new = SpeechTokens(
+            tokens=full[:, start:end], lengths=torch.full((b,), end - start), frame_rate=c.token_rate
+        )
+        m._check_tokens(new)
+        mu = m.encoder.stream(full[:, start : end + c.lookahead], end - start, self.encoder)
         frames = (end - start) * r
         cond = torch.zeros_like(mu)
-        prompt = self.prompt_cond[:, start * r : end * r]
-        cond[0, :, : prompt.shape[-1]] = prompt
-        valid = torch.ones(1, frames, dtype=torch.bool, device=mu.device)
-        conds = _Conditions(mu, cond, valid, self.spk.to(mu.dtype), torch.tensor([end]), [0])
+        prompt = self.prompt_cond[:, :, start * r : end * r]
+        cond[:, :, : prompt.shape[-1]] = prompt
+        valid = torch.ones(b, frames, dtype=torch.bool, device=mu.device)
+        conds = _Conditions(mu, cond, valid, self.spk.to(mu.dtype), torch.full((b,), end), [0] * b)
         evaluation = iter(range(1 << 30))
 
         def caches() -> list[KVCache]:
@@ -457,11 +495,47 @@ class FlowStream:
                 self.estimator.append([KVCache(window) for _ in m.estimator.blocks])
             return self.estimator[k]
 
-        noise = _noise(end * r, c.latent_dim, self.seed)[:, start * r :].to(mu)  # the offline noise, sliced
-        x = solve(m._velocity(conds, self.infer, True, caches), noise[None], self.infer)
+        # each row's offline noise, sliced
+        noise = torch.stack([_noise(end * r, c.latent_dim, s)[:, start * r :] for s in self.seeds]).to(mu)
+        x = solve(m._velocity(conds, self.infer, True, caches), noise, self.infer)
         self.done = end
         keep = max(0, self.prompt_cond.shape[-1] - start * r)  # prompt frames are conditioned on, not output
-        return m.denormalize(x)[0, :, keep:]
+        return m.denormalize(x)[:, :, keep:]
+
+    def split(self, rows: Sequence[int]) -> FlowStream:
+        """Move ``rows`` (positions in this stream) to a new stream, which is returned; this one keeps the
+        other rows, in their order. For a row that ends (or lags) while its batch-mates go on: each
+        stream's caches are copies of its rows."""
+        b = len(self)
+        if not rows or len(set(rows)) != len(rows) or not all(0 <= i < b for i in rows):
+            raise ValueError(f"rows {list(rows)} are not distinct positions in a stream of {b}")
+        moved = torch.tensor(list(rows))
+        kept = torch.tensor([i for i in range(b) if i not in set(rows)], dtype=torch.long)
+        out = copy.copy(self)
+        out._take(moved)
+        self._take(kept)
+        return out
+
+    def _take(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` of every per-row tensor and cache."""
+        b = len(self)
+        # with classifier-free guidance the estimator runs B conditional rows, then B unconditional ones
+        guided = torch.cat([rows, rows + b])
+        dev = self.prefix.device
+        self.seeds = [self.seeds[i] for i in rows.tolist()]
+        self.prefix, self.prompt_cond, self.spk = (
+            self.prefix[rows.to(dev)],
+            self.prompt_cond[rows.to(dev)],
+            self.spk[rows.to(dev)],
+        )
+        e = self.encoder
+        self.encoder = EncoderState(
+            [kv.select(rows) for kv in e.pre],
+            [kv.select(rows) for kv in e.post],
+            e.up_tail[rows.to(e.up_tail.device)] if e.up_tail is not None else None,
+        )
+        idx = rows if self.infer.cfg_rate == 0 else guided
+        self.estimator = [[kv.select(idx) for kv in evaluation] for evaluation in self.estimator]
 
 
 @dataclass

@@ -556,11 +556,13 @@ class TTS:
         decode_context: int | None = None,
     ) -> Iterator[StreamPiece]:
         """Several planned sentences streamed together (a server's concurrent streams): the LM decodes them
-        as one batch, each sentence's flow advances on its own as its chunks become final, and the VAE
-        decodes the new windows of every sentence due at a step in one padded call. Yields each sentence's
-        pieces as :meth:`stream_sentence` makes them for it alone (to float tolerance: the padded VAE call
-        differs from a lone one by ~1e-7), tagged with the sentence's position in ``jobs``; a sentence whose
-        LM finishes first ends first. All zero-shot or all one-shot voices, as in a synthesis batch."""
+        as one batch; the flow advances the sentences whose chunks become final at a step as one batch (all
+        zero-shot sentences, or one-shot ones with prompts of equal token length: their chunks line up; a
+        sentence that ends goes on alone for its last piece); the VAE decodes the new windows of every
+        sentence due at a step in one padded call. Yields each sentence's pieces as
+        :meth:`stream_sentence` makes them for it alone (to float tolerance: a batched call differs from a
+        lone one by ~1e-6), tagged with the sentence's position in ``jobs``; a sentence whose LM finishes
+        first ends first. All zero-shot or all one-shot voices, as in a synthesis batch."""
         if len({j.voice.one_shot for j in jobs}) > 1:
             raise ValueError("mix of one-shot and zero-shot voices in one batch: stream them separately")
         yield from self._stream_jobs(jobs, sampling, flow_infer, chunk_tokens, decode_context)
@@ -578,12 +580,11 @@ class TTS:
         fm = self.flow.config.model
         chunk = chunk_tokens or fm.chunk_size
         context = decode_context if decode_context is not None else self.vae.decoder_context
-        states = []
-        for job in jobs:
-            spk_flow, prompt = self._flow_conditions([job.voice])
-            flow = self.flow.stream(spk_flow, prompt, flow_infer, job.seed)
-            latents = torch.zeros(fm.latent_dim, 0, device=self.flow.device)
-            states.append(_SentenceStream(job, flow, context, latents))
+        states = [
+            _SentenceStream(job, context, torch.zeros(fm.latent_dim, 0, device=self.flow.device))
+            for job in jobs
+        ]
+        groups = self._flow_groups(states, flow_infer)
         voices = [j.voice for j in jobs]
         spk = SpeakerEmbedding(torch.stack([v.llm_speaker for v in voices]))
         steps = self.llm.stream(
@@ -600,7 +601,19 @@ class TTS:
                     continue
             due = self._take_tokens(states, pending, chunk, ended=step is None)
             pending = []
-            yield from self._pieces(states, due)
+            yield from self._pieces(states, groups, due)
+
+    def _flow_groups(self, states: list[_SentenceStream], infer: FlowInferConfig | None) -> list[_FlowGroup]:
+        """One flow stream per prompt length: its sentences' chunks become final at the same LM steps."""
+        by_prompt: dict[int, list[int]] = {}
+        for i, st in enumerate(states):
+            by_prompt.setdefault(st.n_prompt, []).append(i)
+        groups = []
+        for members in by_prompt.values():
+            spk, prompt = self._flow_conditions([states[i].job.voice for i in members])
+            flow = self.flow.stream(spk, prompt, infer, [states[i].job.seed for i in members])
+            groups.append(_FlowGroup(flow, members))
+        return groups
 
     def _take_tokens(
         self,
@@ -635,17 +648,40 @@ class TTS:
                 due.append((i, False))
         return due
 
-    def _pieces(self, states: list[_SentenceStream], due: list[tuple[int, bool]]) -> Iterator[StreamPiece]:
-        """The audio of the frames that became final in each due sentence: the flows advance one by one, the
+    def _advance_flows(
+        self, states: list[_SentenceStream], groups: list[_FlowGroup], due: list[tuple[int, bool]]
+    ) -> dict[int, torch.Tensor]:
+        """The newly final (C, frames) latents of each due sentence. A group's sentences advance as one
+        batch while they go on together; a sentence that ends (or falls out of step) is split off first."""
+        out: dict[int, torch.Tensor] = {}
+        for group in list(groups):
+            mine = [(i, last) for i, last in due if i in group.members]
+            for i in [i for i, last in mine if last]:
+                alone = group if group.members == [i] else group.split([i], groups)
+                out[i] = alone.flow.advance(torch.tensor(states[i].tokens), last=True)
+                groups.remove(alone)
+            going = [i for i, last in mine if not last]
+            if not going:
+                continue
+            if set(going) != set(group.members):  # out of step: the due ones go on apart
+                group = group.split(going, groups)
+            tokens = torch.tensor([states[i].tokens for i in group.members])  # (B, N)
+            out |= dict(zip(group.members, group.flow.advance(tokens)))
+        return out
+
+    def _pieces(
+        self, states: list[_SentenceStream], groups: list[_FlowGroup], due: list[tuple[int, bool]]
+    ) -> Iterator[StreamPiece]:
+        """The audio of the frames that became final in each due sentence: the flows advance by group, the
         VAE decodes every window in one padded call. Frames without enough right context are held back
         until it arrives (or the sentence ends)."""
+        new = self._advance_flows(states, groups, due)
         windows: list[torch.Tensor] = []
         cuts: list[tuple[int, int] | None] = []  # each window's samples to keep
         for i, last in due:
             st = states[i]
             ctx = st.decode_context
-            new = st.flow.advance(torch.tensor(st.tokens), last)
-            st.latents = z = torch.cat([st.latents, new.to(st.latents)], dim=-1)
+            st.latents = z = torch.cat([st.latents, new[i].to(st.latents)], dim=-1)
             end = z.shape[-1] if last else max(st.emitted, z.shape[-1] - ctx)
             if end <= st.emitted:
                 cuts.append(None)
@@ -656,8 +692,8 @@ class TTS:
             st.emitted = end
         wavs: list[torch.Tensor] = []
         if windows:
-            latents = Latents.from_list(windows, self.flow.config.model.latent_rate)
-            wavs = [w.cpu() for w in self.vae.decode(latents.to(self.vae.device)).unbatch()]
+            batch = Latents.from_list(windows, self.flow.config.model.latent_rate)
+            wavs = [w.cpu() for w in self.vae.decode(batch.to(self.vae.device)).unbatch()]
             _check_finite(wavs)
         made = iter(wavs)
         for (i, last), cut in zip(due, cuts):
@@ -697,7 +733,6 @@ class _SentenceStream:
     """Progress of one streamed sentence."""
 
     job: SentenceJob
-    flow: FlowStream  # the flow's cached state: each chunk computed once
     decode_context: int  # latent frames of context on each side of a decoded window
     latents: torch.Tensor  # (C, T) the final latent frames so far
     tokens: list[int] = field(default_factory=list)  # speech tokens generated so far
@@ -710,3 +745,19 @@ class _SentenceStream:
         """One-shot prompt tokens before the sentence's own (the flow's chunks count from the prompt start)."""
         prompt = self.job.voice.prompt
         return len(prompt.tokens) if prompt is not None else 0
+
+
+@dataclass
+class _FlowGroup:
+    """Streamed sentences whose flows advance as one batch: ``flow``'s rows, in ``members`` order
+    (positions in the job list)."""
+
+    flow: FlowStream  # the flow's cached state: each chunk computed once
+    members: list[int]
+
+    def split(self, moved: list[int], groups: list[_FlowGroup]) -> _FlowGroup:
+        """Move the sentences ``moved`` to a new group (added to ``groups``), which is returned."""
+        flow = self.flow.split([self.members.index(i) for i in moved])
+        self.members = [i for i in self.members if i not in moved]
+        groups.append(out := _FlowGroup(flow, list(moved)))
+        return out
