@@ -1,4 +1,5 @@
-"""DAC-VAE: dac's encoder/decoder blocks around a Gaussian bottleneck; 24 kHz mono <-> latents."""
+"""DAC-VAE: dac's encoder/decoder blocks (or spectral ones, spectral.py) around a Gaussian bottleneck;
+24 kHz mono <-> latents."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from . import __version__
 from .config import VAEConfig
+from .spectral import ISTFTDecoder, MelEncoder
 
 
 class DACVAE(nn.Module, PretrainedMixin):
@@ -31,8 +33,18 @@ class DACVAE(nn.Module, PretrainedMixin):
             warnings.catch_warnings()
         ):  # dac builds its convs with the deprecated (still working) weight_norm
             warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
-            self.encoder = Encoder(m.encoder_dim, list(m.encoder_rates), 2 * m.latent_dim)
-            self.decoder = Decoder(m.latent_dim, m.decoder_dim, list(m.decoder_rates))
+            self.encoder: nn.Module = (
+                Encoder(m.encoder_dim, list(m.encoder_rates), 2 * m.latent_dim)
+                if m.encoder == "dac"
+                else MelEncoder(
+                    2 * m.latent_dim, m.spectral_dim, m.spectral_layers, m.hop, m.sample_rate, m.mels
+                )
+            )
+            self.decoder: nn.Module = (
+                Decoder(m.latent_dim, m.decoder_dim, list(m.decoder_rates))
+                if m.decoder == "dac"
+                else ISTFTDecoder(m.latent_dim, m.spectral_dim, m.spectral_layers, m.hop)
+            )
         # dac's own init, as DAC() applies it. On its weight-normed convs the truncated-normal weight is
         # recomputed from (g, v) at the first forward, so what lasts is the zeroed bias, exactly as in dac.
         self.apply(init_weights)
@@ -61,8 +73,11 @@ class DACVAE(nn.Module, PretrainedMixin):
         one-sided receptive field). Decoding a window with this much context on both sides and cropping
         gives the samples of a full decode (streaming relies on it). Walks dac's layers in order: a conv of
         kernel k and dilation d reaches (k−1)·d/2 samples at its rate; a transposed conv of stride s, k/s
-        input frames."""
-        reach, rate = 0.0, 1  # latent frames; output samples per latent frame so far
+        input frames; the iSTFT decoder adds the frames its windows span."""
+        reach, rate = (
+            float(getattr(self.decoder, "window_reach", 0)),
+            1,
+        )  # latent frames; samples per frame so far
         for mod in self.decoder.modules():
             if isinstance(mod, nn.ConvTranspose1d):
                 reach += math.ceil(mod.kernel_size[0] / mod.stride[0]) / rate
