@@ -447,11 +447,6 @@ class FlowStream:
     def __len__(self) -> int:
         return self.spk.shape[0]
 
-    @property
-    def prompt_tokens(self) -> int:
-        """Tokens of each row's one-shot prompt (the chunks count from the prompt's start)."""
-        return self.prefix.shape[1]
-
     @torch.inference_mode()
     def advance(self, tokens: torch.Tensor, last: bool = False) -> torch.Tensor:
         """``tokens``: all speech tokens of the utterances so far (without the prompt), (B, N), or (N,)
@@ -518,9 +513,8 @@ class FlowStream:
 
     def _take(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` of every per-row tensor and cache."""
-        b = len(self)
         # with classifier-free guidance the estimator runs B conditional rows, then B unconditional ones
-        guided = torch.cat([rows, rows + b])
+        guided = rows if self.infer.cfg_rate == 0 else torch.cat([rows, rows + len(self)])
         dev = self.prefix.device
         self.seeds = [self.seeds[i] for i in rows.tolist()]
         self.prefix, self.prompt_cond, self.spk = (
@@ -534,8 +528,7 @@ class FlowStream:
             [kv.select(rows) for kv in e.post],
             e.up_tail[rows.to(e.up_tail.device)] if e.up_tail is not None else None,
         )
-        idx = rows if self.infer.cfg_rate == 0 else guided
-        self.estimator = [[kv.select(idx) for kv in evaluation] for evaluation in self.estimator]
+        self.estimator = [[kv.select(guided) for kv in evaluation] for evaluation in self.estimator]
 
 
 @dataclass

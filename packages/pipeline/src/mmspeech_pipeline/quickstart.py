@@ -94,8 +94,6 @@ def _stage_configs(size: QuickstartSize, vocab: list[str]) -> tuple[FSQTokenizer
         vcfg,
         model=dataclasses.replace(
             vcfg.model,
-            encoder_dim=8 * scale,
-            decoder_dim=64 * scale,
             latent_dim=16 if scale > 1 else 8,
             # spectral encoder / decoder (mmspeech_vae.spectral): dac's waveform ones learn too slowly for
             # a quickstart (500 steps: mel distance 1.39, latents without formants; spectral 0.90)

@@ -652,7 +652,7 @@ class TTS:
         self, states: list[_SentenceStream], groups: list[_FlowGroup], due: list[tuple[int, bool]]
     ) -> dict[int, torch.Tensor]:
         """The newly final (C, frames) latents of each due sentence. A group's sentences advance as one
-        batch while they go on together; a sentence that ends (or falls out of step) is split off first."""
+        batch while they go on together; a sentence that ends is split off for its last call."""
         out: dict[int, torch.Tensor] = {}
         for group in list(groups):
             mine = [(i, last) for i, last in due if i in group.members]
@@ -663,8 +663,8 @@ class TTS:
             going = [i for i, last in mine if not last]
             if not going:
                 continue
-            if set(going) != set(group.members):  # out of step: the due ones go on apart
-                group = group.split(going, groups)
+            if set(going) != set(group.members):  # one prompt length, one LM batch: never apart
+                raise RuntimeError(f"streamed sentences {going} fell out of step with {group.members}")
             tokens = torch.tensor([states[i].tokens for i in group.members])  # (B, N)
             out |= dict(zip(group.members, group.flow.advance(tokens)))
         return out

@@ -74,10 +74,8 @@ class DACVAE(nn.Module, PretrainedMixin):
         gives the samples of a full decode (streaming relies on it). Walks dac's layers in order: a conv of
         kernel k and dilation d reaches (k−1)·d/2 samples at its rate; a transposed conv of stride s, k/s
         input frames; the iSTFT decoder adds the frames its windows span."""
-        reach, rate = (
-            float(getattr(self.decoder, "window_reach", 0)),
-            1,
-        )  # latent frames; samples per frame so far
+        reach = float(self.decoder.window_reach) if isinstance(self.decoder, ISTFTDecoder) else 0.0  # frames
+        rate = 1  # output samples per latent frame so far
         for mod in self.decoder.modules():
             if isinstance(mod, nn.ConvTranspose1d):
                 reach += math.ceil(mod.kernel_size[0] / mod.stride[0]) / rate
