@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from mmspeech_core import CheckpointError, Waveform, load_audio, read_audio, save_audio
+from mmspeech_core import AudioError, CheckpointError, Waveform, load_audio, read_audio, save_audio
 from mmspeech_core.data import Utterance, extract_features, load_shards, read_manifest
 from mmspeech_core.training import fast_train_config
 from mmspeech_tokenizer.cli import main
@@ -225,7 +225,7 @@ def test_fsq_tokenizer_ctc_loss_falls_and_encodes(tmp_path):
         cfg,
         train=fast_train_config(40, 2e-3, warmup_steps=5, max_frames=10_000),
     )
-    model, hist = train(cfg, utts, tmp_path / "run", device="cpu", val_utts=utts[:1])
+    model, hist = train(cfg, utts, tmp_path / "run", device="cpu", val_utts=utts[:1], cache_features=True)
     assert "val/loss" in hist[-1]
     assert sum(h["loss"] for h in hist[-5:]) / 5 < 0.5 * sum(h["loss"] for h in hist[:5]) / 5
     wav = load_audio(WAVS, 16000)
@@ -242,3 +242,17 @@ def test_ctc_rejects_unknown_characters(tmp_path):
 
     with pytest.raises(ValueError, match="not in the CTC vocabulary"):
         CTCDataset([Utterance("a", str(tmp_path / "a.wav"), text="xyz")], ["", "x"], 128)
+
+
+def test_a_cached_ctc_dataset_serves_the_same_items_without_reading_again(tmp_path):
+    from mmspeech_tokenizer.data import CTCDataset
+
+    save_audio(tmp_path / "a.wav", 0.1 * torch.randn(8000), 16000)
+    utts = [Utterance("a", str(tmp_path / "a.wav"), text="ab")]
+    cached, plain = CTCDataset(utts, ["", "a", "b"], 128, cache=True), CTCDataset(utts, ["", "a", "b"], 128)
+    first = cached[0]
+    assert torch.equal(first.mel, plain[0].mel) and torch.equal(first.labels, plain[0].labels)
+    (tmp_path / "a.wav").unlink()
+    assert cached[0] is first  # served from memory: the file is gone
+    with pytest.raises(AudioError, match="not found"):
+        plain[0]

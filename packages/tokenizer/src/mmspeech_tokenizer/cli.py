@@ -39,7 +39,15 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_train_config(FSQTokenizerConfig, args)
     train_utts, val_utts = split_utterances(read_manifest(args.manifest), args.val_fraction)
-    train(cfg, train_utts, args.out, device=args.device, resume=not args.no_resume, val_utts=val_utts)
+    train(
+        cfg,
+        train_utts,
+        args.out,
+        device=args.device,
+        resume=not args.no_resume,
+        val_utts=val_utts,
+        cache_features=args.cache_features,
+    )
     return 0
 
 
@@ -73,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_command(sub, "train", "train the CTC-supervised FSQ tokenizer on a transcribed manifest", _train)
     add_train_args(sp)
     sp.add_argument("--manifest", required=True, help="JSONL manifest with id, audio, text")
+    sp.add_argument(
+        "--cache-features",
+        action="store_true",
+        help="keep every utterance's log-mels in memory after the first epoch (a small corpus, few loader workers)",
+    )
     return p
 
 

@@ -21,9 +21,11 @@ def train(
     device: str | None = None,
     resume: bool = True,
     val_utts: list[Utterance] | None = None,
+    cache_features: bool = False,
 ) -> tuple[FSQTokenizer, list[dict[str, float]]]:
     """With an empty ``cfg.model.vocab`` the character vocabulary is built from the transcripts (and the
-    validation transcripts, so no validation character is unknown)."""
+    validation transcripts, so no validation character is unknown). ``cache_features``: keep every
+    utterance's log-mels in memory after the first epoch (see :class:`CTCDataset`)."""
     if not cfg.model.vocab:
         cfg = dataclasses.replace(
             cfg,
@@ -33,7 +35,7 @@ def train(
         )
     info = init_distributed(device)
     set_seed(cfg.train.seed + info.rank)
-    ds = CTCDataset(utts, cfg.model.vocab, cfg.model.n_mels)
+    ds = CTCDataset(utts, cfg.model.vocab, cfg.model.n_mels, cache=cache_features)
     t = cfg.train
     sampler = LengthBatchSampler(
         ds.lengths(), t.max_frames, t.max_batch, True, t.seed, info.rank, info.world_size
@@ -44,7 +46,7 @@ def train(
     model = FSQTokenizer(cfg)
     val = None
     if val_utts:
-        vds = CTCDataset(val_utts, cfg.model.vocab, cfg.model.n_mels)
+        vds = CTCDataset(val_utts, cfg.model.vocab, cfg.model.n_mels, cache=cache_features)
         vs = LengthBatchSampler(vds.lengths(), t.max_frames, t.max_batch, shuffle=False)
         val = torch.utils.data.DataLoader(vds, batch_sampler=vs, collate_fn=collate)
     trainer = Trainer(model, t, out_dir, info)
