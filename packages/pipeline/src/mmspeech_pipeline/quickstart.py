@@ -2,7 +2,7 @@
 eSpeak NG (:mod:`.corpus`), train every stage on its training speakers, bundle, synthesise for a held-out
 speaker, and score the evaluation ladder (:mod:`.evaluate`) on held-out sentences of held-out speakers.
 
-Sizes (:data:`SIZES`): ``tiny`` (the default; about 10 minutes on 2 CPU cores) and ``small`` (bigger models
+Sizes (:data:`SIZES`): ``tiny`` (the default; about 12 minutes on 2 CPU cores) and ``small`` (bigger models
 on a larger corpus: about an hour on CPU, minutes on a GPU). The report (``report.md`` / ``report.json``)
 gives losses, timings, the ladder table and spectrograms of every rung, so it shows where quality is lost.
 The speech tokenizer here is the trainable CTC-supervised FSQ tokenizer with a small codebook (the official
