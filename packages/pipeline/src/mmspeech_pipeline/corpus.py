@@ -388,8 +388,9 @@ def build_corpus(
     """Synthesise ``speakers`` × ``utterances`` utterances into ``out`` (see the module docstring).
     Held-out speakers say held-out sentences only; training speakers never say a held-out sentence.
     ``workers``: synthesis processes (default: the CPU count, at most 16); neither what is said by whom
-    nor the audio depends on it: each speaker is made in order by a fresh process, so a build is
-    bit-identical from run to run."""
+    nor the audio depends on it: each speaker is made in order by a fresh process. Builds are bit-identical
+    from run to run for most voices but not all: in two builds of 48 voices, 3 (variants f2, f5 and victor)
+    had the same lengths but different noise (samples up to 0.07 apart)."""
     out = Path(out)
     if speakers < 2 or utterances < 2:
         raise ValueError("need at least 2 speakers and 2 utterances per speaker")
