@@ -3,8 +3,9 @@ eSpeak NG (:mod:`.corpus`), train every stage on its training speakers, bundle, 
 speaker, and score the evaluation ladder (:mod:`.evaluate`) on held-out sentences of held-out speakers.
 
 Sizes (:data:`SIZES`): ``tiny`` (the default; about 12 minutes on 2 CPU cores) and ``small`` (bigger models
-on a larger corpus: about an hour on CPU, minutes on a GPU). The report (``report.md`` / ``report.json``)
-gives losses, timings, the ladder table and spectrograms of every rung, so it shows where quality is lost.
+on a larger corpus: hours on CPU — its VAE's GAN steps alone take about an hour per 1,000 — so it is meant
+for a GPU). The report (``report.md`` / ``report.json``) gives losses, timings, the ladder table and
+spectrograms of every rung, so it shows where quality is lost.
 The speech tokenizer here is the trainable CTC-supervised FSQ tokenizer with a small codebook (the official
 S3Tokenizer weights cannot be downloaded); the recipe for real data is in the README.
 """
@@ -267,7 +268,7 @@ def _train_all(
         out / "runs/tokenizer",
         device=device,
         resume=False,
-        cache_features=True,  # the quickstart's corpora fit in memory (tiny: ~150 MB of log-mels)
+        cache_features=True,  # the quickstart's corpora fit in memory (tiny: ~170 MB of log-mels)
     )
     losses = {"tokenizer": [m["loss"] for m in h]}
     timed("extract_tokens", extract_features, tok.eval(), every, out / "features/tokens", batch_size=8)
