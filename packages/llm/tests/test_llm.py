@@ -183,6 +183,25 @@ def test_batched_equals_unbatched_and_lengths():
     assert int(out.tokens.max()) < 64
 
 
+def test_a_window_of_zero_turns_repetition_aware_sampling_off():
+    # a head that always prefers token 5: with no window nothing counts as a repeat, so it is drawn every step
+    # (a window that grew to one token after the first step would count it and resample from the rest)
+    torch.manual_seed(0)
+    m = SpeechLM(tiny_config()).eval()
+    with torch.no_grad():
+        m.head.weight.zero_()
+        m.head.bias.zero_()
+        m.head.bias[5] = 30.0
+    spk = SpeakerEmbedding(torch.nn.functional.normalize(torch.randn(1, 16), dim=-1))
+    s = SamplingConfig(win_size=0, min_len_ratio=4.0, max_len_ratio=4.0)
+    out = m.generate([torch.randint(0, 300, (5,))], spk, sampling=s, seed=0)
+    assert out.unbatch()[0].tolist() == [5] * 20
+    with_window = m.generate(
+        [torch.randint(0, 300, (5,))], spk, sampling=dataclasses.replace(s, win_size=4), seed=0
+    )
+    assert with_window.unbatch()[0].tolist() != [5] * 20  # the window does resample repeats
+
+
 def test_static_cache_decoder_matches_dynamic():
     torch.manual_seed(0)
     m = SpeechLM(tiny_config()).eval()

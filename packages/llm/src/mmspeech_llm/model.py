@@ -220,7 +220,8 @@ class SpeechLM(nn.Module, PretrainedMixin):
             yield tok, alive
             if step == steps - 1 or (step % check_every == check_every - 1 and not bool(alive.any())):
                 return
-            history = torch.cat([history[:, 1:], tok[:, None]], 1)
+            if cfg.win_size:  # a window of 0 turns repetition-aware sampling off: keep no history
+                history = torch.cat([history[:, 1:], tok[:, None]], 1)
             logits = decoder.step(self.speech_embed(tok.clamp(max=m.head_size - 1))[:, None])
 
     def generate(
