@@ -507,6 +507,28 @@ def test_error_rate_ignores_case_and_punctuation_like_seed_tts_eval():
         error_rate("?!", "hello")
 
 
+def test_the_ladder_shows_the_median_wer_and_counts_whisper_running_away():
+    """One looping transcript decides a small sample's mean WER: the summary gives the median beside it
+    and counts the items whose transcript has over twice the words said."""
+    from mmspeech_pipeline.evaluate import error_rate, ladder_table, runaway, summarize
+
+    ref = "the cat sat on the mat"
+    assert not runaway(ref, "the cat sat on a mat by the door and")  # 10 words for 6: a mishearing
+    assert runaway(ref, "current " * 13)  # 13 for 6: a loop
+    hyps = ["the cat sat on the mat", "a cat sat on the mat", "current " * 60]
+    rows = [
+        {"id": str(i), "rung": "zero_shot", "wer": error_rate(ref, h), "runaway": runaway(ref, h)}
+        for i, h in enumerate(hyps)
+    ]
+    rows.append({"id": "0", "rung": "ground_truth", "wer": 0.0, "runaway": False})
+    summary = summarize(rows)["rungs"]
+    assert summary["zero_shot"]["wer"] == pytest.approx((0 + 1 / 6 + 10) / 3)
+    assert summary["zero_shot"]["wer_median"] == pytest.approx(1 / 6)
+    assert summary["zero_shot"]["runaway"] == 1 and summary["ground_truth"]["runaway"] == 0
+    table = ladder_table({"rungs": summary})
+    assert "| zero_shot | 3 | 3.389 | 0.167 | 1 |" in table and "runaway:" in table
+
+
 def test_long_form_continuation_prompts_each_sentence_with_the_one_before(tts):
     """Issue 15: 'continue' conditions sentence k on sentence k-1 (its text, tokens and latents); the first
     sentence is the independent one, and the result is batch invariant."""

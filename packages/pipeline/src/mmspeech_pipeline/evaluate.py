@@ -79,7 +79,11 @@ def error_rate(ref: str, hyp: str, unit: str = "word", lang: str = "en") -> floa
 
 
 RUNGS = ("ground_truth", "vae", "oracle_flow", "zero_shot", "one_shot", "streamed")
-METRICS = ("wer", "cer", "sim", "sim_other", "dnsmos", "pesq", "stoi", "rtf")
+METRICS = ("wer", "cer", "sim", "sim_other", "dnsmos", "pesq", "stoi", "rtf")  # averaged per rung
+# beside the mean WER: its median, and how many items Whisper ran away on (wrote over twice the words said;
+# a repetition loop on unclear audio scores a WER of 10 or more and decides a small sample's mean alone)
+COLUMNS = ("wer", "wer_median", "runaway", "cer", "sim", "sim_other", "dnsmos", "pesq", "stoi", "rtf")
+RUNAWAY_WORDS = 2.0
 
 
 @dataclass
@@ -89,6 +93,13 @@ class EvalItem:
     prompt_wav: str
     target_text: str
     target_wav: str | None = None
+
+
+def runaway(ref: str, hyp: str, lang: str = "en") -> bool:
+    """Whether the transcript has more than ``RUNAWAY_WORDS`` times the words of the reference (after
+    scoring normalisation): Whisper looping or hallucinating rather than mishearing."""
+    said = len(normalize_for_scoring(ref, lang).split())
+    return len(normalize_for_scoring(hyp, lang).split()) > RUNAWAY_WORDS * max(1, said)
 
 
 def read_eval_list(path: str | Path) -> list[EvalItem]:
@@ -147,7 +158,10 @@ class Judges:
         if self.asr is not None:
             hyp = self.asr.transcribe(audio)
             row.update(
-                hyp=hyp, wer=error_rate(item.target_text, hyp), cer=error_rate(item.target_text, hyp, "char")
+                hyp=hyp,
+                wer=error_rate(item.target_text, hyp),
+                cer=error_rate(item.target_text, hyp, "char"),
+                runaway=runaway(item.target_text, hyp),
             )
         if self.speaker is not None and prompt_embedding is not None:
             row["sim"] = float(np.dot(self.speaker.embed(audio), prompt_embedding))
@@ -249,7 +263,8 @@ def _rung_audio(
 
 
 def summarize(rows: list[dict[str, Any]], judges: Judges | None = None) -> dict[str, Any]:
-    """Mean of every metric per rung, plus the judges' names."""
+    """Mean of every metric per rung, the median WER and the number of runaway transcripts, plus the judges'
+    names."""
     rungs: dict[str, dict[str, float]] = {}
     for rung in RUNGS:
         mine = [r for r in rows if r["rung"] == rung]
@@ -259,6 +274,9 @@ def summarize(rows: list[dict[str, Any]], judges: Judges | None = None) -> dict[
                 for m in METRICS
                 if any(m in r for r in mine)
             }
+            if "wer" in rungs[rung]:
+                rungs[rung]["wer_median"] = float(np.median([r["wer"] for r in mine if "wer" in r]))
+                rungs[rung]["runaway"] = sum(bool(r.get("runaway")) for r in mine)
     names = {}
     if judges is not None:
         names = {
@@ -272,13 +290,22 @@ def summarize(rows: list[dict[str, Any]], judges: Judges | None = None) -> dict[
 def ladder_table(summary: dict[str, Any]) -> str:
     """The summary as a markdown table, one row per rung."""
     rungs = summary["rungs"]
-    cols = [m for m in METRICS if any(m in v for v in rungs.values())]
+    cols = [m for m in COLUMNS if any(m in v for v in rungs.values())]
     lines = ["| rung | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for rung, v in rungs.items():
-        cells = [f"{v[m]:.3f}" if m in v else "" for m in cols]
+        cells = [_cell(v[m]) if m in v else "" for m in cols]
         lines.append(f"| {rung} | {int(v['n'])} | " + " | ".join(cells) + " |")
+    if "runaway" in cols:
+        lines += [
+            "",
+            f"runaway: items whose transcript has over {RUNAWAY_WORDS:g}x the words said (Whisper looping)",
+        ]
     judges = summary.get("judges") or {}
     if judges:
         lines.append("")
         lines.append("Judges: " + "; ".join(f"{k}: {v}" for k, v in judges.items() if v))
     return "\n".join(lines)
+
+
+def _cell(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:.3f}"
