@@ -279,11 +279,37 @@ def test_dataset_uses_other_utterance_as_reference(tmp_path):
     utts, tokens = _corpus(tmp_path)
     tok = TextTokenizer.train_bpe([u.text for u in utts], vocab_size=280, min_frequency=1)
     ds = LLMDataset(utts, tokens, tok, tiny_config())
+    frames = lambda samples: samples // 240 + 1  # noqa: E731 - the reference log-mel's hop at 24 kHz
     for k in range(len(ds)):
         ref = ds[k].reference
-        own = 4800 + 800 * k
-        assert len(ref) != own  # the reference is the other utterance of the same speaker
-        assert len(ref) == 4800 + 800 * ((k + 2) % 4)
+        assert ref.shape[0] == 80
+        assert ref.shape[1] != frames(4800 + 800 * k)  # the reference is the other utterance of the speaker
+        assert ref.shape[1] == frames(4800 + 800 * ((k + 2) % 4))
+
+
+def test_training_references_embed_as_inference_embeds_their_audio_and_a_cache_changes_nothing(tmp_path):
+    """The dataset computes the references' log-mels (in loader workers, once with a cache); the speaker
+    vector a training batch gets must be the one inference gets from the same audio."""
+    from mmspeech_core import read_audio
+
+    utts, tokens = _corpus(tmp_path)
+    tok = TextTokenizer.train_bpe([u.text for u in utts], vocab_size=280, min_frequency=1)
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    m = SpeechLM(cfg).eval()
+    plain = LLMDataset(utts, tokens, tok, cfg, seed=3)
+    cached = LLMDataset(utts, tokens, tok, cfg, seed=3, cache_references=True)
+    batch = collate([plain[k] for k in range(len(plain))])
+    assert batch.reference.shape == (4, 80, int(batch.reference_frames.max()))
+    for _ in range(2):  # the second round is served from the cache
+        again = collate([cached[k] for k in range(len(cached))])
+        assert torch.equal(again.reference, batch.reference)
+        assert torch.equal(again.reference_frames, batch.reference_frames)
+    audio = [read_audio(utts[plain.picker(i)].audio, 24000) for i in plain.index]
+    with torch.no_grad():
+        trained = m.embed_reference_mels(batch.reference, batch.reference_frames).vectors
+        inferred = m.embed_speaker(Waveform.from_list(audio, 24000)).vectors
+    assert torch.allclose(trained, inferred, atol=1e-5)
 
 
 def _overfit_setup(tmp_path, steps, **train_overrides):
@@ -307,8 +333,8 @@ def test_overfit_tiny_batch_and_checkpoint(tmp_path):
     assert hist[-1]["loss"] < 0.2 * hist[0]["loss"]
     assert hist[-1]["val/loss"] < 0.2 * hist[0]["loss"] and "val/acc" in hist[-1]
     model.eval()
-    batch = collate([ds[k] for k in range(len(ds))], 24000)
-    spk = model.embed_speaker(batch.reference)
+    batch = collate([ds[k] for k in range(len(ds))])
+    spk = model.embed_reference_mels(batch.reference, batch.reference_frames)
     texts = [ds.text[i] for i in ds.index]
     out = model.generate(texts, spk, sampling=GREEDY)
     for k, i in enumerate(ds.index):

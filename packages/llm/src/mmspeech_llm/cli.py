@@ -56,7 +56,9 @@ def _train(args: argparse.Namespace) -> int:
     tok = TextTokenizer.from_pretrained(args.text_tokenizer)
     tokens = load_shards(args.tokens)
     train_utts, val_utts = split_utterances(read_manifest(args.manifest), args.val_fraction)
-    ds = LLMDataset(train_utts, tokens, tok, cfg, **reference_options(args))
+    ds = LLMDataset(
+        train_utts, tokens, tok, cfg, **reference_options(args), cache_references=args.cache_references
+    )
     # a held-out speaker rarely has two held-out utterances; self-references only flatter the val loss
     val = LLMDataset(val_utts, tokens, tok, cfg, "self", max_self_fraction=1.0) if val_utts else None
     trained_with = {"text_tokenizer": tok.fingerprint()}
@@ -108,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--qwen-pretrained", default=None, help="local Qwen2 folder to initialise the backbone from"
     )
     add_reference_args(sp)
+    sp.add_argument(
+        "--cache-references",
+        action="store_true",
+        help="keep every reference's log-mels in memory after its first use (a small corpus, few loader workers)",
+    )
     sp = add_command(
         sub, "generate", "generate speech tokens for one text and a reference recording", _generate
     )

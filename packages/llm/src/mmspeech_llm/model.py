@@ -11,14 +11,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from mmspeech_core import LMPrompt, PretrainedMixin, SpeakerEmbedding, SpeechTokens, Waveform
-from mmspeech_core.nn import LogMel, SpeakerEncoder
+from mmspeech_core.nn import SpeakerEncoder
 from mmspeech_core.training import item_seeds
 from torch import nn
 from transformers import AutoConfig, Qwen2Config, Qwen2Model
 
 from . import __version__
 from .config import BackboneConfig, LLMConfig, SamplingConfig
-from .data import LLMBatch
+from .data import LLMBatch, reference_mel
 from .decode import DecodeMode, make_decoder
 from .infer import sample_step
 from .layout import IGNORE, SPEECH, SPK, TEXT, PaddedLayout, inference_prefix, pad
@@ -78,7 +78,7 @@ class SpeechLM(nn.Module, PretrainedMixin):
         self.special = nn.Embedding(2, h)  # sos, task
         self.speech_embed = nn.Embedding(m.head_size, h)
         self.head = nn.Linear(h, m.head_size)
-        self.mel = LogMel(m.spk_sample_rate, n_mels=m.spk_mels)
+        self.mel = reference_mel(m)
         self.speaker_encoder = SpeakerEncoder(m.spk_mels, m.spk_hidden, m.spk_layers, m.spk_heads, m.spk_dim)
         self.spk_proj = nn.Linear(m.spk_dim, h)
 
@@ -101,9 +101,12 @@ class SpeechLM(nn.Module, PretrainedMixin):
         sr = self.config.model.spk_sample_rate
         ref = reference.resample(sr).to(self.device)
         mel = self.mel(ref.audio)
-        return SpeakerEmbedding(
-            self.speaker_encoder(mel, self.mel.frames(ref.lengths).clamp(max=mel.shape[-1]))
-        )
+        return self.embed_reference_mels(mel, self.mel.frames(ref.lengths).clamp(max=mel.shape[-1]))
+
+    def embed_reference_mels(self, mel: torch.Tensor, frames: torch.Tensor) -> SpeakerEmbedding:
+        """(B, n_mels, T) references' log-mels (``data.reference_mel``; padding ignored), (B,) frames ->
+        (B, spk_dim) unit vectors."""
+        return SpeakerEmbedding(self.speaker_encoder(mel.to(self.device), frames.to(self.device)))
 
     # ---- embeddings --------------------------------------------------------------------------------
     def embed(self, kind: torch.Tensor, ids: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
@@ -133,7 +136,7 @@ class SpeechLM(nn.Module, PretrainedMixin):
 
     # ---- training ----------------------------------------------------------------------------------
     def training_loss(self, batch: LLMBatch) -> dict[str, torch.Tensor]:
-        spk = self.embed_speaker(batch.reference).vectors
+        spk = self.embed_reference_mels(batch.reference, batch.reference_frames).vectors
         layout = batch.layout
         hidden = self._hidden(self.embed(layout.kind, layout.ids, spk), layout.mask)
         sel = layout.target != IGNORE

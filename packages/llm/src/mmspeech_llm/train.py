@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 
 import torch
@@ -38,12 +37,11 @@ def train(
     if trained_with is not None:  # fingerprints of the parts behind the data, saved with every checkpoint
         model.trained_with = dict(trained_with)
     t = cfg.train
-    to_batch = functools.partial(collate, sample_rate=cfg.model.spk_sample_rate)
-    loader, set_epoch = train_loader(dataset, to_batch, t, info)
+    loader, set_epoch = train_loader(dataset, collate, t, info)
     val = None
     if val_dataset is not None:
         vs = LengthBatchSampler(val_dataset.lengths(), t.max_frames, t.max_batch, shuffle=False)
-        val = torch.utils.data.DataLoader(val_dataset, batch_sampler=vs, collate_fn=to_batch)
+        val = torch.utils.data.DataLoader(val_dataset, batch_sampler=vs, collate_fn=collate)
     trainer = Trainer(model, t, out_dir, info)
     history = trainer.fit(loader, set_epoch, resume, val)
     return model, history

@@ -288,7 +288,7 @@ def _train_all(
     lcfg = dataclasses.replace(lcfg, train=_tc("llm", size.llm_lr, max_frames=size.max_frames))
     tokens = load_shards(out / "features/tokens")
     llm_parts = {"text_tokenizer": text_tok.fingerprint(), "tokenizer": tok.fingerprint()}
-    llm_ds = LLMDataset(train_utts, tokens, text_tok, lcfg)
+    llm_ds = LLMDataset(train_utts, tokens, text_tok, lcfg, cache_references=True)  # log-mels: ~110 MB
     _, h = timed(
         "train_llm", train_llm, lcfg, llm_ds, out / "runs/llm", device, False, trained_with=llm_parts
     )
