@@ -220,6 +220,42 @@ def test_static_cache_decoder_matches_dynamic():
         m.generate(texts[:1], SpeakerEmbedding(spk.vectors[:1]), decode="fast")  # type: ignore[arg-type]
 
 
+def test_static_decoders_are_kept_between_requests_and_give_the_same_tokens():
+    """A static decoder (its cache, and on a GPU its captured graph) serves request after request of one
+    batch size and capacity bucket; each request's tokens equal a fresh dynamic decode's, including after a
+    stream that was left unfinished and while two streams of one shape run at once."""
+    torch.manual_seed(0)
+    m = SpeechLM(tiny_config()).eval()
+    spk = SpeakerEmbedding(torch.nn.functional.normalize(torch.randn(2, 16), dim=-1))
+    s = SamplingConfig(min_len_ratio=2.5, max_len_ratio=5.0)  # no row ends in its first 4 steps
+    requests = [
+        [torch.randint(0, 300, (n,)), torch.randint(0, 300, (k,))] for n, k in ((6, 2), (4, 5), (3, 3))
+    ]
+    first = None
+    for seed, texts in enumerate(requests):
+        ref = m.generate(texts, spk, sampling=s, seed=seed)
+        out = m.generate(texts, spk, sampling=s, seed=seed, decode="static")
+        assert [x.tolist() for x in out.unbatch()] == [x.tolist() for x in ref.unbatch()]
+        (dec,) = m.decoders.free.values()  # one shape, one decoder, handed back after each request
+        assert first is None or dec is first
+        first = dec
+    # a stream stopped early hands its decoder back when closed; two live streams never share one
+    a = m.stream(requests[0], spk, sampling=s, seed=0, decode="static")
+    next(a)
+    assert not m.decoders.free
+    b = list(m.stream(requests[1], spk, sampling=s, seed=1, decode="static"))
+    rest = [next(a)[0] for _ in range(3)]
+    ref_a = m.generate(requests[0], spk, sampling=s, seed=0)
+    assert torch.stack(rest, 1).tolist() == [x[1:4].tolist() for x in ref_a.unbatch()]
+    assert len(b) >= 1
+    a.close()
+    assert len(m.decoders.free) == 1
+    # a request that needs more positions gets a decoder of the next capacity bucket
+    long = SamplingConfig(min_len_ratio=60.0, max_len_ratio=60.0)
+    m.generate(requests[0], spk, sampling=long, seed=0, decode="static")
+    assert sorted(key[2] for key in m.decoders.free) == [256, 512]
+
+
 def test_bad_inputs():
     m = SpeechLM(tiny_config()).eval()
     spk = SpeakerEmbedding(torch.zeros(1, 16))

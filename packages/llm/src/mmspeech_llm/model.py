@@ -19,7 +19,7 @@ from transformers import AutoConfig, Qwen2Config, Qwen2Model
 from . import __version__
 from .config import BackboneConfig, LLMConfig, SamplingConfig
 from .data import LLMBatch, reference_mel
-from .decode import DecodeMode, make_decoder
+from .decode import DecodeMode, DecoderPool, make_decoder
 from .infer import sample_step
 from .layout import IGNORE, SPEECH, SPK, TEXT, PaddedLayout, inference_prefix, pad
 
@@ -81,6 +81,7 @@ class SpeechLM(nn.Module, PretrainedMixin):
         self.mel = reference_mel(m)
         self.speaker_encoder = SpeakerEncoder(m.spk_mels, m.spk_hidden, m.spk_layers, m.spk_heads, m.spk_dim)
         self.spk_proj = nn.Linear(m.spk_dim, h)
+        self.decoders = DecoderPool()  # static KV caches (and CUDA graphs) kept between requests
 
     @property
     def device(self) -> torch.device:
@@ -178,7 +179,10 @@ class SpeechLM(nn.Module, PretrainedMixin):
         u = _uniforms(item_seeds(seed, len(text)), int(limits.max_len.max()), self.device)  # (B, steps, 2)
         emb = self.embed(batch.kind, batch.ids, speaker.vectors.to(self.device))
         decoder = make_decoder(decode, self, emb, batch.mask, u.shape[1])
-        yield from self._decode_loop(decoder, u, limits, cfg)
+        try:
+            yield from self._decode_loop(decoder, u, limits, cfg)
+        finally:  # also when the caller stops early: the generator is closed
+            decoder.release()
 
     def _check_request(
         self, text: Sequence[torch.Tensor], speaker: SpeakerEmbedding, prompt: LMPrompt | None
