@@ -323,6 +323,35 @@ def test_dataset_uses_other_utterance_as_reference(tmp_path):
         assert ref.shape[1] == frames(4800 + 800 * ((k + 2) % 4))
 
 
+def test_prompt_pairs_join_two_utterances_of_a_speaker_as_one_shot_inference_does(tmp_path):
+    """layout.prompt_pairs adds items made as one-shot inference makes its prefix: a prompt utterance's text
+    then the target's, its speech tokens then the target's, and the prompt's own audio as the reference."""
+    utts, tokens = _corpus(tmp_path, n=8)
+    tok = TextTokenizer.train_bpe([u.text for u in utts], vocab_size=280, min_frequency=1)
+    cfg = tiny_config()
+    cfg = dataclasses.replace(
+        cfg, layout=dataclasses.replace(cfg.layout, bistream_prob=0.0, prompt_pairs=0.5)
+    )
+    ds = LLMDataset(utts, tokens, tok, cfg)
+    singles = len(ds.index)
+    assert len(ds) == singles + 4 and len(ds.lengths()) == len(ds)
+    assert LLMDataset(utts, tokens, tok, cfg).pairs == ds.pairs  # drawn once, from the seed
+    for k, (j, i) in enumerate(ds.pairs):
+        assert j != i and utts[j].speaker == utts[i].speaker
+        item = ds[singles + k]
+        speech = item.sequence.ids[item.sequence.kind == SPEECH]
+        assert speech.tolist() == tokens[utts[j].id].tolist() + tokens[utts[i].id].tolist()
+        assert (
+            item.sequence.ids[item.sequence.kind == TEXT].tolist()
+            == ds.text[j].tolist() + ds.text[i].tolist()
+        )
+        assert len(item.sequence.kind) == ds.lengths()[singles + k]
+        assert item.reference.shape[1] == (4800 + 800 * j) // 240 + 1  # the prompt's own audio
+    bad = dataclasses.replace(cfg, layout=dataclasses.replace(cfg.layout, prompt_pairs=1.5))
+    with pytest.raises(ValueError, match="prompt_pairs"):
+        LLMDataset(utts, tokens, tok, bad)
+
+
 def test_training_references_embed_as_inference_embeds_their_audio_and_a_cache_changes_nothing(tmp_path):
     """The dataset computes the references' log-mels (in loader workers, once with a cache); the speaker
     vector a training batch gets must be the one inference gets from the same audio."""

@@ -507,6 +507,19 @@ def test_error_rate_ignores_case_and_punctuation_like_seed_tts_eval():
         error_rate("?!", "hello")
 
 
+def test_a_quickstart_budget_passes_what_a_stage_leaves_to_the_later_ones():
+    from mmspeech_pipeline.quickstart import stage_budget
+
+    steps = {"tokenizer": 900, "vae": 1500, "llm": 500, "flow": 600}
+    assert stage_budget(350.0, steps, "tokenizer", []) == pytest.approx(90.0)  # 350 x 900 / 3500
+    # the tokenizer used 60 of its 90 s: the 290 s left are shared by the three stages after it
+    assert stage_budget(350.0, steps, "vae", [60.0]) == pytest.approx(290 * 1500 / 2600)
+    assert stage_budget(350.0, steps, "flow", [60.0, 150.0, 80.0]) == pytest.approx(
+        60.0
+    )  # the last: all left
+    assert stage_budget(350.0, steps, "flow", [200.0, 200.0, 80.0]) == 1.0  # overspent: still a second
+
+
 def test_the_ladder_shows_the_median_wer_and_counts_whisper_running_away():
     """One looping transcript decides a small sample's mean WER: the summary gives the median beside it
     and counts the items whose transcript has over twice the words said."""

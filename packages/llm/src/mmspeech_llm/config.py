@@ -59,6 +59,11 @@ class LayoutConfig:
     # bistream only where speech/text > this: each 5-text chunk needs its 15 speech tokens
     bistream_min_ratio: float = 3.0
     max_reference_s: float = 10.0  # speaker reference crop
+    # extra training items, as a fraction of the utterances: two utterances of one speaker joined, prompt
+    # first, with the prompt's own audio as the speaker reference. One-shot inference continues a prompt
+    # (its transcript + the target text, then its speech tokens); without such items every training text
+    # is a single utterance, and a small corpus never shows the LM a text that long or a speech prefix
+    prompt_pairs: float = 0.0
 
 
 @dataclass

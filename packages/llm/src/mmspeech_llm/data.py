@@ -65,24 +65,43 @@ class LLMDataset(torch.utils.data.Dataset):
         self.missing = missing
         self.picker = ReferencePicker([u.speaker for u in self.utts], fallback, seed, max_self_fraction)
         self.index = self.picker.usable
+        self.pairs = self._pairs(cfg.layout.prompt_pairs, seed)
         self.rng = random.Random(seed)
 
+    def _pairs(self, fraction: float, seed: int) -> list[tuple[int, int]]:
+        """``(prompt, target)`` utterance pairs of one speaker, ``fraction`` × the items, drawn once."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"layout.prompt_pairs must lie in [0, 1], got {fraction}")
+        by_speaker: dict[str | None, list[int]] = {}
+        for i in self.index:
+            by_speaker.setdefault(self.utts[i].speaker, []).append(i)
+        targets = [i for i in self.index if len(by_speaker[self.utts[i].speaker]) > 1]
+        rng = random.Random(seed + 1)
+        chosen = rng.sample(targets, round(fraction * len(self.index)) if targets else 0)
+        return [(rng.choice([j for j in by_speaker[self.utts[i].speaker] if j != i]), i) for i in chosen]
+
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.index) + len(self.pairs)
+
+    def _parts(self, k: int) -> list[int]:
+        """The utterances item ``k`` joins: one, or a pair's prompt then target."""
+        return [self.index[k]] if k < len(self.index) else list(self.pairs[k - len(self.index)])
 
     def lengths(self) -> list[int]:
-        return [len(self.text[i]) + self.n_speech[i] + 3 for i in self.index]
+        return [
+            sum(len(self.text[i]) + self.n_speech[i] for i in self._parts(k)) + 3 for k in range(len(self))
+        ]
 
     def shards(self) -> list[int]:
-        """The token shard of each item (streaming reads shard by shard)."""
-        return feature_shards(self.tokens, [self.utts[i].id for i in self.index])
+        """The token shard of each item (a pair's target's; streaming reads shard by shard)."""
+        return feature_shards(self.tokens, [self.utts[self._parts(k)[-1]].id for k in range(len(self))])
 
     def __getitem__(self, k: int) -> LLMItem:
-        i = self.index[k]
+        parts = self._parts(k)
         m, lay = self.cfg.model, self.cfg.layout
         seq = training_sequence(
-            self.text[i],
-            self.tokens[self.utts[i].id].long(),
+            torch.cat([self.text[i] for i in parts]),
+            torch.cat([self.tokens[self.utts[i].id].long() for i in parts]),
             m.eos,
             m.fill,
             lay.bistream_prob,
@@ -91,7 +110,8 @@ class LLMDataset(torch.utils.data.Dataset):
             lay.speech_chunk,
             self.rng,
         )
-        mel = self._reference(self.picker(i))
+        # a pair's reference is its prompt's own audio, as a one-shot voice's is
+        mel = self._reference(parts[0] if len(parts) > 1 else self.picker(parts[0]))
         crop = int(lay.max_reference_s * m.spk_sample_rate) // self.mel.hop + 1  # frames
         if mel.shape[-1] > crop:
             start = self.rng.randrange(mel.shape[-1] - crop + 1)

@@ -356,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--minutes",
         type=float,
         default=None,
-        help="training budget shared by the stages (each also stops at its steps); the rest comes on top",
+        help="training budget shared by the stages in proportion to their steps, a stage that ends early "
+        "leaving its rest to the later ones (each also stops at its steps); the rest comes on top",
     )
     add_device_arg(sp, "cpu / cuda (default: cuda when available)")
     add_seed_arg(sp, "seed of the corpus, the training runs and the synthesis")

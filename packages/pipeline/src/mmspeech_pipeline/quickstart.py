@@ -2,7 +2,7 @@
 eSpeak NG (:mod:`.corpus`), train every stage on its training speakers, bundle, synthesise for a held-out
 speaker, and score the evaluation ladder (:mod:`.evaluate`) on held-out sentences of held-out speakers.
 
-Sizes (:data:`SIZES`): ``tiny`` (the default; about 12 minutes on 2 CPU cores) and ``small`` (bigger models
+Sizes (:data:`SIZES`): ``tiny`` (the default; about 11.5 minutes on 2 CPU cores) and ``small`` (bigger models
 on a larger corpus: hours on CPU — its VAE's GAN steps alone take about an hour per 1,000 — so it is meant
 for a GPU). The report (``report.md`` / ``report.json``) gives losses, timings, the ladder table and
 spectrograms of every rung, so it shows where quality is lost.
@@ -176,8 +176,8 @@ def run_quickstart(
 
     ``fast`` cuts corpus and steps ~10× (a smoke test for CI): the plumbing is the same.
     ``evaluate_items``: ladder items to score (default: the size's; 0 skips the ladder).
-    ``minutes``: a training budget shared by the four stages in proportion to their steps (each stops at its
-    steps or its share, whichever comes first; corpus, extraction and evaluation come on top)."""
+    ``minutes``: a training budget shared by the four stages (:func:`stage_budget`: each stops at its steps
+    or its share, whichever comes first; corpus, extraction and evaluation come on top)."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
     if minutes is not None and minutes <= 0:
@@ -239,15 +239,29 @@ def run_quickstart(
     return report
 
 
+STAGES = ("tokenizer", "vae", "llm", "flow")  # in training order
+
+
+def stage_budget(total_s: float, steps: dict[str, int], stage: str, spent_s: list[float]) -> float:
+    """Seconds for ``stage`` out of a training budget of ``total_s``: what the stages before it left (their
+    ``spent_s``), shared with the stages after it in proportion to their steps. A stage that stops at its
+    steps before its share leaves the rest to the later ones. At least one second."""
+    later = STAGES[STAGES.index(stage) :]
+    left = total_s - sum(spent_s)
+    return max(1.0, left * steps[stage] / sum(steps[s] for s in later))
+
+
 def _train_all(
     corpus: CorpusSplit, size: QuickstartSize, out: Path, timed: _Timer, device: str, minutes: float | None
 ) -> tuple[dict[str, list[float]], Path]:
     """Train the four stages and the text tokenizer on the training speakers; bundle the results."""
     steps = size.steps
-    total = sum(steps.values())
 
     def _tc(stage: str, lr: float, **kw: Any) -> TrainConfig:
-        budget = None if minutes is None else 60 * minutes * steps[stage] / total
+        budget = None
+        if minutes is not None:
+            spent = [timed.seconds[f"train_{s}"] for s in STAGES if f"train_{s}" in timed.seconds]
+            budget = stage_budget(60 * minutes, steps, stage, spent)
         return fast_train_config(
             steps[stage],
             lr,
