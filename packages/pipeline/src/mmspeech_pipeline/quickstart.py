@@ -124,7 +124,10 @@ def _llm_config(size: QuickstartSize, text_vocab: int, speech_vocab: int) -> LLM
         intermediate_size=4 * size.width,
         max_positions=2048,
     )
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=backbone))
+    # joined prompt/target pairs: one-shot continuation in distribution (tiny, 24 held-out items, 500 steps:
+    # one-shot WER 3.62 -> 1.14 and Whisper running away on 10 -> 1 items, zero-shot 1.66 -> 1.41)
+    layout = dataclasses.replace(cfg.layout, prompt_pairs=0.3)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=backbone), layout=layout)
 
 
 def _flow_config(
