@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         choices=["tiny", "small"],
         default="tiny",
-        help="tiny: ~12 min on 2 CPU cores; small: bigger models on a larger corpus, hours on CPU (meant for a GPU)",
+        help="tiny: ~10.5 min on 2 CPU cores; small: bigger models on a larger corpus, hours on CPU, ~25 min on one H100",
     )
     sp.add_argument("--fast", action="store_true", help="a tiny corpus and ~20x fewer steps (a smoke test)")
     sp.add_argument("--eval-items", type=int, default=None, help="ladder items to score (0 skips the ladder)")
