@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -30,6 +31,11 @@ from serve_load import first_bytes, wait_up  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
 CORPUS = [TEXT, "Hello there, how are you today?", "Please call me back when you have a moment."]
+
+
+def _ms(seconds: Iterable[float]) -> float:
+    """The median of timings in seconds, in milliseconds."""
+    return 1000 * statistics.median(seconds)
 
 
 def make_bundle(preset: str, out: Path, tokens_per_text: float) -> Path:
@@ -107,11 +113,10 @@ def in_process(
             stream_total.append(total)
             offline.append(time.perf_counter() - t)
             audio_s = float(wav.durations()[0])
-    ms = lambda xs: 1000 * statistics.median(xs)  # noqa: E731
     rows = [
-        ["stream: first chunk", ms(first), ""],
-        ["stream: whole", ms(stream_total), statistics.median(stream_total) / audio_s],
-        ["offline synthesize", ms(offline), statistics.median(offline) / audio_s],
+        ["stream: first chunk", _ms(first), ""],
+        ["stream: whole", _ms(stream_total), statistics.median(stream_total) / audio_s],
+        ["offline synthesize", _ms(offline), statistics.median(offline) / audio_s],
     ]
     rows += _first_chunk_parts(tts, voice, repeat, sync)
     if streams > 1:
@@ -150,11 +155,10 @@ def _first_chunk_parts(tts, voice, repeat: int, sync) -> list[list[object]]:  # 
             lm.append(t_lm)
             flow.append(t_flow)
             vae.append(time.perf_counter() - t)
-    ms = lambda xs: 1000 * statistics.median(xs)  # noqa: E731
     return [
-        [f"  first chunk: LM prefill + {need} tokens", ms(lm), ""],
-        [f"  first chunk: flow ({fm.chunk_size} tokens)", ms(flow), ""],
-        ["  first chunk: VAE decode", ms(vae), ""],
+        [f"  first chunk: LM prefill + {need} tokens", _ms(lm), ""],
+        [f"  first chunk: flow ({fm.chunk_size} tokens)", _ms(flow), ""],
+        ["  first chunk: VAE decode", _ms(vae), ""],
     ]
 
 
@@ -181,9 +185,9 @@ def _together(tts, voice, n: int, repeat: int, sync, audio_s: float) -> list[lis
             offline.append(time.perf_counter() - t)
     med = statistics.median
     return [
-        [f"{n} streams together: first chunk", 1000 * med(first), ""],
-        [f"{n} streams together: whole", 1000 * med(whole), med(whole) / (n * audio_s)],
-        [f"offline batch of {n}", 1000 * med(offline), med(offline) / (n * audio_s)],
+        [f"{n} streams together: first chunk", _ms(first), ""],
+        [f"{n} streams together: whole", _ms(whole), med(whole) / (n * audio_s)],
+        [f"offline batch of {n}", _ms(offline), med(offline) / (n * audio_s)],
     ]
 
 
@@ -199,8 +203,8 @@ def over_http(bundle: Path, device: str, repeat: int, voice_path: Path, port: in
         for name, extra in (("HTTP stream: true", {"stream": True}), ("HTTP whole response", {})):
             body = {"input": TEXT, "voice": voice_path.stem, "response_format": "pcm", **extra}
             runs = [first_bytes(url + "/v1/audio/speech", {**body, "seed": k}) for k in range(repeat + 1)][1:]
-            rows.append([f"{name}: first bytes", 1000 * statistics.median(r[0] for r in runs), ""])
-            rows.append([f"{name}: last bytes", 1000 * statistics.median(r[1] for r in runs), ""])
+            rows.append([f"{name}: first bytes", _ms(r[0] for r in runs), ""])
+            rows.append([f"{name}: last bytes", _ms(r[1] for r in runs), ""])
     finally:
         proc.terminate()
         try:

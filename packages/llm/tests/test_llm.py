@@ -347,6 +347,13 @@ def test_prompt_pairs_join_two_utterances_of_a_speaker_as_one_shot_inference_doe
         )
         assert len(item.sequence.kind) == ds.lengths()[singles + k]
         assert item.reference.shape[1] == (4800 + 800 * j) // 240 + 1  # the prompt's own audio
+    # a speaker with one utterance (kept as its own reference) cannot be a pair: fewer pairs, no error
+    alone = dataclasses.replace(utts[0], id="solo", speaker="s9")
+    everything = dataclasses.replace(cfg, layout=dataclasses.replace(cfg.layout, prompt_pairs=1.0))
+    ds = LLMDataset(
+        [*utts, alone], {**tokens, "solo": tokens["u0"]}, tok, everything, "self", max_self_fraction=1.0
+    )
+    assert len(ds.index) == 9 and len(ds.pairs) == 8
     bad = dataclasses.replace(cfg, layout=dataclasses.replace(cfg.layout, prompt_pairs=1.5))
     with pytest.raises(ValueError, match="prompt_pairs"):
         LLMDataset(utts, tokens, tok, bad)

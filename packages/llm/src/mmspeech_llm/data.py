@@ -12,6 +12,7 @@ from mmspeech_core.audio import read_audio
 from mmspeech_core.data import ReferencePicker, Utterance, feature_length, feature_shards
 from mmspeech_core.nn import LogMel
 from mmspeech_core.training import Batch
+from torch.nn.utils.rnn import pad_sequence
 
 from .config import LLMConfig, LLMModelConfig
 from .layout import PaddedLayout, pad, training_sequence
@@ -77,7 +78,7 @@ class LLMDataset(torch.utils.data.Dataset):
             by_speaker.setdefault(self.utts[i].speaker, []).append(i)
         targets = [i for i in self.index if len(by_speaker[self.utts[i].speaker]) > 1]
         rng = random.Random(seed + 1)
-        chosen = rng.sample(targets, round(fraction * len(self.index)) if targets else 0)
+        chosen = rng.sample(targets, min(round(fraction * len(self.index)), len(targets)))
         return [(rng.choice([j for j in by_speaker[self.utts[i].speaker] if j != i]), i) for i in chosen]
 
     def __len__(self) -> int:
@@ -145,7 +146,5 @@ class LLMBatch(Batch):
 
 def collate(items: list[LLMItem]) -> LLMBatch:
     frames = torch.tensor([x.reference.shape[-1] for x in items])
-    mels = torch.zeros(len(items), items[0].reference.shape[0], int(frames.max()))
-    for i, x in enumerate(items):
-        mels[i, :, : x.reference.shape[-1]] = x.reference
+    mels = pad_sequence([x.reference.T for x in items], batch_first=True).transpose(1, 2)  # (B, n_mels, T)
     return LLMBatch(pad([x.sequence for x in items]), mels, frames)
