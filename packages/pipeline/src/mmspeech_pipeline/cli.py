@@ -346,9 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="quickstart", help="output folder")
     sp.add_argument(
         "--size",
-        choices=["tiny", "small"],
+        choices=["tiny", "medium", "small"],
         default="tiny",
-        help="tiny: ~10.5 min on 2 CPU cores; small: bigger models on a larger corpus, hours on CPU, ~25 min on one H100",
+        help="tiny: ~10.5 min on 2 CPU cores; medium: the longer CPU recipe, ~1 hour on 2 CPU cores; "
+        "small: bigger models on a larger corpus, hours on CPU, ~25 min on one H100",
     )
     sp.add_argument("--fast", action="store_true", help="a tiny corpus and ~20x fewer steps (a smoke test)")
     sp.add_argument("--eval-items", type=int, default=None, help="ladder items to score (0 skips the ladder)")
