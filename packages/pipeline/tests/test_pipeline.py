@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -489,6 +490,12 @@ def test_quickstart_fast(tmp_path):
     assert sf.info(tmp_path / "qs" / "zero_shot.wav").samplerate == 24000
     first, last = report["loss_first_last"]["flow"]
     assert last < first
+    # the LM and the flow are scored on the held-out speakers five times, the last at their last step
+    for stage in ("llm", "flow"):
+        held = report["held_out_losses"][stage]
+        assert [s for s, _ in held] == [len(report["losses"][stage]) * k // 5 for k in range(1, 6)]
+        assert all(math.isfinite(v) and v > 0 for _, v in held)
+    assert "held-out loss" in (tmp_path / "qs" / "report.md").read_text()
     assert report["outputs"]["stream_first_chunk_latency_s"] > 0
     assert TTS.from_pretrained(tmp_path / "qs" / "bundle", device="cpu").sample_rate == 24000
     assert report["corpus"]["train"] > 0 and report["corpus"]["test"] > 0 and report["ladder"] is None

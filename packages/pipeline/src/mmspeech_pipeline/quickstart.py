@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 from mmspeech_core import read_audio, save_audio
-from mmspeech_core.data import extract_features, load_shards
+from mmspeech_core.data import Utterance, extract_features, load_shards
 from mmspeech_core.training import TrainConfig, fast_train_config
 from mmspeech_flow.config import FlowConfig
 from mmspeech_flow.config import tiny_config as flow_tiny
@@ -83,13 +83,19 @@ SIZES = {
     "tiny": QuickstartSize(
         48, 24, {"tokenizer": 900, "vae": 1500, "llm": 500, "flow": 600}, 1.0, 64, 2, 4, 3000, 6, 4e-3
     ),
-    # medium: the longer CPU recipe. Measured per step on 2 CPU cores at width 128, 3 layers, 4,000 frames:
-    # tokenizer 0.18 s, VAE (spectral, no GAN) 0.23, LM 0.32, flow 0.43 -> ~55 min of training
+    # medium: the longer CPU recipe. Measured on 2 CPU cores with 64 voices x 32 sentences and 2,500 / 3,000 /
+    # 3,000 / 3,000 steps: ~0.2 s a tokenizer step, 0.15 VAE, 0.45 LM, 0.57 flow; oracle rung (12 items)
+    # WER 0.44 against the VAE's 0.56, but the LM memorised its 1,728 utterances (teacher-forced loss 0.13
+    # on them, 5.6 on held-out ones; zero-shot WER 1.9). Hence 4x the sentences (the LM sees each ~11 times,
+    # not ~50; corpus and extraction cost ~3 s per 100 utterances) and fewer tokenizer and flow steps
+    # (~61 min of training by those step times)
     "medium": QuickstartSize(
-        64, 32, {"tokenizer": 2500, "vae": 3000, "llm": 3000, "flow": 3000}, 1.0, 128, 3, 5, 4000, 12, 3e-3
+        64, 128, {"tokenizer": 2000, "vae": 3000, "llm": 3000, "flow": 2500}, 1.0, 128, 3, 5, 4000, 12, 3e-3
     ),
+    # small: 8,000 LM steps of ~60 items would be ~160 passes over 96 x 40 utterances (memorising, as medium
+    # did with ~50): 4x the sentences
     "small": QuickstartSize(
-        96, 40, {"tokenizer": 3000, "vae": 4000, "llm": 8000, "flow": 10000}, 0.7, 192, 4, 6, 8000, 24, 2e-3
+        96, 160, {"tokenizer": 3000, "vae": 4000, "llm": 8000, "flow": 10000}, 0.7, 192, 4, 6, 8000, 24, 2e-3
     ),
 }
 
@@ -209,7 +215,7 @@ def run_quickstart(
     torch.manual_seed(seed)
     timed = _Timer()
     corpus = timed("corpus", build_corpus, out / "corpus", preset.speakers, preset.utterances, seed)
-    losses, bundle = _train_all(corpus, preset, out, timed, device, minutes)
+    losses, held_out, bundle = _train_all(corpus, preset, out, timed, device, minutes)
     tts = timed("load_bundle", TTS.from_pretrained, bundle, device=device)
     outputs, wavs = _demo(tts, corpus, out, seed, timed)
     n_eval = preset.eval_items if evaluate_items is None else evaluate_items
@@ -237,6 +243,7 @@ def run_quickstart(
         "loss_first_last": {
             n: [round(sum(c[:3]) / 3, 4), round(sum(c[-3:]) / 3, 4)] for n, c in losses.items()
         },
+        "held_out_losses": held_out,  # stage -> [step, loss on the held-out speakers' sentences]
         "corpus": {"train": len(corpus.train), "test": len(corpus.test), "speakers": preset.speakers},
         "outputs": outputs,
         "ladder": ladder,
@@ -266,8 +273,9 @@ def stage_budget(total_s: float, steps: dict[str, int], stage: str, spent_s: lis
 
 def _train_all(
     corpus: CorpusSplit, size: QuickstartSize, out: Path, timed: _Timer, device: str, minutes: float | None
-) -> tuple[dict[str, list[float]], Path]:
-    """Train the four stages and the text tokenizer on the training speakers; bundle the results."""
+) -> tuple[dict[str, list[float]], dict[str, list[list[float]]], Path]:
+    """Train the four stages and the text tokenizer on the training speakers; bundle the results. Returns
+    the training losses per step, the held-out losses of the LM and the flow, and the bundle."""
     steps = size.steps
 
     def _tc(stage: str, lr: float, **kw: Any) -> TrainConfig:
@@ -283,6 +291,11 @@ def _train_all(
             num_workers=_loader_workers(device),
             **kw,
         )
+
+    def held_out(stage: str) -> dict[str, int]:
+        # the LM and the flow are also scored on the held-out speakers' sentences, five times a run: a
+        # training loss that falls while this one rises is memorising (the report shows both)
+        return {"eval_every": max(1, steps[stage] // 5)}
 
     train_utts, every = corpus.train, corpus.train + corpus.test
     tcfg, vcfg = _stage_configs(size, build_vocab([u.text or "" for u in every]))
@@ -312,31 +325,50 @@ def _train_all(
     text_tok = TextTokenizer.train_bpe([u.text or "" for u in train_utts], vocab_size=500, min_frequency=1)
     text_tok.save(out / "runs/text_tokenizer")
     lcfg = _llm_config(size, text_tok.vocab_size, tok.vocab_size)
-    lcfg = dataclasses.replace(lcfg, train=_tc("llm", size.llm_lr, max_frames=size.max_frames))
+    lcfg = dataclasses.replace(
+        lcfg, train=_tc("llm", size.llm_lr, max_frames=size.max_frames, **held_out("llm"))
+    )
     tokens = load_shards(out / "features/tokens")
     llm_parts = {"text_tokenizer": text_tok.fingerprint(), "tokenizer": tok.fingerprint()}
     llm_ds = LLMDataset(train_utts, tokens, text_tok, lcfg, cache_references=True)  # log-mels: ~110 MB
+    llm_val = LLMDataset(corpus.test, tokens, text_tok, lcfg, cache_references=True)
     _, h = timed(
-        "train_llm", train_llm, lcfg, llm_ds, out / "runs/llm", device, False, trained_with=llm_parts
+        "train_llm",
+        train_llm,
+        lcfg,
+        llm_ds,
+        out / "runs/llm",
+        device,
+        False,
+        val_dataset=llm_val,
+        trained_with=llm_parts,
     )
     losses["llm"] = [m["loss"] for m in h]
+    val_losses = {"llm": _val_curve(h, "loss")}
 
     fcfg = _flow_config(size, tok.vocab_size, vcfg, latent_stats(out / "features/latents"))
-    fcfg = dataclasses.replace(fcfg, train=_tc("flow", 2e-3, max_frames=size.max_frames))
+    fcfg = dataclasses.replace(fcfg, train=_tc("flow", 2e-3, max_frames=size.max_frames, **held_out("flow")))
     latents = load_shards(out / "features/latents")
-    keep = {u.id for u in train_utts}
-    flow_ds = FlowDataset(
-        tokens,
-        latents,
-        fcfg.model.ratio,
-        {u.id: u.speaker for u in train_utts},
-        ids=sorted(keep & set(tokens) & set(latents)),
-    )
+
+    def flow_data(utts: list[Utterance]) -> FlowDataset:
+        keep = {u.id for u in utts}
+        ids = sorted(keep & set(tokens) & set(latents))
+        return FlowDataset(tokens, latents, fcfg.model.ratio, {u.id: u.speaker for u in utts}, ids=ids)
+
     flow_parts = {"tokenizer": tok.fingerprint(), "vae": vae.fingerprint()}
     _, h = timed(
-        "train_flow", train_flow, fcfg, flow_ds, out / "runs/flow", device, False, trained_with=flow_parts
+        "train_flow",
+        train_flow,
+        fcfg,
+        flow_data(train_utts),
+        out / "runs/flow",
+        device,
+        False,
+        val_dataset=flow_data(corpus.test),
+        trained_with=flow_parts,
     )
     losses["flow"] = [m["fm"] for m in h]
+    val_losses["flow"] = _val_curve(h, "fm")
 
     def last(run: str) -> Path:
         return out / "runs" / run / (out / "runs" / run / "latest").read_text().strip()
@@ -350,7 +382,12 @@ def _train_all(
         flow=last("flow"),
         vae=last("vae"),
     )
-    return losses, bundle
+    return losses, val_losses, bundle
+
+
+def _val_curve(history: list[dict[str, float]], metric: str) -> list[list[float]]:
+    """[step, held-out loss] at the steps that validated."""
+    return [[i + 1, round(m[f"val/{metric}"], 4)] for i, m in enumerate(history) if f"val/{metric}" in m]
 
 
 def _demo(
@@ -402,7 +439,10 @@ def _plot(report: dict[str, Any], wavs: dict[str, Path], out: Path) -> list[str]
 
     fig, axes = plt.subplots(1, len(report["losses"]), figsize=(4 * len(report["losses"]), 3))
     for ax, (name, curve) in zip(axes, report["losses"].items()):
-        ax.plot(curve)
+        ax.plot(range(1, len(curve) + 1), curve, label="training")
+        if held := report["held_out_losses"].get(name):
+            ax.plot(*zip(*held), "o-", label="held-out")
+            ax.legend()
         ax.set_title(f"{name} loss")
         ax.set_xlabel("step")
     fig.tight_layout()
@@ -428,11 +468,14 @@ def _markdown(report: dict[str, Any]) -> str:
         f"{report['corpus']['speakers']} voices ({report['corpus']['train']} training utterances), every stage "
         f"trained on CPU in {sum(t.values()) / 60:.1f} min.",
         "",
-        "| stage | first loss | last loss | seconds |",
-        "|---|---|---|---|",
+        "| stage | first loss | last loss | held-out loss | seconds |",
+        "|---|---|---|---|---|",
     ]
     for name, (first, last) in report["loss_first_last"].items():
-        lines.append(f"| {name} | {first} | {last} | {t.get('train_' + name.split('_')[0], '')} |")
+        held = report["held_out_losses"].get(name)
+        lines.append(
+            f"| {name} | {first} | {last} | {held[-1][1] if held else ''} | {t.get('train_' + name.split('_')[0], '')} |"
+        )
     o = report["outputs"]
     lines += [
         "",
