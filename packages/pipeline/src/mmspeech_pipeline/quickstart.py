@@ -2,8 +2,8 @@
 eSpeak NG (:mod:`.corpus`), train every stage on its training speakers, bundle, synthesise for a held-out
 speaker, and score the evaluation ladder (:mod:`.evaluate`) on held-out sentences of held-out speakers.
 
-Sizes (:data:`SIZES`): ``tiny`` (the default; about 10.5 minutes on 2 CPU cores), ``medium`` (the longer CPU
-recipe: wider models, more steps and voices, about an hour on 2 CPU cores) and ``small`` (bigger models on a
+Sizes (:data:`SIZES`): ``tiny`` (the default; about 11 minutes on 2 CPU cores), ``medium`` (the longer CPU
+recipe: wider models, more steps and voices, about 70 minutes on 2 CPU cores) and ``small`` (bigger models on a
 larger corpus, with the VAE's GAN: hours on CPU — its GAN steps alone take about an hour per 1,000 — so it is
 meant for a GPU). The report (``report.md`` / ``report.json``) gives losses, timings, the ladder table and
 spectrograms of every rung, so it shows where quality is lost.
