@@ -289,13 +289,11 @@ def _train_all(
             keep_checkpoints=1,
             time_budget_s=budget,
             num_workers=_loader_workers(device),
+            # where a held-out set is given (the LM and the flow), scored five times a run: a training loss
+            # that falls while the held-out one rises is memorising (the report shows both)
+            eval_every=max(1, steps[stage] // 5),
             **kw,
         )
-
-    def held_out(stage: str) -> dict[str, int]:
-        # the LM and the flow are also scored on the held-out speakers' sentences, five times a run: a
-        # training loss that falls while this one rises is memorising (the report shows both)
-        return {"eval_every": max(1, steps[stage] // 5)}
 
     train_utts, every = corpus.train, corpus.train + corpus.test
     # every k-th held-out utterance, at most ~100 (each speaker keeps several, for references): tiny's 216
@@ -328,9 +326,7 @@ def _train_all(
     text_tok = TextTokenizer.train_bpe([u.text or "" for u in train_utts], vocab_size=500, min_frequency=1)
     text_tok.save(out / "runs/text_tokenizer")
     lcfg = _llm_config(size, text_tok.vocab_size, tok.vocab_size)
-    lcfg = dataclasses.replace(
-        lcfg, train=_tc("llm", size.llm_lr, max_frames=size.max_frames, **held_out("llm"))
-    )
+    lcfg = dataclasses.replace(lcfg, train=_tc("llm", size.llm_lr, max_frames=size.max_frames))
     tokens = load_shards(out / "features/tokens")
     llm_parts = {"text_tokenizer": text_tok.fingerprint(), "tokenizer": tok.fingerprint()}
     llm_ds = LLMDataset(train_utts, tokens, text_tok, lcfg, cache_references=True)  # log-mels: ~110 MB
@@ -350,7 +346,7 @@ def _train_all(
     val_losses = {"llm": _val_curve(h, "loss")}
 
     fcfg = _flow_config(size, tok.vocab_size, vcfg, latent_stats(out / "features/latents"))
-    fcfg = dataclasses.replace(fcfg, train=_tc("flow", 2e-3, max_frames=size.max_frames, **held_out("flow")))
+    fcfg = dataclasses.replace(fcfg, train=_tc("flow", 2e-3, max_frames=size.max_frames))
     latents = load_shards(out / "features/latents")
 
     def flow_data(utts: list[Utterance]) -> FlowDataset:
