@@ -41,6 +41,10 @@ def test_corpus_is_deterministic_and_holds_out_speakers_and_sentences(corpus, tm
     items = read_eval_list(out / "test.lst")
     assert len(items) == len(split.test) and all(i.target_wav and i.prompt_text for i in items)
     assert all(i.prompt_wav != i.target_wav for i in items)  # the prompt is another utterance
+    speaker_of = {u.audio: u.speaker for u in split.test}
+    assert all(speaker_of[i.prompt_wav] == speaker_of[i.target_wav] for i in items)
+    # speakers take turns, so a --limit of one item per held-out speaker scores every held-out speaker
+    assert {speaker_of[i.target_wav] for i in items[: len(test_spk)]} == test_spk
     again = build_corpus(tmp_path, speakers=6, utterances=3, seed=0, progress=False, workers=1)
     same = [(u.id, u.text, u.speaker) for u in split.train + split.test]
     assert [(u.id, u.text, u.speaker) for u in again.train + again.test] == same

@@ -471,8 +471,11 @@ def _split(ids: list[str], fraction: float, seed: int, min_held: int = 1) -> tup
 
 
 def _pairs(utts: list[Utterance]) -> list[tuple[Utterance, Utterance]]:
-    """Each held-out utterance as a target, prompted by the next utterance of the same speaker."""
+    """Each held-out utterance as a target, prompted by the next utterance of the same speaker; speakers
+    take turns (each one's first utterance, then each one's second, ...), so the first N items of the list
+    (``evaluate --limit N``) spread over the held-out speakers instead of all being the first one's."""
     by_spk: dict[str | None, list[Utterance]] = {}
     for u in utts:
         by_spk.setdefault(u.speaker, []).append(u)
-    return [(group[(i + 1) % len(group)], t) for group in by_spk.values() for i, t in enumerate(group)]
+    turns = range(max(map(len, by_spk.values()), default=0))
+    return [(g[(i + 1) % len(g)], g[i]) for i in turns for g in by_spk.values() if i < len(g)]
