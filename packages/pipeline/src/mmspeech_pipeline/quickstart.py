@@ -3,7 +3,7 @@ eSpeak NG (:mod:`.corpus`), train every stage on its training speakers, bundle, 
 speaker, and score the evaluation ladder (:mod:`.evaluate`) on held-out sentences of held-out speakers.
 
 Sizes (:data:`SIZES`): ``tiny`` (the default; about 11 minutes on 2 CPU cores), ``medium`` (the longer CPU
-recipe: wider models, more steps and voices, about 70 minutes on 2 CPU cores) and ``small`` (bigger models on a
+recipe: wider models, more steps and voices, about 80 minutes on 2 CPU cores) and ``small`` (bigger models on a
 larger corpus, with the VAE's GAN: hours on CPU — its GAN steps alone take about an hour per 1,000 — so it is
 meant for a GPU). The report (``report.md`` / ``report.json``) gives losses, timings, the ladder table and
 spectrograms of every rung, so it shows where quality is lost.
@@ -87,8 +87,9 @@ SIZES = {
     # 3,000 / 3,000 steps: ~0.2 s a tokenizer step, 0.15 VAE, 0.45 LM, 0.57 flow; oracle rung (12 items)
     # WER 0.44 against the VAE's 0.56, but the LM memorised its 1,728 utterances (teacher-forced loss 0.13
     # on them, 5.6 on held-out ones; zero-shot WER 1.9). Hence 4x the sentences (the LM sees each ~11 times,
-    # not ~50; corpus and extraction cost ~3 s per 100 utterances) and fewer tokenizer and flow steps
-    # (~61 min of training by those step times)
+    # not ~50; corpus and extraction cost ~3 s per 100 utterances) and fewer tokenizer and flow steps.
+    # Run whole so: ~79 min (LM 1,210 s, flow 1,441 s); held-out LM loss 2.04, zero-shot WER 0.90 (12 items
+    # over 10 held-out voices; recordings 0.84); the LM's gap is now mostly unseen voices (lm_gap.py)
     "medium": QuickstartSize(
         64, 128, {"tokenizer": 2000, "vae": 3000, "llm": 3000, "flow": 2500}, 1.0, 128, 3, 5, 4000, 12, 3e-3
     ),
