@@ -163,7 +163,7 @@ def test_saved_files_respect_the_umask(tmp_path):
 
 _WORKER = textwrap.dedent(
     """
-    import json, random, sys
+    import json, os, random, sys
     import numpy as np, torch
     sys.path.insert(0, {tests!r})
     from test_training import Recorder, fast_train_config
@@ -200,6 +200,9 @@ _WORKER = textwrap.dedent(
     # and no rank may tear its sockets down while another still finishes the last collective
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    # and even then, on a loaded machine, a gloo thread could still be joinable when the interpreter's
+    # teardown destroyed it (seen once in CI: exit -6 after the results were written): skip that teardown
+    os._exit(0)
     """
 )
 
