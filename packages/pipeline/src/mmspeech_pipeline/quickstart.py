@@ -4,7 +4,7 @@ speaker, and score the evaluation ladder (:mod:`.evaluate`) on held-out sentence
 
 Sizes (:data:`SIZES`): ``tiny`` (the default; about 11 minutes on 2 CPU cores), ``medium`` (the longer CPU
 recipe: wider models, more steps and voices, about 80 minutes on 2 CPU cores) and ``small`` (bigger models on a
-larger corpus, with the VAE's GAN: hours on CPU — its GAN steps alone take about an hour per 1,000 — so it is
+larger corpus, with the VAE's GAN: hours on CPU — its GAN steps alone take 10-20 s each on 2 cores — so it is
 meant for a GPU). The report (``report.md`` / ``report.json``) gives losses, timings, the ladder table and
 spectrograms of every rung, so it shows where quality is lost.
 The speech tokenizer here is the trainable CTC-supervised FSQ tokenizer with a small codebook (the official
