@@ -28,30 +28,31 @@ from run import table  # noqa: E402
 
 def by_voice(utts: list, items: int) -> list:
     """``items`` utterances of at most ``items // 4`` voices, the voices taking turns."""
+    from mmspeech_pipeline.corpus import take_turns
+
     groups: dict[str, list] = {}
     for u in utts:
         if u.speaker in groups or len(groups) < items // 4:
             groups.setdefault(u.speaker, []).append(u)
-    turns = range(max(map(len, groups.values())))
-    return [g[i] for i in turns for g in groups.values() if i < len(g)][:items]
+    return take_turns(list(groups.values()))[:items]
 
 
 def synthesise(qs: Path, work: Path, voices: list[str], sentences: list[str], name: str, items: int) -> list:
-    """``items`` new utterances: the voices (at most ``items // 4``) in turn, each saying a drawn sentence."""
-    from mmspeech_core.audio import resample, save_audio
+    """``items`` new utterances: the voices (at most ``items // 4``) in turn, each saying a drawn sentence,
+    made as the corpus makes its own (:func:`mmspeech_pipeline.corpus._speak_all`)."""
     from mmspeech_core.data import Utterance
-    from mmspeech_pipeline.corpus import SAMPLE_RATE, Espeak, EspeakVoice
+    from mmspeech_pipeline.corpus import EspeakVoice, _speak_all
 
-    engine, info = Espeak.get(), json.loads((qs / "corpus/speakers.json").read_text())
+    info = json.loads((qs / "corpus/speakers.json").read_text())
     rng, voices = random.Random(0), voices[: max(1, items // 4)]
     utts = []
     for k in range(items):
         spk, text = voices[k % len(voices)], rng.choice(sentences)
-        v = info[spk]
-        wav = engine.synthesize(text, EspeakVoice(v["language"], v["variant"], v["pitch"], v["rate"]))
-        path = work / name / f"{name}_{k:04d}.wav"
-        save_audio(path, resample(wav, engine.sample_rate, SAMPLE_RATE), SAMPLE_RATE)
-        utts.append(Utterance(path.stem, str(path), text, spk))
+        utts.append(Utterance(f"{name}_{k:04d}", str(work / name / f"{name}_{k:04d}.wav"), text, spk))
+    voice = {
+        s: EspeakVoice(**{f: info[s][f] for f in ("language", "variant", "pitch", "rate")}) for s in voices
+    }
+    _speak_all([(u.audio, u.text or "", voice[u.speaker or ""]) for u in utts])
     return utts
 
 
@@ -75,8 +76,6 @@ def loss(model, utts: list, tokens, text_tokenizer) -> float:
 
 def main() -> None:
     from mmspeech_core.data import extract_features, load_shards, read_manifest
-    from mmspeech_llm.model import SpeechLM
-    from mmspeech_llm.text import TextTokenizer
     from mmspeech_pipeline.tts import TTS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,16 +98,16 @@ def main() -> None:
     }
     tts = TTS.from_pretrained(qs / "bundle")
     extract_features(tts.tokenizer, [u for s in mixed.values() for u in s], work / "tokens", batch_size=8)
-    run = qs / "runs/llm"
-    model = SpeechLM.from_pretrained(run / (run / "latest").read_text().strip()).eval()
-    text_tokenizer = TextTokenizer.from_pretrained(qs / "runs/text_tokenizer")
     corpus_tokens, mixed_tokens = load_shards(qs / "features/tokens"), load_shards(work / "tokens")
     sets = {
         "training voices, training sentences": (by_voice(train, a.items), corpus_tokens),
         **{name: (utts, mixed_tokens) for name, utts in mixed.items()},
         "held-out voices, held-out sentences": (by_voice(test, a.items), corpus_tokens),
     }
-    rows = [[name, len(utts), loss(model, utts, toks, text_tokenizer)] for name, (utts, toks) in sets.items()]
+    rows = [
+        [name, len(utts), loss(tts.llm, utts, toks, tts.text_tokenizer)]
+        for name, (utts, toks) in sets.items()
+    ]
     table(f"teacher-forced LM loss, {qs}", ["set", "utterances", "loss"], rows)
 
 

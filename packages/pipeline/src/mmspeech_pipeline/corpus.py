@@ -27,8 +27,10 @@ import multiprocessing
 import os
 import random
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import espeakng_loader
 import numpy as np
@@ -38,6 +40,7 @@ from mmspeech_core.data import Utterance, holdout, write_manifest
 from tqdm import tqdm
 
 SAMPLE_RATE = 24000
+T = TypeVar("T")
 # English accents of eSpeak NG (lang/gmw/*), and voice variants (voices/!v/*) that are voiced, human-like
 # and speak the same samples in every process: f2, f3 and f5 (breath noise) and victor draw from a source
 # that differs between processes, so a corpus that used them could not be rebuilt bit for bit
@@ -470,12 +473,16 @@ def _split(ids: list[str], fraction: float, seed: int, min_held: int = 1) -> tup
     return keep, held
 
 
+def take_turns(groups: Sequence[Sequence[T]]) -> list[T]:
+    """Each group's first item, then each one's second, ...: any prefix of the list spreads over the groups."""
+    return [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
+
+
 def _pairs(utts: list[Utterance]) -> list[tuple[Utterance, Utterance]]:
     """Each held-out utterance as a target, prompted by the next utterance of the same speaker; speakers
-    take turns (each one's first utterance, then each one's second, ...), so the first N items of the list
-    (``evaluate --limit N``) spread over the held-out speakers instead of all being the first one's."""
+    take turns, so the first N items of the list (``evaluate --limit N``) spread over the held-out speakers
+    instead of all being the first one's."""
     by_spk: dict[str | None, list[Utterance]] = {}
     for u in utts:
         by_spk.setdefault(u.speaker, []).append(u)
-    turns = range(max(map(len, by_spk.values()), default=0))
-    return [(g[(i + 1) % len(g)], g[i]) for i in turns for g in by_spk.values() if i < len(g)]
+    return take_turns([[(g[(i + 1) % len(g)], t) for i, t in enumerate(g)] for g in by_spk.values()])
