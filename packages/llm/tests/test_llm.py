@@ -492,3 +492,14 @@ def test_fsdp_on_one_process_trains_the_lm_and_saves_plain_weights(tmp_path):
     assert hist[-1]["loss"] < 0.7 * hist[0]["loss"] and "val/loss" in hist[-1]
     re = SpeechLM.from_pretrained(tmp_path / "run" / "checkpoint-00000030")
     assert set(re.state_dict()) == set(SpeechLM(cfg).state_dict())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", -0.5), ("top_p", 0.0), ("top_p", 1.5), ("top_k", 0), ("win_size", -1)],
+)
+def test_sampling_settings_that_would_misbehave_are_refused(field, value):
+    with pytest.raises(ValueError, match="sampling settings break"):
+        SamplingConfig(**{field: value})
+    with pytest.raises(ValueError, match="min_len_ratio <= max_len_ratio"):
+        SamplingConfig(min_len_ratio=5.0, max_len_ratio=4.0)

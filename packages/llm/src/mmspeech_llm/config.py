@@ -78,6 +78,20 @@ class SamplingConfig:
     min_len_ratio: float = 2.0  # speech tokens per text token before EOS is allowed
     max_len_ratio: float = 20.0
 
+    def __post_init__(self) -> None:
+        # a negative temperature would sample the least likely tokens; a top-p of 0 or top-k of 0 would
+        # keep nothing but the top token without saying so
+        checks = {
+            "temperature >= 0": self.temperature >= 0,
+            "0 < top_p <= 1": 0 < self.top_p <= 1,
+            "top_k >= 1": self.top_k >= 1,
+            "win_size >= 0": self.win_size >= 0,
+            "0 <= min_len_ratio <= max_len_ratio": 0 <= self.min_len_ratio <= self.max_len_ratio,
+        }
+        bad = [rule for rule, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"sampling settings break {', '.join(bad)}: {self}")
+
 
 @dataclass
 class LLMConfig:

@@ -35,9 +35,31 @@ RUNGS = ("ground_truth", "vae", "oracle_flow", "zero_shot", "one_shot", "streame
 
 
 def _tts(args: argparse.Namespace) -> TTS:
+    from mmspeech_llm.model import with_sampling
+
     from .tts import TTS
 
-    return TTS.from_pretrained(args.bundle, device=args.device)
+    tts = TTS.from_pretrained(args.bundle, device=args.device)
+    if args.temperature is not None:
+        tts.llm.config = with_sampling(tts.llm.config, temperature=args.temperature)
+    return tts
+
+
+def _bundle_args(sp: argparse.ArgumentParser, help: str = "bundle folder") -> None:
+    sp.add_argument("--bundle", required=True, help=help)
+    sp.add_argument(
+        "--temperature",
+        type=_non_negative,
+        default=None,
+        help="the LM's sampling temperature, 0 = greedy (default: the bundle's, saved with its LM)",
+    )
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def _listen_args(sp: argparse.ArgumentParser, port: int) -> None:
@@ -53,7 +75,7 @@ def _port(text: str) -> int:
 
 
 def _voice_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--bundle", required=True, help="bundle folder (see `mmspeech bundle`)")
+    _bundle_args(sp, "bundle folder (see `mmspeech bundle`)")
     g = sp.add_mutually_exclusive_group(required=True)
     g.add_argument("--reference", help="reference recording of the target voice (1-30 s, mono)")
     g.add_argument("--voice", help="a voice preset file (from `mmspeech voice`) instead of --reference")
@@ -287,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         "score the ladder (recording, VAE, oracle tokens, zero-shot, one-shot, streamed) on a test list",
         _evaluate,
     )
-    sp.add_argument("--bundle", required=True, help="bundle folder")
+    _bundle_args(sp)
     sp.add_argument(
         "--list",
         required=True,
@@ -313,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_command(
         sub, "serve", "OpenAI-compatible HTTP server (FastAPI): speech, voices, health, docs", _serve
     )
-    sp.add_argument("--bundle", required=True, help="bundle folder")
+    _bundle_args(sp)
     sp.add_argument(
         "--voices", required=True, help="folder of voice presets (<name>.safetensors, see `voice`)"
     )
@@ -334,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_device_arg(sp)
     sp = add_command(sub, "demo", "web page (Gradio): upload or record a reference, type, listen", _demo)
-    sp.add_argument("--bundle", required=True, help="bundle folder")
+    _bundle_args(sp)
     _listen_args(sp, 7860)
     add_device_arg(sp)
     sp = add_command(
