@@ -408,6 +408,19 @@ def test_cli_synthesize_voice_prepare_evaluate(bundle, tmp_path):
         == 0
     )
     assert sf.info(tmp_path / "o.flac").format == "FLAC"  # the suffix names the format
+    # --temperature overrides the bundle's sampling: 0 decodes greedily, as the API does when asked
+    greedy = tmp_path / "greedy.wav"
+    command = (
+        f"synthesize --bundle {bundle} --voice {voice} --text 'hello there.' --temperature 0 --out {greedy}"
+    )
+    assert mmspeech(command) == 0
+    tts = TTS.from_pretrained(bundle, device="cpu")
+    assert not np.array_equal(sf.read(out)[0], sf.read(greedy)[0])  # else it could be ignored unseen
+    greedy_sampling = dataclasses.replace(tts.llm.config.sampling, temperature=0.0)
+    want = tts.synthesize_batch(["hello there."], [tts.load_voice(voice)], seed=0, sampling=greedy_sampling)
+    assert np.allclose(sf.read(greedy)[0], want.unbatch()[0].numpy(), atol=1e-4)
+    with pytest.raises(SystemExit):
+        mmspeech(f"synthesize --bundle {bundle} --voice {voice} --text hi --temperature -1 --out {greedy}")
     # prepare: speaker from folder names, text from .txt, bad and too-short files logged and skipped
     corpus = tmp_path / "corpus"
     for spk in ("alice", "bob"):
@@ -473,9 +486,11 @@ def test_cli_help_is_fast_and_imports_no_torch():
     assert r.stdout.strip() == "False", r.stderr
 
 
-def test_quickstart_fast(tmp_path):
-    from mmspeech_pipeline.quickstart import run_quickstart
+def test_quickstart_fast(tmp_path, monkeypatch):
+    from mmspeech_pipeline.quickstart import SIZES, run_quickstart
 
+    # a temperature other than the library's, to see that the size's decoding settings reach the bundle
+    monkeypatch.setitem(SIZES, "tiny", dataclasses.replace(SIZES["tiny"], llm_temperature=0.5))
     report = run_quickstart(tmp_path / "qs", fast=True, evaluate_items=0)  # the ladder has its own tests
     for name in (
         "zero_shot.wav",
@@ -497,7 +512,10 @@ def test_quickstart_fast(tmp_path):
         assert all(math.isfinite(v) and v > 0 for _, v in held)
     assert "held-out loss" in (tmp_path / "qs" / "report.md").read_text()
     assert report["outputs"]["stream_first_chunk_latency_s"] > 0
-    assert TTS.from_pretrained(tmp_path / "qs" / "bundle", device="cpu").sample_rate == 24000
+    tts = TTS.from_pretrained(tmp_path / "qs" / "bundle", device="cpu")
+    assert tts.sample_rate == 24000
+    # the quickstart's decoding settings travel with the weights
+    assert tts.llm.config.sampling.temperature == 0.5 and tts.flow.config.infer.cfg_rate == 1.5
     assert report["corpus"]["train"] > 0 and report["corpus"]["test"] > 0 and report["ladder"] is None
 
 

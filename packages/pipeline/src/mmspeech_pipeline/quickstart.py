@@ -67,6 +67,7 @@ class QuickstartSize:
     max_frames: int  # padded frames per batch (LM and flow)
     eval_items: int
     llm_lr: float  # peak learning rate of the LM
+    llm_temperature: float = 1.0  # the LM's sampling temperature, saved with it (see _llm_config)
 
 
 # Measured on 2 CPU cores (tiny): a VAE step with the discriminator costs ~16x a reconstruction-only step
@@ -88,15 +89,38 @@ SIZES = {
     # WER 0.44 against the VAE's 0.56, but the LM memorised its 1,728 utterances (teacher-forced loss 0.13
     # on them, 5.6 on held-out ones; zero-shot WER 1.9). Hence 4x the sentences (the LM sees each ~11 times,
     # not ~50; corpus and extraction cost ~3 s per 100 utterances) and fewer tokenizer and flow steps.
-    # Run whole so: ~79 min (LM 1,210 s, flow 1,441 s); held-out LM loss 2.04, zero-shot WER 0.90 (12 items
-    # over 10 held-out voices; recordings 0.84); the LM's gap is now mostly unseen voices (lm_gap.py)
+    # Run whole so (64 x 128): ~79 min; held-out LM loss 2.04, and lm_gap.py put most of the LM's gap on
+    # unseen voices (teacher-forced 1.34 on training voices and sentences, 1.83 on held-out sentences, 2.07
+    # on held-out voices). Hence 256 voices x 32 sentences (as many utterances; eSpeak has 312 voices):
+    # 68 min whole, held-out LM loss 1.72, lm_gap 1.27 / 1.77 / 1.68 (a new voice now costs less than a new
+    # sentence), oracle rung WER 0.41, zero-shot 0.62 at temperature 0.5 (12 items; recordings 0.51)
     "medium": QuickstartSize(
-        64, 128, {"tokenizer": 2000, "vae": 3000, "llm": 3000, "flow": 2500}, 1.0, 128, 3, 5, 4000, 12, 3e-3
+        256,
+        32,
+        {"tokenizer": 2000, "vae": 3000, "llm": 3000, "flow": 2500},
+        1.0,
+        128,
+        3,
+        5,
+        4000,
+        12,
+        3e-3,
+        0.5,
     ),
     # small: 8,000 LM steps of ~60 items would be ~160 passes over 96 x 40 utterances (memorising, as medium
     # did with ~50): 4x the sentences
     "small": QuickstartSize(
-        96, 160, {"tokenizer": 3000, "vae": 4000, "llm": 8000, "flow": 10000}, 0.7, 192, 4, 6, 8000, 24, 2e-3
+        96,
+        160,
+        {"tokenizer": 3000, "vae": 4000, "llm": 8000, "flow": 10000},
+        0.7,
+        192,
+        4,
+        6,
+        8000,
+        24,
+        2e-3,
+        0.5,
     ),
 }
 
@@ -140,7 +164,16 @@ def _llm_config(size: QuickstartSize, text_vocab: int, speech_vocab: int) -> LLM
     # joined prompt/target pairs: one-shot continuation in distribution (tiny, 24 held-out items, 500 steps:
     # one-shot WER 3.62 -> 1.14 and Whisper running away on 10 -> 1 items, zero-shot 1.66 -> 1.41)
     layout = dataclasses.replace(cfg.layout, prompt_pairs=0.3)
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone=backbone), layout=layout)
+    # medium samples at temperature 0.5, not the library's 1.0 (CosyVoice2's, for LMs that read their text
+    # well): its LM's distributions are flat enough that full-temperature draws wander off the text
+    # (24 held-out items over 24 voices, zero-shot WER mean / median: 1.0 -> 0.947 / 0.913, 0.7 -> 0.782 /
+    # 0.652, 0.5 -> 0.653 / 0.615, 0.3 -> 0.695 / 0.608, greedy 0.690 / 0.558; top-k 5 with top-p 0.5 at 1.0:
+    # 0.891 / 0.809). Tiny's undertrained LM gains nothing from it (the same 24 items: 1.0 -> 1.69 / 1.17,
+    # 0.5 -> 1.64 / 1.30, greedy 2.44 / 0.905 with 4 runaways). Saved with the weights: a bundle decodes so
+    # unless told otherwise (`--temperature`).
+    sampling = dataclasses.replace(cfg.sampling, temperature=size.llm_temperature)
+    model = dataclasses.replace(cfg.model, backbone=backbone)
+    return dataclasses.replace(cfg, model=model, layout=layout, sampling=sampling)
 
 
 def _flow_config(
