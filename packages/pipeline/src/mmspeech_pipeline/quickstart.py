@@ -108,10 +108,10 @@ SIZES = {
         0.5,
     ),
     # small: 8,000 LM steps of ~60 items would be ~160 passes over 96 x 40 utterances (memorising, as medium
-    # did with ~50): 4x the sentences
+    # did with ~50): ~15,000 utterances, from 288 voices for the reason medium has 256 (not run whole yet)
     "small": QuickstartSize(
-        96,
-        160,
+        288,
+        54,
         {"tokenizer": 3000, "vae": 4000, "llm": 8000, "flow": 10000},
         0.7,
         192,
