@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -495,11 +496,16 @@ def test_fsdp_on_one_process_trains_the_lm_and_saves_plain_weights(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
-    [("temperature", -0.5), ("top_p", 0.0), ("top_p", 1.5), ("top_k", 0), ("win_size", -1)],
+    ("settings", "rule"),
+    [
+        ({"temperature": -0.5}, "temperature >= 0"),
+        ({"top_p": 0.0}, "0 < top_p <= 1"),
+        ({"top_p": 1.5}, "0 < top_p <= 1"),
+        ({"top_k": 0}, "top_k >= 1"),
+        ({"win_size": -1}, "win_size >= 0"),
+        ({"min_len_ratio": 5.0, "max_len_ratio": 4.0}, "0 <= min_len_ratio <= max_len_ratio"),
+    ],
 )
-def test_sampling_settings_that_would_misbehave_are_refused(field, value):
-    with pytest.raises(ValueError, match="sampling settings break"):
-        SamplingConfig(**{field: value})
-    with pytest.raises(ValueError, match="min_len_ratio <= max_len_ratio"):
-        SamplingConfig(min_len_ratio=5.0, max_len_ratio=4.0)
+def test_sampling_settings_that_would_misbehave_are_refused(settings, rule):
+    with pytest.raises(ValueError, match=f"sampling settings break {re.escape(rule)}"):
+        SamplingConfig(**settings)
