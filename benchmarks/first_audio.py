@@ -134,7 +134,8 @@ def _first_chunk_parts(tts, voice, repeat: int, sync) -> list[list[object]]:  # 
 
     fm = tts.flow.config.model
     need = fm.chunk_size + fm.lookahead
-    lm, flow, vae = [], [], []
+    eager = dataclasses.replace(tts.flow.config.infer, cuda_graph=False)
+    lm, flow, flow_eager, vae = [], [], [], []
     for k in range(repeat + 1):
         job = tts.plan([TEXT], [voice], seed=k)[0]
         t = time.perf_counter()
@@ -144,7 +145,13 @@ def _first_chunk_parts(tts, voice, repeat: int, sync) -> list[list[object]]:  # 
         t_lm = time.perf_counter() - t
         spk, prompt = tts._flow_conditions([voice])
         t = time.perf_counter()
-        z = tts.flow.stream(spk, prompt, None, [k]).advance(tokens)  # (1, C, chunk frames)
+        tts.flow.stream(spk, prompt, eager, [k]).advance(tokens)
+        sync()
+        t_eager = time.perf_counter() - t
+        t = time.perf_counter()
+        z = tts.flow.stream(spk, prompt, None, [k]).advance(
+            tokens
+        )  # (1, C, chunk frames); CUDA graph on a GPU
         sync()
         t_flow = time.perf_counter() - t
         window = Latents.from_list([z[0]], fm.latent_rate).to(tts.vae.device)
@@ -154,10 +161,12 @@ def _first_chunk_parts(tts, voice, repeat: int, sync) -> list[list[object]]:  # 
         if k:
             lm.append(t_lm)
             flow.append(t_flow)
+            flow_eager.append(t_eager)
             vae.append(time.perf_counter() - t)
     return [
         [f"  first chunk: LM prefill + {need} tokens", _ms(lm), ""],
-        [f"  first chunk: flow ({fm.chunk_size} tokens)", _ms(flow), ""],
+        [f"  first chunk: flow ({fm.chunk_size} tokens, as streamed)", _ms(flow), ""],
+        ["  first chunk: flow, no CUDA graph", _ms(flow_eager), ""],
         ["  first chunk: VAE decode", _ms(vae), ""],
     ]
 

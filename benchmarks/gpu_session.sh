@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of one short device lease, in one prepared run: the gpu-marked tests, the small quickstart
-# recipe on the GPU, and the GPU benchmarks (LM decode, time to first audio; with EXTRA=1 the LM step profile
-# and FSDP2 vs DDP too).
+# recipe on the GPU (RECIPE_MINUTES=0: not), and the GPU benchmarks (time to first audio, LM decode
+# (LLM_DECODE=0: not); with EXTRA=1 the LM step profile and FSDP2 vs DDP too).
 #
 #   OUT=/some/folder bash benchmarks/gpu_session.sh
 #
@@ -33,22 +33,27 @@ part() {  # part NAME CAP_SECONDS COMMAND...
 nvidia-smi -L
 python3 -c "import torch, transformers, dac, soundfile, espeakng_loader, fastapi, mmspeech_pipeline.serve as s; print('torch', torch.__version__, 'transformers', transformers.__version__)" || exit 1
 
-# the recipe trains in the background while the gpu tests (correctness only, no timings) share the GPU
-(timeout -k 5 "${RECIPE_CAP:-310}" python3 -m mmspeech_pipeline.cli quickstart --size small --device cuda \
-  --minutes "${RECIPE_MINUTES:-3.5}" --eval-items 0 --out /tmp/qs >"$LOG/recipe.log" 2>&1; echo "exit $?" >>"$LOG/recipe.log") &
-recipe=$!
-part gpu_tests "${TESTS_CAP:-150}" python3 -m pytest packages/*/tests/test_gpu.py -m gpu -v -p no:cacheprovider
-wait $recipe
-stamp "recipe: $(tail -n 1 "$LOG/recipe.log")"
-tr '\r' '\n' <"$LOG/recipe.log" | grep -v 'it/s\|s/it\|^\s*$' | tail -n 40 | cut -c1-220
-(cd /tmp/qs && tar czf - bundle report.md report.json ./*.png ./*.wav voices corpus/speakers.json corpus/test.lst) |
-  split -b 15m - "$OUT/qs_small.tgz.part-"
-save_logs
+tests() { part gpu_tests "${TESTS_CAP:-150}" python3 -m pytest packages/*/tests/test_gpu.py -m gpu -v -p no:cacheprovider; }
+if [ "${RECIPE_MINUTES:-3.5}" = 0 ]; then  # RECIPE_MINUTES=0: no recipe
+  tests
+else  # the recipe trains in the background while the gpu tests (correctness only, no timings) share the GPU
+  (timeout -k 5 "${RECIPE_CAP:-310}" python3 -m mmspeech_pipeline.cli quickstart --size small --device cuda \
+    --minutes "${RECIPE_MINUTES:-3.5}" --eval-items 0 --out /tmp/qs >"$LOG/recipe.log" 2>&1; echo "exit $?" >>"$LOG/recipe.log") &
+  recipe=$!
+  tests
+  wait $recipe
+  stamp "recipe: $(tail -n 1 "$LOG/recipe.log")"
+  tr '\r' '\n' <"$LOG/recipe.log" | grep -v 'it/s\|s/it\|^\s*$' | tail -n 40 | cut -c1-220
+  (cd /tmp/qs && tar czf - bundle report.md report.json ./*.png ./*.wav voices corpus/speakers.json corpus/test.lst) |
+    split -b 15m - "$OUT/qs_small.tgz.part-"
+  save_logs
+fi
 
 # timed benchmarks, alone on the GPU (BENCHMARKS=0 skips them)
 [ "${BENCHMARKS:-1}" = 0 ] && { stamp done; exit 0; }
-part llm_decode 120 python3 benchmarks/run.py --device cuda --full --only llm --llm-modes static cuda_graph compiled
-part first_audio 100 python3 benchmarks/first_audio.py --preset base --device cuda --repeat 3
+part first_audio "${FIRST_AUDIO_CAP:-100}" python3 benchmarks/first_audio.py --preset base --device cuda --repeat 3
+[ "${LLM_DECODE:-1}" = 1 ] &&
+  part llm_decode 120 python3 benchmarks/run.py --device cuda --full --only llm --llm-modes static cuda_graph compiled
 if [ "${EXTRA:-0}" = 1 ]; then  # measured before, unchanged since: only on request
   part llm_profile 40 python3 benchmarks/profile_llm_step.py --device cuda --size 0.5B --tokens 32
   part fsdp_ddp 75 python3 benchmarks/fsdp_ddp.py --device cuda --steps 5 --warmup 2

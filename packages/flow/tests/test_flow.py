@@ -122,8 +122,8 @@ def test_streamed_chunks_equal_the_offline_chunked_latents(solver, cfg_rate, lef
         unbounded = m.generate(SpeechTokens.from_list([tokens]), spk, prompt, infer, seed=3, chunked=True)
         assert not torch.allclose(streamed, unbounded.unbatch()[0], atol=1e-3)
         window = left_chunks * c.chunk_size * c.ratio
-        assert all(kv.kept <= window for evaluation in stream.estimator for kv in evaluation)
-        assert all(kv.kept <= left_chunks * c.chunk_size for kv in stream.encoder.pre)
+        assert all(kv.kept <= window for evaluation in stream.state.estimator for kv in evaluation)
+        assert all(kv.kept <= left_chunks * c.chunk_size for kv in stream.state.encoder.pre)
     with pytest.raises(ValueError, match="fixed-step"):
         m.stream(spk, prompt, FlowInferConfig(solver="dopri5"))
 
@@ -196,6 +196,50 @@ def test_a_batch_of_streams_equals_each_stream_and_a_row_that_ends_early_splits_
             m.stream(SpeakerEmbedding(spk.vectors[:2]), uneven, infer)
 
 
+@pytest.mark.parametrize("prompt_len", [0, 6])
+def test_first_calls_through_the_graph_buffers_equal_offline_and_streams_do_not_share_caches(prompt_len):
+    """Issue 15: a stream's first call runs through a captured CUDA graph on a GPU; on the CPU the same
+    buffers and copies run uncaptured (``graphs.on_cpu``). Streams of one shape share one entry, yet
+    interleaved they each equal their offline latents (each keeps its own copy of the caches)."""
+    torch.manual_seed(0)
+    m = FlowModel(tiny_config()).eval()
+    for p in m.parameters():
+        if not p.abs().sum():
+            p.data.normal_(0, 0.05)
+    m.graphs.on_cpu = True
+    c = m.config.model
+    tokens = torch.randint(0, c.vocab_size, (2, 23))
+    spk = SpeakerEmbedding(torch.randn(2, c.spk_dim))
+    prompts = [None, None]
+    if prompt_len:
+        prompts = [
+            FlowPrompt(
+                SpeechTokens.from_list([torch.randint(0, c.vocab_size, (prompt_len,))]),
+                Latents.from_list([torch.randn(c.latent_dim, prompt_len * c.ratio)]),
+            )
+            for _ in range(2)
+        ]
+    infer = FlowInferConfig(steps=3, solver="midpoint", cfg_rate=0.7)
+    streams = [m.stream(SpeakerEmbedding(spk.vectors[i : i + 1]), prompts[i], infer, seed=i) for i in (0, 1)]
+    pieces: list[list[torch.Tensor]] = [[], []]
+    for n in (9, 17):  # A's call, then B's (the same shape), then A continues from its caches
+        for i in (0, 1):
+            pieces[i].append(streams[i].advance(tokens[i, :n]))
+    assert len(m.graphs.calls) == 1 and pieces[0][0].shape[-1] > 0
+    for i in (0, 1):
+        pieces[i].append(streams[i].advance(tokens[i], last=True))
+        row = SpeakerEmbedding(spk.vectors[i : i + 1])
+        offline = m.generate(
+            SpeechTokens.from_list([tokens[i]]), row, prompts[i], infer, seed=i, chunked=True
+        )
+        assert torch.allclose(torch.cat(pieces[i], dim=-1), offline.unbatch()[0], atol=1e-5), i
+    eager = m.stream(
+        SpeakerEmbedding(spk.vectors[:1]), prompts[0], dataclasses.replace(infer, cuda_graph=False), 0
+    )
+    assert torch.equal(eager.advance(tokens[0, :9]), pieces[0][0])
+    assert len(m.graphs.calls) == 1
+
+
 def test_one_shot_prompt_is_cut_from_output():
     torch.manual_seed(0)
     m = FlowModel(tiny_config()).eval()
@@ -241,6 +285,28 @@ def test_solvers_agree_as_steps_grow():
     d = m.generate(b.tokens, spk, seed=1, infer=FlowInferConfig(solver="dopri5", rtol=1e-6, atol=1e-6))
     hook.remove()
     assert (d.data - ref).abs().max().item() < 1e-3 and len(calls) > 6  # adaptive: more calls than 6
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint", "rk4"])
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_fixed_step_solvers_equal_torchdiffeqs_bit_for_bit(solver, schedule):
+    """Our host-sync-free loop (what a CUDA graph can capture) does torchdiffeq's arithmetic exactly, so
+    its t, dt and stage order are right: any slip in an inner time or a coefficient shows."""
+    from mmspeech_flow.infer import fixed_steps
+    from torchdiffeq import odeint
+
+    g = torch.Generator().manual_seed(0)
+    a, x0 = 0.5 * torch.randn(6, 6, generator=g), torch.randn(3, 6, generator=g)
+    seen = []
+
+    def v(x, t):
+        seen.append(t.shape)
+        return torch.tanh(x @ a) * (1 + t) + t**2  # depends on t non-linearly
+
+    ref = odeint(lambda t, x: v(x, t.reshape(1)), x0, time_grid(7, schedule), method=solver)[-1]
+    seen.clear()
+    assert torch.equal(fixed_steps(v, x0, solver, 7, schedule), ref)
+    assert set(seen) == {torch.Size([1])} and len(seen) == 7 * {"euler": 1, "midpoint": 2, "rk4": 4}[solver]
 
 
 def test_time_grid():

@@ -73,3 +73,33 @@ def test_cuda_stream_equals_offline_chunked():
     streamed = torch.cat(pieces, dim=-1)
     assert streamed.device.type == "cuda"
     assert torch.allclose(streamed, offline.unbatch()[0], atol=1e-4)
+
+
+def test_a_captured_first_call_equals_eager_and_interleaved_streams_keep_their_own_caches():
+    """Issue 15: the first chunk replays a CUDA graph; a replay for stream B overwrites the graph's
+    buffers, yet stream A (copied out) continues to its offline latents, and both equal the eager path."""
+    torch.manual_seed(0)
+    m = FlowModel(tiny_config()).eval()
+    for p in m.parameters():
+        if not p.abs().sum():
+            p.data.normal_(0, 0.05)
+    m = m.to("cuda")
+    c = m.config.model
+    tokens = torch.randint(0, c.vocab_size, (3, 23))
+    spk = SpeakerEmbedding(torch.randn(3, c.spk_dim))
+    infer = FlowInferConfig(steps=4, solver="euler", cfg_rate=0.7)
+    eager_infer = dataclasses.replace(infer, cuda_graph=False)
+    streams = [m.stream(SpeakerEmbedding(spk.vectors[i : i + 1]), None, infer, seed=i) for i in range(3)]
+    pieces: list[list[torch.Tensor]] = [[], [], []]
+    for n in (9, 17):
+        for i in range(3):
+            pieces[i].append(streams[i].advance(tokens[i, :n]))
+    (call,) = m.graphs.calls.values()
+    assert call.graph is not None  # captured at the first stream, replayed for the other two
+    for i in range(3):
+        pieces[i].append(streams[i].advance(tokens[i], last=True))
+        row = SpeakerEmbedding(spk.vectors[i : i + 1])
+        offline = m.generate(SpeechTokens.from_list([tokens[i]]), row, None, infer, seed=i, chunked=True)
+        assert torch.allclose(torch.cat(pieces[i], dim=-1), offline.unbatch()[0], atol=1e-4), i
+        eager = m.stream(row, None, eager_infer, seed=i)
+        assert torch.allclose(eager.advance(tokens[i, :9]), pieces[i][0], atol=1e-5), i

@@ -111,6 +111,16 @@ class KVCache:
         self._stored, self.length = end, self.length + k.shape[-2]
         return self._k[..., :end, :], self._v[..., :end, :]
 
+    def clone(self) -> KVCache:
+        """A copy at the same position, of the frames the next call attends to (its buffers are new, so
+        the original may be overwritten: a CUDA graph's replay does)."""
+        out = KVCache(self.window)
+        out.length, out._stored = self.length, self.kept
+        if self._k is not None and self._v is not None:
+            out._k = self._k[..., self._stored - self.kept : self._stored, :].clone()
+            out._v = self._v[..., self._stored - self.kept : self._stored, :].clone()
+        return out
+
     def select(self, rows: torch.Tensor) -> KVCache:
         """A cache of these batch rows only (copied), at the same position: one stream of a batch that
         goes on alone, or the batch without it."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from torch import nn
 from . import __version__
 from .config import FlowConfig, FlowInferConfig, FlowModelConfig
 from .data import FlowBatch
+from .graph import CallState, StreamGraphs
 from .infer import solve
 from .losses import flow_matching_loss
 
@@ -205,6 +207,7 @@ class FlowModel(nn.Module, PretrainedMixin):
         self.speaker_encoder = SpeakerEncoder(
             c.spk_in_dim, c.dim // 2, c.spk_layers, max(1, c.heads // 2), c.spk_dim
         )
+        self.graphs = StreamGraphs()  # streams' first calls as CUDA graphs, kept between requests
 
     @property
     def device(self) -> torch.device:
@@ -364,10 +367,7 @@ class FlowModel(nn.Module, PretrainedMixin):
         def kv_and_mask() -> tuple[list[KVCache] | None, torch.Tensor | None]:
             kv = caches() if caches is not None else None
             if not masks:
-                past, kept = (kv[0].length, kv[0].kept) if kv else (0, None)
-                mask = self.estimator.attention_mask(valid, chunked, past, kept)
-                # a streamed chunk (or an unpadded full pass) may attend everywhere: no mask, faster kernels
-                masks.append(None if bool(mask.all()) else mask)
+                masks.append(self._estimator_mask(valid, chunked, kv))
             return kv, masks[0]
 
         if w == 0:
@@ -388,6 +388,56 @@ class FlowModel(nn.Module, PretrainedMixin):
             return (1 + w) * v_cond - w * v_uncond
 
         return velocity
+
+    def _estimator_mask(
+        self, valid: torch.Tensor, chunked: bool, kv: list[KVCache] | None
+    ) -> torch.Tensor | None:
+        """The estimator's mask for these frames, or None where every frame may attend to every other (a
+        streamed chunk, an unpadded full pass): no mask, faster kernels. A stream's frames are all valid,
+        so there the question is answered on the host (no device sync, as a CUDA graph capture needs)."""
+        if kv is None:
+            mask = self.estimator.attention_mask(valid, chunked)
+            return None if bool(mask.all()) else mask
+        past, kept = kv[0].length, kv[0].kept
+        probe = torch.ones(1, valid.shape[1], dtype=torch.bool)
+        if bool(self.estimator.attention_mask(probe, chunked, past, kept).all()):
+            return None
+        return self.estimator.attention_mask(valid, chunked, past, kept)
+
+    def _stream_call(
+        self,
+        infer: FlowInferConfig,
+        count: int,
+        tokens: torch.Tensor,
+        spk: torch.Tensor,
+        prompt: torch.Tensor,
+        noise: torch.Tensor,
+        state: CallState | None = None,
+    ) -> CallState:
+        """The device work of one :class:`FlowStream` call, continuing ``state`` (None: a stream's first
+        call, from fresh caches): ``tokens`` (B, count + k) the call's tokens and the k <= lookahead after
+        them, ``spk`` (B, D), ``prompt`` (B, C, ≤ count·ratio) the normalised prompt latents over its frames,
+        ``noise`` (B, C, count·ratio). Returns the frames' normalised latents in ``state.latents``. No host
+        sync, so a first call can be captured as a CUDA graph (:mod:`mmspeech_flow.graph`)."""
+        c, b = self.config.model, tokens.shape[0]
+        if state is None:
+            state = CallState(tokens.new_zeros(0), EncoderState.new(c), [])
+        mu = self.encoder.stream(tokens, count, state.encoder)  # (B, C, count·ratio)
+        cond = torch.zeros_like(mu)
+        cond[:, :, : prompt.shape[-1]] = prompt
+        valid = torch.ones(b, mu.shape[-1], dtype=torch.bool, device=mu.device)
+        conds = _Conditions(mu, cond, valid, spk.to(mu.dtype), torch.full((b,), count), [0] * b)
+        evaluation = iter(range(1 << 30))
+        estimator = state.estimator
+
+        def caches() -> list[KVCache]:
+            k = next(evaluation)
+            if k == len(estimator):
+                estimator.append([KVCache(cache_windows(c)[1]) for _ in self.estimator.blocks])
+            return estimator[k]
+
+        state.latents = solve(self._velocity(conds, infer, True, caches), noise.to(mu), infer)
+        return state
 
 
 class FlowStream:
@@ -441,8 +491,7 @@ class FlowStream:
             self.prompt_cond = torch.stack([cd for _, cd in items])
         self.spk = speaker.vectors.to(dev)  # (B, D)
         self.done = 0  # tokens (prompt included) whose frames are out
-        self.encoder = EncoderState.new(c)
-        self.estimator: list[list[KVCache]] = []  # per ODE evaluation, one cache per block
+        self.state: CallState | None = None  # the caches the next call continues (None before the first)
 
     def __len__(self) -> int:
         return self.spk.shape[0]
@@ -474,28 +523,20 @@ class FlowStream:
             tokens=full[:, start:end], lengths=torch.full((b,), end - start), frame_rate=c.token_rate
         )
         m._check_tokens(new)
-        mu = m.encoder.stream(full[:, start : end + c.lookahead], end - start, self.encoder)
-        frames = (end - start) * r
-        cond = torch.zeros_like(mu)
+        window = full[:, start : end + c.lookahead]  # (B, end - start + k) with the lookahead that exists
         prompt = self.prompt_cond[:, :, start * r : end * r]
-        cond[:, :, : prompt.shape[-1]] = prompt
-        valid = torch.ones(b, frames, dtype=torch.bool, device=mu.device)
-        conds = _Conditions(mu, cond, valid, self.spk.to(mu.dtype), torch.full((b,), end), [0] * b)
-        evaluation = iter(range(1 << 30))
-
-        def caches() -> list[KVCache]:
-            k = next(evaluation)
-            if k == len(self.estimator):
-                window = cache_windows(c)[1]
-                self.estimator.append([KVCache(window) for _ in m.estimator.blocks])
-            return self.estimator[k]
-
         # each row's offline noise, sliced
-        noise = torch.stack([_noise(end * r, c.latent_dim, s)[:, start * r :] for s in self.seeds]).to(mu)
-        x = solve(m._velocity(conds, self.infer, True, caches), noise, self.infer)
+        noise = torch.stack([_noise(end * r, c.latent_dim, s)[:, start * r :] for s in self.seeds])
+        noise = noise.to(self.prefix.device)
+        if start == 0 and self.infer.cuda_graph and m.graphs.applies(self.prefix.device):
+            key = (b, window.shape[1], end, prompt.shape[-1], self.spk.dtype, astuple(self.infer))
+            call = functools.partial(m._stream_call, self.infer, end)
+            self.state = m.graphs.run(key, call, window, self.spk, prompt, noise)
+        else:
+            self.state = m._stream_call(self.infer, end - start, window, self.spk, prompt, noise, self.state)
         self.done = end
         keep = max(0, self.prompt_cond.shape[-1] - start * r)  # prompt frames are conditioned on, not output
-        return m.denormalize(x)[:, :, keep:]
+        return m.denormalize(self.state.latents)[:, :, keep:]
 
     def split(self, rows: Sequence[int]) -> FlowStream:
         """Move ``rows`` (positions in this stream) to a new stream, which is returned; this one keeps the
@@ -522,13 +563,16 @@ class FlowStream:
             self.prompt_cond[rows.to(dev)],
             self.spk[rows.to(dev)],
         )
-        e = self.encoder
-        self.encoder = EncoderState(
+        if self.state is None:
+            return
+        e = self.state.encoder
+        encoder = EncoderState(
             [kv.select(rows) for kv in e.pre],
             [kv.select(rows) for kv in e.post],
             e.up_tail[rows.to(e.up_tail.device)] if e.up_tail is not None else None,
         )
-        self.estimator = [[kv.select(guided) for kv in evaluation] for evaluation in self.estimator]
+        estimator = [[kv.select(guided) for kv in evaluation] for evaluation in self.state.estimator]
+        self.state = CallState(self.state.latents[rows.to(dev)], encoder, estimator)
 
 
 @dataclass
