@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check of one short device lease, in one prepared run: the gpu-marked tests, the small quickstart
-# recipe on the GPU (RECIPE_MINUTES=0: not), and the GPU benchmarks (time to first audio, LM decode
+# recipe on the GPU (RECIPE_MINUTES=0: not), and the GPU benchmarks (time to first audio, per-chunk streaming cost, LM decode
 # (LLM_DECODE=0: not); with EXTRA=1 the LM step profile and FSDP2 vs DDP too).
 #
 #   OUT=/some/folder bash benchmarks/gpu_session.sh
@@ -52,6 +52,7 @@ fi
 # timed benchmarks, alone on the GPU (BENCHMARKS=0 skips them)
 [ "${BENCHMARKS:-1}" = 0 ] && { stamp done; exit 0; }
 part first_audio "${FIRST_AUDIO_CAP:-100}" python3 benchmarks/first_audio.py --preset base --device cuda --repeat 3
+part streaming 60 python3 benchmarks/streaming.py --device cuda --rerun-every 0
 [ "${LLM_DECODE:-1}" = 1 ] &&
   part llm_decode 120 python3 benchmarks/run.py --device cuda --full --only llm --llm-modes static cuda_graph compiled
 if [ "${EXTRA:-0}" = 1 ]; then  # measured before, unchanged since: only on request
