@@ -5,7 +5,8 @@
 #
 #   OUT=/some/folder bash benchmarks/gpu_session.sh
 #
-# Needs only python3 with torch; missing Python packages are installed from wheels in .whl/ if present.
+# Needs only python3 with torch; missing Python packages are installed from wheels in .whl/ if present
+# (`bash benchmarks/gpu_wheels.sh` here fetches them; carry .whl).
 # Each part has a time cap; logs go to $OUT/logs.tgz after every part, the recipe's bundle and report to
 # $OUT/qs_small.tgz.part-* (cat them together, then tar xzf).
 set -u
