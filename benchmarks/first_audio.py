@@ -2,6 +2,7 @@
 
     uv run --no-sync python benchmarks/first_audio.py --preset tiny             # CPU
     python benchmarks/first_audio.py --preset base --device cuda                 # the base preset on a GPU
+    python benchmarks/first_audio.py --preset base --device cuda --lm-decode compiled   # torch.compile'd LM
 
 Builds a random-weight bundle of the preset (every stage's production shapes for ``base``: the 0.5B LM,
 the base flow and DAC-VAE), makes a zero-shot voice from a 3 s reference once (a cached voice, as a server
@@ -24,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from mmspeech_pipeline.cli import LM_DECODE
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import table  # noqa: E402
@@ -79,7 +81,7 @@ def make_bundle(preset: str, out: Path, tokens_per_text: float) -> Path:
 
 
 def in_process(
-    bundle: Path, device: str, repeat: int, voice_path: Path, streams: int = 1
+    bundle: Path, device: str, repeat: int, voice_path: Path, streams: int = 1, lm_decode: str = "auto"
 ) -> tuple[list[list[object]], float]:
     import time
 
@@ -87,6 +89,7 @@ def in_process(
     from mmspeech_pipeline.tts import TTS
 
     tts = TTS.from_pretrained(bundle, device=device)
+    tts.llm.decode_mode = lm_decode  # type: ignore[assignment]
     g = torch.Generator().manual_seed(0)
     voice = tts.make_voice(
         Waveform.from_list([0.1 * torch.randn(3 * tts.sample_rate, generator=g)], tts.sample_rate)
@@ -200,10 +203,12 @@ def _together(tts, voice, n: int, repeat: int, sync, audio_s: float) -> list[lis
     ]
 
 
-def over_http(bundle: Path, device: str, repeat: int, voice_path: Path, port: int) -> list[list[object]]:
+def over_http(
+    bundle: Path, device: str, repeat: int, voice_path: Path, port: int, lm_decode: str = "auto"
+) -> list[list[object]]:
     voices = voice_path.parent
     cmd = [sys.executable, "-m", "mmspeech_pipeline.cli", "serve", "--bundle", str(bundle)]
-    cmd += ["--voices", str(voices), "--port", str(port), "--device", device]
+    cmd += ["--voices", str(voices), "--port", str(port), "--device", device, "--lm-decode", lm_decode]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
     url = f"http://127.0.0.1:{port}"
     rows = []
@@ -234,22 +239,31 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8766)
     p.add_argument("--no-http", action="store_true", help="in-process figures only")
     p.add_argument("--streams", type=int, default=8, help="also time this many streams as one batch (1: not)")
+    p.add_argument(
+        "--lm-decode",
+        default="auto",
+        choices=LM_DECODE,
+        help="the LM's decode mode (mmspeech --lm-decode)",
+    )
     a = p.parse_args()
     name = (
         torch.cuda.get_device_name()
         if a.device.startswith("cuda")
         else f"CPU ({torch.get_num_threads()} threads)"
     )
-    title = f"time to first audio: {a.preset} preset, random weights, {name}, zero-shot cached voice"
+    title = (
+        f"time to first audio: {a.preset} preset, random weights, {name}, zero-shot cached voice, "
+        f"LM decode {a.lm_decode}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         bundle = make_bundle(a.preset, Path(tmp), a.tokens_per_text)
         (Path(tmp) / "voices").mkdir()
         voice_path = Path(tmp) / "voices" / "bench.safetensors"
-        rows, audio_s = in_process(bundle, a.device, a.repeat, voice_path, a.streams)
+        rows, audio_s = in_process(bundle, a.device, a.repeat, voice_path, a.streams, a.lm_decode)
         title += f", {audio_s:.1f} s of audio, median of {a.repeat}"
         table(f"{title}: in process", ["what", "ms", "RTF"], rows)  # printed now: the HTTP part may fail
         if not a.no_http:
-            rows = over_http(bundle, a.device, a.repeat, voice_path, a.port)
+            rows = over_http(bundle, a.device, a.repeat, voice_path, a.port, a.lm_decode)
             table(f"{title}: over HTTP (127.0.0.1)", ["what", "ms", "RTF"], rows)
 
 

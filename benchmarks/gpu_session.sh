@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of one short device lease, in one prepared run: the gpu-marked tests, the small quickstart
-# recipe on the GPU (RECIPE_MINUTES=0: not), and the GPU benchmarks (time to first audio, per-chunk streaming cost, LM decode
-# (LLM_DECODE=0: not); with EXTRA=1 the LM step profile and FSDP2 vs DDP too).
+# recipe on the GPU (RECIPE_MINUTES=0: not), and the GPU benchmarks: time to first audio, again with the LM
+# compiled (COMPILED=0: not), the per-chunk streaming cost, LM decode speed (LLM_DECODE=0: not); with
+# EXTRA=1 the LM step profile and FSDP2 vs DDP too.
 #
 #   OUT=/some/folder bash benchmarks/gpu_session.sh
 #
@@ -53,6 +54,9 @@ fi
 # timed benchmarks, alone on the GPU (BENCHMARKS=0 skips them)
 [ "${BENCHMARKS:-1}" = 0 ] && { stamp done; exit 0; }
 part first_audio "${FIRST_AUDIO_CAP:-100}" python3 benchmarks/first_audio.py --preset base --device cuda --repeat 3
+[ "${COMPILED:-1}" = 1 ] &&  # the LM compiled (in process, then again in the server's process)
+  part first_audio_compiled 240 python3 benchmarks/first_audio.py --preset base --device cuda --repeat 3 \
+    --streams 1 --lm-decode compiled
 part streaming 60 python3 benchmarks/streaming.py --device cuda --rerun-every 0
 [ "${LLM_DECODE:-1}" = 1 ] &&
   part llm_decode 120 python3 benchmarks/run.py --device cuda --full --only llm --llm-modes static cuda_graph compiled

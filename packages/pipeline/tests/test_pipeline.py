@@ -4,6 +4,7 @@ import math
 import shlex
 import subprocess
 import sys
+import typing
 
 import numpy as np
 import pytest
@@ -11,9 +12,10 @@ import soundfile as sf
 import torch
 from mmspeech_core import CheckpointError, Waveform, read_audio, save_audio
 from mmspeech_flow.model import FlowStream
+from mmspeech_llm.decode import DecodeMode
 from mmspeech_llm.text import TextError
 from mmspeech_pipeline.bundle import write_bundle
-from mmspeech_pipeline.cli import main
+from mmspeech_pipeline.cli import LM_DECODE, main
 from mmspeech_pipeline.reference import ReferenceAudioError
 from mmspeech_pipeline.text import split_sentences
 from mmspeech_pipeline.tts import TTS, Voice, VoicePrompt
@@ -421,6 +423,15 @@ def test_cli_synthesize_voice_prepare_evaluate(bundle, tmp_path):
     assert np.allclose(sf.read(greedy)[0], want.unbatch()[0].numpy(), atol=1e-4)
     with pytest.raises(SystemExit):
         mmspeech(f"synthesize --bundle {bundle} --voice {voice} --text hi --temperature -1 --out {greedy}")
+    # --lm-decode reaches the LM: a static cache decodes the same tokens on the CPU; CUDA graphs need a GPU
+    static = tmp_path / "static.wav"
+    command = f"synthesize --bundle {bundle} --voice {voice} --text 'hello there.' --lm-decode static --out {static}"
+    assert mmspeech(command) == 0
+    assert np.array_equal(sf.read(out2)[0], sf.read(static)[0])
+    assert mmspeech(command.replace("static", "cuda_graph") + " --device cpu") != 0
+    with pytest.raises(SystemExit):
+        mmspeech(command.replace("static", "fast"))
+    assert typing.get_args(DecodeMode) == LM_DECODE  # the CLI's choices, spelled out for a fast --help
     # prepare: speaker from folder names, text from .txt, bad and too-short files logged and skipped
     corpus = tmp_path / "corpus"
     for spk in ("alice", "bob"):

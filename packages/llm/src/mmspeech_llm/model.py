@@ -82,6 +82,8 @@ class SpeechLM(nn.Module, PretrainedMixin):
         self.speaker_encoder = SpeakerEncoder(m.spk_mels, m.spk_hidden, m.spk_layers, m.spk_heads, m.spk_dim)
         self.spk_proj = nn.Linear(m.spk_dim, h)
         self.decoders = DecoderPool()  # static KV caches (and CUDA graphs) kept between requests
+        # how stream / generate decode when not told (see decode.py): a runtime choice, not saved
+        self.decode_mode: DecodeMode = "auto"
 
     @property
     def device(self) -> torch.device:
@@ -166,19 +168,20 @@ class SpeechLM(nn.Module, PretrainedMixin):
         prompt: LMPrompt | None = None,
         sampling: SamplingConfig | None = None,
         seed: int | Sequence[int] | None = None,
-        decode: DecodeMode = "auto",
+        decode: DecodeMode | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Decode step by step with a KV cache. Yields ``(tokens (B,), alive (B,) bool)`` per step; a row's
         token is meaningful where ``alive`` (its EOS step yields alive=False). Batch rows are independent.
         ``prompt``: one-shot (the reference's transcript and speech tokens continue into the target).
-        ``decode``: ``auto`` (CUDA graphs on GPU), ``dynamic``, ``static`` or ``cuda_graph`` (see ``decode.py``)."""
+        ``decode``: ``auto`` (CUDA graphs on GPU), ``dynamic``, ``static``, ``cuda_graph`` or ``compiled`` (see
+        ``decode.py``); None: :attr:`decode_mode`."""
         cfg = sampling or self.config.sampling
         self._check_request(text, speaker, prompt)
         batch = self._prefix_batch(text, prompt)
         limits = _LengthLimits.of(text, cfg, self.device)
         u = _uniforms(item_seeds(seed, len(text)), int(limits.max_len.max()), self.device)  # (B, steps, 2)
         emb = self.embed(batch.kind, batch.ids, speaker.vectors.to(self.device))
-        decoder = make_decoder(decode, self, emb, batch.mask, u.shape[1])
+        decoder = make_decoder(decode or self.decode_mode, self, emb, batch.mask, u.shape[1])
         try:
             yield from self._decode_loop(decoder, u, limits, cfg)
         finally:  # also when the caller stops early: the generator is closed
@@ -238,7 +241,7 @@ class SpeechLM(nn.Module, PretrainedMixin):
         prompt: LMPrompt | None = None,
         sampling: SamplingConfig | None = None,
         seed: int | Sequence[int] | None = None,
-        decode: DecodeMode = "auto",
+        decode: DecodeMode | None = None,
     ) -> SpeechTokens:
         """Batched generation -> SpeechTokens (EOS excluded). ``text``: list of (N_i,) text-token tensors."""
         steps = list(self.stream(text, speaker, prompt, sampling, seed, decode))

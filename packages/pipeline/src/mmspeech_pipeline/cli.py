@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .tts import TTS, Voice
 
 RUNGS = ("ground_truth", "vae", "oracle_flow", "zero_shot", "one_shot", "streamed")  # as evaluate.RUNGS
+LM_DECODE = ("auto", "dynamic", "static", "cuda_graph", "compiled")  # as mmspeech_llm.decode.DecodeMode
 
 # The library (torch and the stages) is imported inside each command rather than here, so that
 # `mmspeech --help` answers at once instead of after seconds of importing torch.
@@ -42,6 +43,7 @@ def _tts(args: argparse.Namespace) -> TTS:
     tts = TTS.from_pretrained(args.bundle, device=args.device)
     if args.temperature is not None:
         tts.llm.config = with_sampling(tts.llm.config, temperature=args.temperature)
+    tts.llm.decode_mode = args.lm_decode
     return tts
 
 
@@ -52,6 +54,14 @@ def _bundle_args(sp: argparse.ArgumentParser, help: str = "bundle folder") -> No
         type=_non_negative,
         default=None,
         help="the LM's sampling temperature, 0 = greedy (default: the bundle's, saved with its LM)",
+    )
+    sp.add_argument(
+        "--lm-decode",
+        choices=LM_DECODE,
+        default="auto",
+        help="how the LM decodes: auto (cuda_graph on a GPU, dynamic on a CPU); compiled: torch.compile "
+        "then a CUDA graph, ~1.7x faster per token on a GPU, compiled at the first request of each batch "
+        "size (default: auto)",
     )
 
 
