@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -83,7 +85,6 @@ def make_bundle(preset: str, out: Path, tokens_per_text: float) -> Path:
 def in_process(
     bundle: Path, device: str, repeat: int, voice_path: Path, streams: int = 1, lm_decode: str = "auto"
 ) -> tuple[list[list[object]], float]:
-    import time
 
     from mmspeech_core import Waveform
     from mmspeech_pipeline.tts import TTS
@@ -131,7 +132,6 @@ def in_process(
 def _first_chunk_parts(tts, voice, repeat: int, sync) -> list[list[object]]:  # type: ignore[no-untyped-def]
     """Where the first chunk's time goes, each part alone and synchronised: the LM up to the tokens the
     first chunk needs (its prefill included), the flow's first chunk, the VAE's first window."""
-    import time
 
     from mmspeech_core import Latents, SpeakerEmbedding
 
@@ -178,7 +178,6 @@ def _together(tts, voice, n: int, repeat: int, sync, audio_s: float) -> list[lis
     """``n`` concurrent streams as one batch (``TTS.stream_sentences``) against one offline batch of ``n``:
     each stream's first piece (median over streams and rounds) and the real-time factor of the batch
     (wall time / audio made)."""
-    import time
 
     first, whole, offline = [], [], []
     for k in range(repeat + 1):
@@ -209,7 +208,9 @@ def over_http(
     voices = voice_path.parent
     cmd = [sys.executable, "-m", "mmspeech_pipeline.cli", "serve", "--bundle", str(bundle)]
     cmd += ["--voices", str(voices), "--port", str(port), "--device", device, "--lm-decode", lm_decode]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
+    server_log = voices.parent / "server.log"
+    with open(server_log, "wb") as f:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ)
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
@@ -221,12 +222,17 @@ def over_http(
             rows.append([f"{name}: last bytes", _ms(r[1] for r in runs), ""])
     finally:
         proc.terminate()
+        t = time.perf_counter()
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:  # seen once on an H100: the server ignored SIGTERM for a minute
-            print("the server did not stop within 15 s of SIGTERM: killed", file=sys.stderr)
+            proc.wait(timeout=20)
+            print(f"the server stopped {time.perf_counter() - t:.1f} s after SIGTERM", file=sys.stderr)
+        except subprocess.TimeoutExpired:  # seen on an H100 and an H200: the server ignored SIGTERM
+            proc.send_signal(signal.SIGUSR1)  # every thread's stack into its log (faulthandler)
+            time.sleep(2)
             proc.kill()
             proc.wait()
+            tail = server_log.read_text(errors="replace").splitlines()[-80:]
+            print("the server did not stop within 20 s of SIGTERM: killed; its log ends", *tail, sep="\n")
     return rows
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import faulthandler
 import json
 import logging
 import os
@@ -543,14 +544,23 @@ def serve(app: FastAPI, sock: socket.socket, log_level: str = "info") -> None:
     previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
     if _main_thread():  # SIGTERM stops the server as Ctrl-C does (uvicorn's handlers need its main thread)
         signal.signal(signal.SIGTERM, _interrupt)
+        if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID`: every thread's stack on stderr (a server stuck)
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         scheduler.run()
     except KeyboardInterrupt:
         log.info("stopping")
     finally:
+        t = time.monotonic()
         server.should_exit = True
         scheduler.close()
         web.join(timeout=15)
+        # each step's time: a stop that takes long (seen on GPUs) shows where
+        log.info(
+            "stopped: the web server %s after %.1f s",
+            "ended" if not web.is_alive() else "is stuck",
+            time.monotonic() - t,
+        )
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
