@@ -453,6 +453,8 @@ class FlowStream:
     only, so the caches keep N chunks and every chunk costs the same. The result equals
     ``generate(..., chunked=True)`` on the whole sequence to float tolerance. Fixed-step solvers only
     (euler / midpoint / rk4): dopri5 picks its steps from the whole sequence, which a stream never sees.
+    On a CUDA model the first call, whose latency a listener waits for, replays a CUDA graph captured at
+    the first stream of its shape (``FlowInferConfig.cuda_graph``; :mod:`mmspeech_flow.graph`).
 
     A stream has B rows (one per speaker vector) that advance in one batch: concurrent streams whose
     tokens arrive in step (an LM batch). Their one-shot prompts must have the same number of tokens, so
