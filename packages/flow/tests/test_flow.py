@@ -198,9 +198,10 @@ def test_a_batch_of_streams_equals_each_stream_and_a_row_that_ends_early_splits_
 
 @pytest.mark.parametrize("prompt_len", [0, 6])
 def test_first_calls_through_the_graph_buffers_equal_offline_and_streams_do_not_share_caches(prompt_len):
-    """Issue 15: a stream's first call runs through a captured CUDA graph on a GPU; on the CPU the same
-    buffers and copies run uncaptured (``graphs.on_cpu``). Streams of one shape share one entry, yet
-    interleaved they each equal their offline latents (each keeps its own copy of the caches)."""
+    """Issue 15: a stream's first call runs through a captured CUDA graph on a GPU, from the second
+    stream of its shape on; on the CPU the same buffers and copies run uncaptured (``graphs.on_cpu``).
+    Streams of one shape share one entry, yet interleaved they each equal their offline latents (each
+    keeps its own copy of the caches), and the buffered call equals the eager one."""
     torch.manual_seed(0)
     m = FlowModel(tiny_config()).eval()
     for p in m.parameters():
@@ -208,36 +209,39 @@ def test_first_calls_through_the_graph_buffers_equal_offline_and_streams_do_not_
             p.data.normal_(0, 0.05)
     m.graphs.on_cpu = True
     c = m.config.model
-    tokens = torch.randint(0, c.vocab_size, (2, 23))
-    spk = SpeakerEmbedding(torch.randn(2, c.spk_dim))
-    prompts = [None, None]
+    tokens = torch.randint(0, c.vocab_size, (3, 23))
+    spk = SpeakerEmbedding(torch.randn(3, c.spk_dim))
+    prompts = [None] * 3
     if prompt_len:
         prompts = [
             FlowPrompt(
                 SpeechTokens.from_list([torch.randint(0, c.vocab_size, (prompt_len,))]),
                 Latents.from_list([torch.randn(c.latent_dim, prompt_len * c.ratio)]),
             )
-            for _ in range(2)
+            for _ in range(3)
         ]
     infer = FlowInferConfig(steps=3, solver="midpoint", cfg_rate=0.7)
-    streams = [m.stream(SpeakerEmbedding(spk.vectors[i : i + 1]), prompts[i], infer, seed=i) for i in (0, 1)]
-    pieces: list[list[torch.Tensor]] = [[], []]
-    for n in (9, 17):  # A's call, then B's (the same shape), then A continues from its caches
-        for i in (0, 1):
-            pieces[i].append(streams[i].advance(tokens[i, :n]))
-    assert len(m.graphs.calls) == 1 and pieces[0][0].shape[-1] > 0
-    for i in (0, 1):
-        pieces[i].append(streams[i].advance(tokens[i], last=True))
-        row = SpeakerEmbedding(spk.vectors[i : i + 1])
+    rows = [SpeakerEmbedding(spk.vectors[i : i + 1]) for i in range(3)]
+    streams = [m.stream(rows[i], prompts[i], infer, seed=i) for i in range(3)]
+    pieces: list[list[torch.Tensor]] = [[], [], []]
+    pieces[0].append(streams[0].advance(tokens[0, :9]))
+    assert not m.graphs.calls and pieces[0][0].shape[-1] > 0  # a shape seen once runs eagerly
+    for i in (1, 2):  # the second stream of the shape captures it, the third replays it
+        pieces[i].append(streams[i].advance(tokens[i, :9]))
+    assert len(m.graphs.calls) == 1
+    for n in (17, 23):  # then each continues from its own caches, interleaved
+        for i in range(3):
+            pieces[i].append(streams[i].advance(tokens[i, :n], last=n == 23))
+    for i in range(3):
         offline = m.generate(
-            SpeechTokens.from_list([tokens[i]]), row, prompts[i], infer, seed=i, chunked=True
+            SpeechTokens.from_list([tokens[i]]), rows[i], prompts[i], infer, seed=i, chunked=True
         )
         assert torch.allclose(torch.cat(pieces[i], dim=-1), offline.unbatch()[0], atol=1e-5), i
-    eager = m.stream(
-        SpeakerEmbedding(spk.vectors[:1]), prompts[0], dataclasses.replace(infer, cuda_graph=False), 0
-    )
-    assert torch.equal(eager.advance(tokens[0, :9]), pieces[0][0])
-    assert len(m.graphs.calls) == 1
+    eager = m.stream(rows[2], prompts[2], dataclasses.replace(infer, cuda_graph=False), seed=2)
+    assert torch.equal(eager.advance(tokens[2, :9]), pieces[2][0])
+    short = m.stream(rows[0], prompts[0], infer, seed=0)  # a first call that is also the last: eager
+    short.advance(tokens[0, :5], last=True)
+    assert len(m.graphs.calls) == 1 and len(m.graphs.seen) == 1
 
 
 def test_one_shot_prompt_is_cut_from_output():

@@ -76,8 +76,9 @@ def test_cuda_stream_equals_offline_chunked():
 
 
 def test_a_captured_first_call_equals_eager_and_interleaved_streams_keep_their_own_caches():
-    """Issue 15: the first chunk replays a CUDA graph; a replay for stream B overwrites the graph's
-    buffers, yet stream A (copied out) continues to its offline latents, and both equal the eager path."""
+    """Issue 15: stream A's first chunk runs eagerly (a shape seen once), B's captures a CUDA graph, C's
+    replays it, overwriting the buffers B's call left; yet B (copied out) continues to its offline
+    latents, as A and C do, and each first chunk equals the eager path's."""
     torch.manual_seed(0)
     m = FlowModel(tiny_config()).eval()
     for p in m.parameters():
@@ -95,7 +96,7 @@ def test_a_captured_first_call_equals_eager_and_interleaved_streams_keep_their_o
         for i in range(3):
             pieces[i].append(streams[i].advance(tokens[i, :n]))
     (call,) = m.graphs.calls.values()
-    assert call.graph is not None  # captured at the first stream, replayed for the other two
+    assert call.graph is not None  # captured at the second stream, replayed for the third
     for i in range(3):
         pieces[i].append(streams[i].advance(tokens[i], last=True))
         row = SpeakerEmbedding(spk.vectors[i : i + 1])

@@ -79,21 +79,26 @@ def _copy_state(s: CallState) -> CallState:
 
 class StreamGraphs:
     """Captured first calls kept on a flow model, one per shape, the least recently used beyond ``size``
-    dropped. ``on_cpu``: run a CPU model's first calls through the same buffers and copies, uncaptured
-    (tests the plumbing where no GPU is)."""
+    dropped. A shape is captured at its second request: a capture costs about three eager calls (two
+    warm-ups and the capture), which a shape seen once (a one-shot prompt's length, say) would never earn
+    back. ``on_cpu``: run a CPU model's first calls through the same buffers and copies, uncaptured (tests
+    the plumbing where no GPU is)."""
 
     def __init__(self, size: int = 8, on_cpu: bool = False) -> None:
         self.size, self.on_cpu = size, on_cpu
         self.calls: OrderedDict[Hashable, CapturedCall] = OrderedDict()
+        self.seen: OrderedDict[Hashable, None] = OrderedDict()  # shapes run once, eagerly
 
     def applies(self, device: torch.device) -> bool:
         return device.type == "cuda" or self.on_cpu
 
     def run(self, key: Hashable, run: FirstCall, *inputs: torch.Tensor) -> CallState:
-        """The first call for ``key`` (a shape) on ``inputs``: captured at the first request of the shape,
-        replayed after."""
+        """The first call for ``key`` (a shape) on ``inputs``: eager at the first request of the shape,
+        captured at the second, replayed after."""
         call = self.calls.pop(key, None)
         if call is None:
+            if _remember(self.seen, key, 8 * self.size):
+                return run(*inputs)
             call = CapturedCall(run, inputs, capture=inputs[0].is_cuda)
         self.calls[key] = call
         while len(self.calls) > self.size:
@@ -104,4 +109,14 @@ class StreamGraphs:
         return StreamGraphs(self.size, self.on_cpu)  # a copied model captures its own
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"size": self.size, "on_cpu": self.on_cpu, "calls": OrderedDict()}
+        return {"size": self.size, "on_cpu": self.on_cpu, "calls": OrderedDict(), "seen": OrderedDict()}
+
+
+def _remember(seen: OrderedDict[Hashable, None], key: Hashable, size: int) -> bool:
+    """Whether ``key`` is new to ``seen`` (then it is added; the oldest beyond ``size`` are forgotten)."""
+    new = key not in seen
+    seen[key] = None
+    seen.move_to_end(key)
+    while len(seen) > size:
+        seen.popitem(last=False)
+    return new

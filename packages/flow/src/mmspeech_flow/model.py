@@ -530,7 +530,10 @@ class FlowStream:
         # each row's offline noise, sliced
         noise = torch.stack([_noise(end * r, c.latent_dim, s)[:, start * r :] for s in self.seeds])
         noise = noise.to(self.prefix.device)
-        if start == 0 and self.infer.cuda_graph and m.graphs.applies(self.prefix.device):
+        # a first call of whole chunks has one shape per (rows, prompt length): a graph's replay serves
+        # every later stream of it; a first call that is also the last (a sentence shorter than a chunk)
+        # has a shape per length, and runs eagerly
+        if start == 0 and not last and self.infer.cuda_graph and m.graphs.applies(self.prefix.device):
             key = (b, window.shape[1], end, prompt.shape[-1], self.spk.dtype, astuple(self.infer))
             call = functools.partial(m._stream_call, self.infer, end)
             self.state = m.graphs.run(key, call, window, self.spk, prompt, noise)
