@@ -242,6 +242,8 @@ def test_first_calls_through_the_graph_buffers_equal_offline_and_streams_do_not_
     short = m.stream(rows[0], prompts[0], infer, seed=0)  # a first call that is also the last: eager
     short.advance(tokens[0, :5], last=True)
     assert len(m.graphs.calls) == 1 and len(m.graphs.seen) == 1
+    m.float()  # new parameter tensors: graphs captured on the old ones are dropped
+    assert not m.graphs.calls and not m.graphs.seen and m.graphs.on_cpu
 
 
 def test_one_shot_prompt_is_cut_from_output():

@@ -255,6 +255,14 @@ def test_static_decoders_are_kept_between_requests_and_give_the_same_tokens():
     long = SamplingConfig(min_len_ratio=60.0, max_len_ratio=60.0)
     m.generate(requests[0], spk, sampling=long, seed=0, decode="static")
     assert sorted(key[2] for key in m.decoders.free) == [256, 512]
+    # moving or casting the model makes new parameter tensors: decoders made on the old ones are dropped,
+    # and the next request gets a fresh one that decodes as before
+    m.float()
+    assert not m.decoders.free
+    again = m.generate(requests[2], spk, sampling=s, seed=2, decode="static")
+    assert [x.tolist() for x in again.unbatch()] == [
+        x.tolist() for x in m.generate(requests[2], spk, sampling=s, seed=2).unbatch()
+    ]
 
 
 def test_bad_inputs():

@@ -6,6 +6,7 @@ import copy
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -212,6 +213,12 @@ class FlowModel(nn.Module, PretrainedMixin):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> FlowModel:
+        """``.to()``, ``.half()`` and the like make new parameter tensors: graphs captured on the old ones
+        would read freed memory, so they are dropped (loading weights copies in place and keeps them)."""
+        self.graphs = StreamGraphs(self.graphs.size, self.graphs.on_cpu)
+        return super()._apply(fn, recurse)  # type: ignore[no-any-return]
 
     # ---- latent normalisation (identity unless the config holds statistics) ------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

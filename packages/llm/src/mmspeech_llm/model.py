@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,12 @@ class SpeechLM(nn.Module, PretrainedMixin):
     @property
     def device(self) -> torch.device:
         return self.head.weight.device
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> SpeechLM:
+        """``.to()``, ``.half()`` and the like make new parameter tensors: decoders (and CUDA graphs) made
+        on the old ones would read freed memory, so they are dropped (loading weights copies in place)."""
+        self.decoders = DecoderPool(self.decoders.size, self.decoders.bucket)
+        return super()._apply(fn, recurse)  # type: ignore[no-any-return]
 
     def load_backbone(self, directory: str | Path) -> None:
         """Initialise the backbone from a local Hugging Face Qwen2 folder (safetensors), shapes checked."""
