@@ -88,7 +88,6 @@ def make_bundle(preset: str, out: Path, tokens_per_text: float) -> Path:
 def in_process(
     bundle: Path, device: str, repeat: int, voice_path: Path, streams: int = 1, lm_decode: str = "auto"
 ) -> tuple[list[list[object]], float]:
-
     from mmspeech_core import Waveform
     from mmspeech_pipeline.tts import TTS
 
@@ -135,7 +134,6 @@ def in_process(
 def _first_chunk_parts(tts, voice, repeat: int, sync) -> list[list[object]]:  # type: ignore[no-untyped-def]
     """Where the first chunk's time goes, each part alone and synchronised: the LM up to the tokens the
     first chunk needs (its prefill included), the flow's first chunk, the VAE's first window."""
-
     from mmspeech_core import Latents, SpeakerEmbedding
 
     fm = tts.flow.config.model
@@ -155,9 +153,8 @@ def _first_chunk_parts(tts, voice, repeat: int, sync) -> list[list[object]]:  # 
         sync()
         t_eager = time.perf_counter() - t
         t = time.perf_counter()
-        z = tts.flow.stream(spk, prompt, None, [k]).advance(
-            tokens
-        )  # (1, C, chunk frames); CUDA graph on a GPU
+        # (1, C, chunk frames): as a stream computes it (a replayed CUDA graph on a GPU)
+        z = tts.flow.stream(spk, prompt, None, [k]).advance(tokens)
         sync()
         t_flow = time.perf_counter() - t
         window = Latents.from_list([z[0]], fm.latent_rate).to(tts.vae.device)
@@ -181,7 +178,6 @@ def _together(tts, voice, n: int, repeat: int, sync, audio_s: float) -> list[lis
     """``n`` concurrent streams as one batch (``TTS.stream_sentences``) against one offline batch of ``n``:
     each stream's first piece (median over streams and rounds) and the real-time factor of the batch
     (wall time / audio made)."""
-
     first, whole, offline = [], [], []
     for k in range(repeat + WARM):
         jobs = [tts.plan([TEXT], [voice], seed=100 * k + i)[0] for i in range(n)]

@@ -53,7 +53,7 @@ fi
 
 # timed benchmarks, alone on the GPU (BENCHMARKS=0 skips them)
 [ "${BENCHMARKS:-1}" = 0 ] && { stamp done; exit 0; }
-part first_audio "${FIRST_AUDIO_CAP:-100}" python3 benchmarks/first_audio.py --preset base --device cuda --repeat 3
+part first_audio "${FIRST_AUDIO_CAP:-200}" python3 benchmarks/first_audio.py --preset base --device cuda --repeat 3
 [ "${COMPILED:-1}" = 1 ] &&  # the LM compiled (in process, then again in the server's process)
   part first_audio_compiled 240 python3 benchmarks/first_audio.py --preset base --device cuda --repeat 3 \
     --streams 1 --lm-decode compiled

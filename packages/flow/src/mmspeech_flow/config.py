@@ -80,7 +80,7 @@ class FlowInferConfig:
     rtol: float = 1e-5  # dopri5
     atol: float = 1e-5
     # on a CUDA model, a stream's first call (the first chunk) is captured as a CUDA graph once per shape
-    # and replayed after: its latency is then the arithmetic's, not ~5,000 kernel launches'
+    # and replayed after (mmspeech_flow.graph): base flow, H200, 26 ms instead of 125 ms eagerly
     cuda_graph: bool = True
 
 

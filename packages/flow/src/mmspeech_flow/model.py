@@ -113,6 +113,11 @@ class EncoderState:
     # (B, D, 2·ratio) the last upsampled frames: the causal upsampling conv's left context
     up_tail: torch.Tensor | None = None
 
+    def clone(self) -> EncoderState:
+        """A copy with buffers of its own (a CUDA graph's replay overwrites the original's)."""
+        tail = self.up_tail.clone() if self.up_tail is not None else None
+        return EncoderState([kv.clone() for kv in self.pre], [kv.clone() for kv in self.post], tail)
+
     @classmethod
     def new(cls, c: FlowModelConfig) -> EncoderState:
         pre, post = cache_windows(c)
@@ -461,7 +466,7 @@ class FlowStream:
     ``generate(..., chunked=True)`` on the whole sequence to float tolerance. Fixed-step solvers only
     (euler / midpoint / rk4): dopri5 picks its steps from the whole sequence, which a stream never sees.
     On a CUDA model the first call, whose latency a listener waits for, replays a CUDA graph captured at
-    the first stream of its shape (``FlowInferConfig.cuda_graph``; :mod:`mmspeech_flow.graph`).
+    the second stream of its shape (``FlowInferConfig.cuda_graph``; :mod:`mmspeech_flow.graph`).
 
     A stream has B rows (one per speaker vector) that advance in one batch: concurrent streams whose
     tokens arrive in step (an LM batch). Their one-shot prompts must have the same number of tokens, so

@@ -555,7 +555,7 @@ def serve(app: FastAPI, sock: socket.socket, log_level: str = "info") -> None:
         server.should_exit = True
         scheduler.close()
         web.join(timeout=15)
-        # each step's time: a stop that takes long (seen on GPUs) shows where
+        # how long the stop took: a slow one (seen on GPUs) says whether the web server is what waits
         log.info(
             "stopped: the web server %s after %.1f s",
             "ended" if not web.is_alive() else "is stuck",
@@ -563,6 +563,8 @@ def serve(app: FastAPI, sock: socket.socket, log_level: str = "info") -> None:
         )
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if _main_thread() and hasattr(signal, "SIGUSR1"):
+            faulthandler.unregister(signal.SIGUSR1)
 
 
 def _main_thread() -> bool:
