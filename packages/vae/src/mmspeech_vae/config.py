@@ -26,12 +26,19 @@ class VAEModelConfig:
     spectral_dim: int = 128  # width of the spectral encoder / decoder
     spectral_layers: int = 4  # ConvNeXt blocks in each
     mels: int = 80  # the mel encoder's input bands
+    # STFT frames per latent frame in the spectral encoder and decoder (hop / subframes apart): 1 is a window
+    # of 4 × hop (80 ms at 50 Hz), too coarse for phase and for fast formant and pitch movement
+    spectral_subframes: int = 1
 
     def __post_init__(self) -> None:
         if self.encoder not in ("dac", "mel"):
             raise ValueError(f"encoder must be 'dac' or 'mel', got {self.encoder!r}")
         if self.decoder not in ("dac", "istft"):
             raise ValueError(f"decoder must be 'dac' or 'istft', got {self.decoder!r}")
+        if self.spectral_subframes < 1 or self.hop % self.spectral_subframes:
+            raise ValueError(
+                f"spectral_subframes {self.spectral_subframes} must be >= 1 and divide hop {self.hop}"
+            )
         if math.prod(self.encoder_rates) != math.prod(self.decoder_rates):
             raise ValueError(
                 f"encoder rates {self.encoder_rates} and decoder rates {self.decoder_rates} must have the same product"
@@ -65,6 +72,9 @@ class VAELossConfig:
     disc_start_step: int = 0  # steps of reconstruction-only warm-up before the GAN joins
     disc_grad_clip: float = 10.0  # discriminator gradient-norm clip (DAC's value)
     segment_s: float = 0.38  # training crop (rounded to a multiple of hop)
+    # phase-difference loss (losses.phase_loss): 0 is DAC's recipe, where only the GAN shapes phase
+    phase_weight: float = 0.0
+    phase_windows: tuple[int, ...] = (480, 960)
 
 
 @dataclass

@@ -37,13 +37,25 @@ class DACVAE(nn.Module, PretrainedMixin):
                 Encoder(m.encoder_dim, list(m.encoder_rates), 2 * m.latent_dim)
                 if m.encoder == "dac"
                 else MelEncoder(
-                    2 * m.latent_dim, m.spectral_dim, m.spectral_layers, m.hop, m.sample_rate, m.mels
+                    2 * m.latent_dim,
+                    m.spectral_dim,
+                    m.spectral_layers,
+                    m.hop,
+                    m.sample_rate,
+                    m.mels,
+                    m.spectral_subframes,
                 )
             )
             self.decoder: nn.Module = (
                 Decoder(m.latent_dim, m.decoder_dim, list(m.decoder_rates))
                 if m.decoder == "dac"
-                else ISTFTDecoder(m.latent_dim, m.spectral_dim, m.spectral_layers, m.hop)
+                else ISTFTDecoder(
+                    m.latent_dim,
+                    m.spectral_dim,
+                    m.spectral_layers,
+                    m.hop,
+                    m.spectral_subframes,
+                )
             )
         # dac's own init, as DAC() applies it. On its weight-normed convs the truncated-normal weight is
         # recomputed from (g, v) at the first forward, so what lasts is the zeroed bias, exactly as in dac.

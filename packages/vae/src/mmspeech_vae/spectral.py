@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
+from einops import rearrange
 from torch import nn
 
 
@@ -39,44 +40,63 @@ def _blocks(dim: int, layers: int) -> nn.Sequential:
 
 
 class MelEncoder(nn.Module):
-    """audio (B, 1, T), T a multiple of hop -> (B, out_dim, T / hop): log-mel frames (window 4 × hop,
-    centred on each latent frame's start), then ConvNeXt blocks."""
+    """audio (B, 1, T), T a multiple of hop -> (B, out_dim, T / hop): log-mel frames (window 4 × the STFT
+    hop, centred on each frame's start) at ``subframes`` frames per latent frame, stacked into channels, then
+    ConvNeXt blocks."""
 
     fb: torch.Tensor
     window: torch.Tensor
 
-    def __init__(self, out_dim: int, dim: int, layers: int, hop: int, sample_rate: int, mels: int) -> None:
+    def __init__(
+        self, out_dim: int, dim: int, layers: int, hop: int, sample_rate: int, mels: int, subframes: int = 1
+    ) -> None:
         super().__init__()
-        self.hop, self.n_fft = hop, 4 * hop
+        self.hop, self.subframes = hop, subframes
+        self.stft_hop = hop // subframes
+        self.n_fft = 4 * self.stft_hop
         fb = AF.melscale_fbanks(self.n_fft // 2 + 1, 0.0, sample_rate / 2, mels, sample_rate)  # (freqs, mels)
         self.register_buffer("fb", fb, persistent=False)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
-        self.inp = nn.Conv1d(mels, dim, kernel_size=7, padding=3)
+        self.inp = nn.Conv1d(mels * subframes, dim, kernel_size=7, padding=3)
         self.blocks = _blocks(dim, layers)
         self.out = nn.Conv1d(dim, out_dim, kernel_size=1)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         frames = audio.shape[-1] // self.hop
         spec = torch.stft(
-            audio[:, 0].float(), self.n_fft, self.hop, window=self.window, center=True, return_complex=True
-        ).abs()  # (B, freqs, frames + 1)
-        mel = torch.log((spec.transpose(1, 2) @ self.fb).clamp(min=1e-5)).transpose(1, 2)[..., :frames]
+            audio[:, 0].float(),
+            self.n_fft,
+            self.stft_hop,
+            window=self.window,
+            center=True,
+            return_complex=True,
+        ).abs()  # (B, freqs, frames × subframes + 1)
+        mel = torch.log((spec.transpose(1, 2) @ self.fb).clamp(min=1e-5))[:, : frames * self.subframes]
+        # (B, frames × subframes, mels) -> (B, subframes × mels, frames): a latent frame's subframes, in order
+        mel = rearrange(mel, "b (f s) m -> b (s m) f", s=self.subframes)
         return self.out(self.blocks(self.inp(mel.to(audio.dtype))))
 
 
 class ISTFTDecoder(nn.Module):
-    """z (B, C, F) -> audio (B, 1, F × hop): ConvNeXt blocks, then per frame the log-magnitude and phase of
-    an STFT frame (window 4 × hop, centred on each frame's start), overlapped by an inverse STFT."""
+    """z (B, C, F) -> audio (B, 1, F × hop): ConvNeXt blocks at the latent rate, then per latent frame the
+    log-magnitude and phase of ``subframes`` STFT frames (hop / subframes apart, window 4 × that, centred on
+    each frame's start), overlapped by an inverse STFT. The head's width, subframes × (n_fft + 2), hardly
+    depends on ``subframes``; a finer STFT makes phase easier to predict (Griffin-Lim from the recordings'
+    own magnitudes, medium corpus, 8 items: PESQ-wb 3.15 at hop 480 / window 1920, 3.91 at 240 / 960)."""
 
     window: torch.Tensor
 
-    def __init__(self, latent_dim: int, dim: int, layers: int, hop: int) -> None:
+    def __init__(self, latent_dim: int, dim: int, layers: int, hop: int, subframes: int = 1) -> None:
         super().__init__()
-        self.hop, self.n_fft = hop, 4 * hop
+        self.hop, self.subframes = hop, subframes
+        self.stft_hop = hop // subframes
+        self.n_fft = 4 * self.stft_hop
         self.inp = nn.Conv1d(latent_dim, dim, kernel_size=7, padding=3)
         self.blocks = _blocks(dim, layers)
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, self.n_fft + 2)  # log-magnitude and phase of n_fft / 2 + 1 bins
+        # log-magnitude and phase of n_fft / 2 + 1 bins, for each of a latent frame's STFT frames (the phase as
+        # the direction of a predicted 2-D vector, as APNet does, was no better: PESQ-wb 1.600 against 1.604)
+        self.head = nn.Linear(dim, subframes * (self.n_fft + 2))
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
 
     @property
@@ -88,11 +108,13 @@ class ISTFTDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         frames = z.shape[-1]
         h = self.blocks(self.inp(z))
-        # frames + 1 STFT frames make frames × hop samples (centred windows): the last one repeats its neighbour
-        h = F.pad(h, (0, 1), mode="replicate")
-        logmag, phase = self.head(self.norm(h.transpose(1, 2))).float().transpose(1, 2).chunk(2, dim=1)
+        stft = self.head(self.norm(h.transpose(1, 2))).float()  # (B, F, subframes × (n_fft + 2))
+        stft = rearrange(stft, "b f (s c) -> b c (f s)", s=self.subframes)  # (B, n_fft + 2, F × subframes)
+        # F × subframes + 1 STFT frames make F × hop samples (centred windows): the last repeats its neighbour
+        stft = F.pad(stft, (0, 1), mode="replicate")
+        logmag, phase = stft.chunk(2, dim=1)
         spec = torch.polar(logmag.clamp(max=10.0).exp(), phase)  # exp(10) ≈ 22,000: far above any real bin
         audio = torch.istft(
-            spec, self.n_fft, self.hop, window=self.window, center=True, length=frames * self.hop
+            spec, self.n_fft, self.stft_hop, window=self.window, center=True, length=frames * self.hop
         )
         return audio[:, None].to(z.dtype)

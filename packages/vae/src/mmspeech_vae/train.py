@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import VAEConfig
 from .data import CropDataset
-from .losses import VAELosses, kl_weight
+from .losses import VAELosses, kl_weight, phase_loss
 from .model import DACVAE
 
 
@@ -71,6 +71,9 @@ class VAETrainer(Trainer):
         mel = self.losses.mel_loss(fake, real)
         kw = kl_weight(self.step, lc)
         loss = lc.mel_weight * mel + kw * out["kl"]
+        if lc.phase_weight:
+            losses["phase"] = phase_loss(fake, real, lc.phase_windows)
+            loss = loss + lc.phase_weight * losses["phase"]
         if use_gan:
             adv, feat = self.losses.generator_losses(fake, real)
             loss = loss + lc.adv_weight * adv + lc.feature_weight * feat
