@@ -169,7 +169,7 @@ def test_overfit_one_clip_then_resume_with_gan(tmp_path):
 
 
 def test_the_spectral_vae_learns_saves_and_loads(tmp_path):
-    """The medium quickstart's spectral encoder / decoder (two STFT frames per latent frame, the phase loss):
+    """The spectral encoder / decoder (here with two STFT frames per latent frame and the phase loss):
     reconstruction improves, and the config's choice of encoder and decoder travels with the weights (a
     reload decodes the same samples)."""
     torch.manual_seed(0)

@@ -134,25 +134,21 @@ def _stage_configs(size: QuickstartSize, vocab: list[str]) -> tuple[FSQTokenizer
         ),
     )
     vcfg = vae_tiny()
-    wide = size.width > 64  # medium and small
     vcfg = dataclasses.replace(
         vcfg,
         model=dataclasses.replace(
             vcfg.model,
-            latent_dim=16 if wide else 8,
+            latent_dim=16 if size.width > 64 else 8,
             # spectral encoder / decoder (mmspeech_vae.spectral): dac's waveform ones learn too slowly for
-            # a quickstart (500 steps: mel distance 1.39, latents without formants; spectral 0.90)
+            # a quickstart (500 steps: mel distance 1.39, latents without formants; spectral 0.90). Two STFT
+            # frames per latent frame and the phase loss, tried on medium (run whole): a better VAE rung
+            # (PESQ-wb 1.60 -> 1.72, WER 0.725 -> 0.586) but worse speech from the flow on its latents
+            # (zero-shot WER median 0.608 -> 0.838): not used (docs/quickstart-history.md)
             encoder="mel",
             decoder="istft",
             spectral_dim=2 * size.width,
             spectral_layers=2 * size.layers,
-            # two STFT frames per latent frame (window 960, not 1,920) and the phase-difference loss: on
-            # medium's corpus (1,500 VAE steps, 12 held-out recordings) PESQ-wb / STOI 1.42 / 0.855 -> 1.51 /
-            # 0.874 with the frames, 1.60 / 0.877 with the loss too (docs/quickstart-history.md). Tiny, not
-            # measured so, keeps its one frame and no phase loss.
-            spectral_subframes=2 if wide else 1,
         ),
-        loss=dataclasses.replace(vcfg.loss, phase_weight=8.0 if wide else 0.0),
     )
     return tcfg, vcfg
 
