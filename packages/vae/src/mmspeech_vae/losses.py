@@ -14,14 +14,14 @@ from .config import VAELossConfig
 
 def phase_loss(fake: torch.Tensor, real: torch.Tensor, windows: tuple[int, ...]) -> torch.Tensor:
     """Phase-difference loss between (B, T) waveforms, for training without a discriminator: the mel loss
-    sees magnitudes only, and a decoder that predicts phase then makes it up (the quickstart's spectral VAE:
-    PESQ-wb 1.92 from the recordings' magnitudes with its phase, 3.15 with Griffin-Lim's).
+    sees magnitudes only, and a decoder that predicts phase then makes it up (the medium quickstart's
+    spectral VAE: PESQ-wb 1.92 from the recordings' magnitudes with its phase, 3.15 with Griffin-Lim's).
 
     Absolute phase is arbitrary, so what is compared are its differences between neighbouring STFT frames
     (instantaneous frequency) and neighbouring bins (group delay), as unit phasors: 1 − cos(Δφ_fake −
-    Δφ_real), weighted by the recording's magnitude (silent bins have no phase to match), averaged over
-    ``windows`` (hop = window / 4). Phasors, not angles: no wrapping, and a bounded gradient where the
-    reconstruction's magnitude is near zero."""
+    Δφ_real), weighted by the recording's magnitude in both neighbours (geometric mean: silent bins have no
+    phase to match), averaged over ``windows`` (hop = window / 4). Phasors, not angles: no wrapping, and a
+    bounded gradient where the reconstruction's magnitude is near zero."""
     losses = []
     for n in windows:
         w = torch.hann_window(n, device=real.device)
