@@ -239,6 +239,8 @@ def test_a_batch_of_different_lengths_decodes_in_a_few_calls_as_if_alone(kind):
         for p in m.decoder.parameters():
             p.data.normal_(0, 0.3)
     ctx, c = m.decoder_context, m.config.model.latent_dim
+    # four STFT frames a latent frame: its larger head's float rounding reaches 1.7e-6 on samples of ~0.7
+    rtol = 1e-5 if kind == SUBFRAMES else 0.0
     lens = [2 * ctx + 10, 2 * ctx + 1, 5, 2 * ctx + 10, 2 * ctx, 2 * ctx + 4, 2 * ctx - 3]
     lat = Latents.from_list([torch.randn(c, n) for n in lens], m.frame_rate)
     calls = []
@@ -249,4 +251,4 @@ def test_a_batch_of_different_lengths_decodes_in_a_few_calls_as_if_alone(kind):
     for i, n in enumerate(lens):
         alone = m.decode(Latents.from_list([lat.data[i, :, :n]], m.frame_rate)).unbatch()[0]
         assert out.unbatch()[i].shape == alone.shape == (n * m.hop,)
-        torch.testing.assert_close(out.unbatch()[i], alone, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(out.unbatch()[i], alone, atol=1e-6, rtol=rtol)

@@ -15,7 +15,8 @@ from .config import VAELossConfig
 def phase_loss(fake: torch.Tensor, real: torch.Tensor, windows: tuple[int, ...]) -> torch.Tensor:
     """Phase-difference loss between (B, T) waveforms, for training without a discriminator: the mel loss
     sees magnitudes only, and a decoder that predicts phase then makes it up (the medium quickstart's
-    spectral VAE: PESQ-wb 1.92 from the recordings' magnitudes with its phase, 3.15 with Griffin-Lim's).
+    spectral VAE, STFT window 1,920: PESQ-wb 1.92 from the recordings' magnitudes with its phase, 3.15 with
+    Griffin-Lim's).
 
     Absolute phase is arbitrary, so what is compared are its differences between neighbouring STFT frames
     (instantaneous frequency) and neighbouring bins (group delay), as unit phasors: 1 − cos(Δφ_fake −
