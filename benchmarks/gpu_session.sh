@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU check of one short device lease, in one prepared run: the gpu-marked tests, the small quickstart
-# recipe on the GPU (RECIPE_MINUTES=0: not), and the GPU benchmarks: time to first audio, again with the LM
-# compiled (COMPILED=0: not), the per-chunk streaming cost, LM decode speed (LLM_DECODE=0: not); with
-# EXTRA=1 the LM step profile and FSDP2 vs DDP too.
+# Every GPU check of one short device lease, in one prepared run: the gpu-marked tests (TESTS=0: not), the
+# small quickstart recipe on the GPU (RECIPE_MINUTES=0: not), and the GPU benchmarks: time to first audio
+# with the LM's default decoder and again compiled (COMPILED=0: not; FA_STREAMS=1: no 8-stream rows), the
+# per-chunk streaming cost (STREAMING=0: not), LM decode speed (LLM_DECODE=0: not); with VAE_GAN=1 the
+# small VAE with and without its discriminator (benchmarks/vae_gan.py, two arms side by side, their audio
+# to $OUT/vae_gan for scoring where pesq is installed); with EXTRA=1 the LM step profile and FSDP2 vs DDP.
 #
 #   OUT=/some/folder bash benchmarks/gpu_session.sh
 #
@@ -35,7 +37,10 @@ part() {  # part NAME CAP_SECONDS COMMAND...
 nvidia-smi -L
 python3 -c "import torch, transformers, dac, soundfile, espeakng_loader, fastapi, mmspeech_pipeline.serve as s; print('torch', torch.__version__, 'transformers', transformers.__version__)" || exit 1
 
-tests() { part gpu_tests "${TESTS_CAP:-150}" python3 -m pytest packages/*/tests/test_gpu.py -m gpu -v -p no:cacheprovider; }
+tests() {
+  [ "${TESTS:-1}" = 0 ] && return
+  part gpu_tests "${TESTS_CAP:-150}" python3 -m pytest packages/*/tests/test_gpu.py -m gpu -v -p no:cacheprovider
+}
 if [ "${RECIPE_MINUTES:-3.5}" = 0 ]; then  # RECIPE_MINUTES=0: no recipe
   tests
 else  # the recipe trains in the background while the gpu tests (correctness only, no timings) share the GPU
@@ -53,11 +58,20 @@ fi
 
 # timed benchmarks, alone on the GPU (BENCHMARKS=0 skips them)
 [ "${BENCHMARKS:-1}" = 0 ] && { stamp done; exit 0; }
-part first_audio "${FIRST_AUDIO_CAP:-200}" python3 benchmarks/first_audio.py --preset base --device cuda --repeat 3
-[ "${COMPILED:-1}" = 1 ] &&  # the LM compiled (in process, then again in the server's process)
-  part first_audio_compiled 240 python3 benchmarks/first_audio.py --preset base --device cuda --repeat 3 \
-    --streams 1 --lm-decode compiled
-part streaming 60 python3 benchmarks/streaming.py --device cuda --rerun-every 0
+modes=auto
+[ "${COMPILED:-1}" = 1 ] && modes="auto compiled"  # compiled: in process, then again in the server's process
+# shellcheck disable=SC2086  # $modes: one word per mode
+part first_audio "${FIRST_AUDIO_CAP:-400}" python3 benchmarks/first_audio.py --preset base --device cuda \
+  --repeat 3 --streams "${FA_STREAMS:-8}" --lm-decode $modes
+[ "${STREAMING:-1}" = 1 ] && part streaming 60 python3 benchmarks/streaming.py --device cuda --rerun-every 0
+if [ "${VAE_GAN:-0}" = 1 ]; then  # both arms train at once: each alone leaves the GPU mostly idle
+  vae_arm() {  # vae_arm NAME GAN_FROM
+    python3 benchmarks/vae_gan.py --out "/tmp/vae_gan/$1" --size small --speakers 96 --utterances 24 \
+      --steps "${VAE_STEPS:-3000}" --gan-from "$2" --budget-s "${VAE_BUDGET:-170}" --device cuda
+  }
+  part vae_gan "${VAE_CAP:-240}" bash -c "$(declare -f vae_arm); vae_arm gan 0.5 & vae_arm nogan 1.0; wait"
+  (cd /tmp/vae_gan && tar czf "$OUT/vae_gan.tgz" ./*/audio ./*/run_info.json)
+fi
 [ "${LLM_DECODE:-1}" = 1 ] &&
   part llm_decode 120 python3 benchmarks/run.py --device cuda --full --only llm --llm-modes static cuda_graph compiled
 if [ "${EXTRA:-0}" = 1 ]; then  # measured before, unchanged since: only on request

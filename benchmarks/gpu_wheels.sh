@@ -14,7 +14,7 @@ pooch platformdirs decorator soundfile cffi pycparser espeakng-loader s3tokenize
 opentelemetry-api pydantic pydantic-core annotated-types typing-inspection uvicorn python-multipart
 ipython asttokens executing ipython-pygments-lexers jedi matplotlib-inline parso pexpect prompt-toolkit
 ptyprocess pure-eval stack-data traitlets wcwidth transformers huggingface-hub tokenizers safetensors
-regex httpx2 httpcore2 truststore"
+regex httpx2 httpcore2 truststore jiwer rapidfuzz click"
 mkdir -p "$DEST"
 grep -qsx '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
 # uv.lock's pins whose markers hold on the GPU machine (CPython 3.12, x86-64 Linux), as name==version
