@@ -39,7 +39,9 @@ def train_arm(a: argparse.Namespace) -> None:
 
     size = q.SIZES[a.size]
     out = Path(a.out)
-    corpus = build_corpus(out / "corpus", a.speakers or size.speakers, a.utterances or size.utterances, a.seed)
+    corpus = build_corpus(
+        out / "corpus", a.speakers or size.speakers, a.utterances or size.utterances, a.seed
+    )
     steps = a.steps or size.steps["vae"]
     gan_from = size.gan_from if a.gan_from is None else a.gan_from
     _, vcfg = q._stage_configs(size, ["a"])  # the vocabulary is the tokenizer's; the VAE ignores it
@@ -105,7 +107,11 @@ def score(run: Path) -> None:
         gan = "yes" if step > info["gan_from_step"] else "no"
         rows.append([step, gan, sum(pesq) / len(pesq), sum(stoi) / len(stoi)])
     title = f"VAE rung, {run}: {len(refs)} held-out recordings, GAN from step {info['gan_from_step']}"
-    table(f"{title} ({info['device']}, {info['train_s']} s of training)", ["step", "GAN", "PESQ-wb", "STOI"], rows)
+    table(
+        f"{title} ({info['device']}, {info['train_s']} s of training)",
+        ["step", "GAN", "PESQ-wb", "STOI"],
+        rows,
+    )
 
 
 def main() -> None:
