@@ -467,6 +467,39 @@ def test_serve_computes_on_its_calling_thread_and_stops_when_the_scheduler_close
     assert not runner.is_alive() and workers == {runner}
 
 
+IDLE_WORKER_ON_SIGTERM = """
+import os, signal, threading
+from mmspeech_pipeline.scheduler import SentenceScheduler
+
+def interrupt(*_):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, interrupt)
+bystander = threading.Thread(target=threading.Event().wait, daemon=True)  # takes the signal
+bystander.start()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # blocked here only: the kernel picks bystander
+scheduler = SentenceScheduler(None, thread=False)  # idle: no tickets, so the model is never touched
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+try:
+    scheduler.run()
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_an_idle_worker_on_the_main_thread_sees_a_sigterm_that_another_thread_took():
+    """`mmspeech serve` idles in the scheduler's wait on its main thread. The kernel may hand a SIGTERM to
+    any thread; Python then runs the handler on the main thread only when that thread next runs Python
+    code. An untimed wait never did (the server ignored SIGTERM on GPU machines): the wait is timed."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", IDLE_WORKER_ON_SIGTERM], capture_output=True, text=True, timeout=20
+    )
+    assert done.stdout.strip() == "interrupted", done.stderr
+
+
 def test_streaming_header_is_a_valid_wav_start():
     x = torch.linspace(-0.5, 0.5, 2400)
     data = streaming_wav_header(24000) + (x * 32767).round().numpy().astype("<i2").tobytes()

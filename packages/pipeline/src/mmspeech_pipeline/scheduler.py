@@ -34,6 +34,11 @@ from .tts import TTS, SentenceJob
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+# the idle worker wakes this often. Python runs a signal's handler on the main thread, the next time that
+# thread runs Python code, but the kernel may deliver a process-wide SIGTERM to any thread: a main thread
+# asleep in an untimed wait would then never see it (``mmspeech serve`` on GPU machines ignored SIGTERM so,
+# its main thread parked here: stack dumps of 2026-11-28)
+SIGNAL_POLL_S = 0.25
 
 
 @dataclass(eq=False)
@@ -155,7 +160,7 @@ class SentenceScheduler:
         thread of its own unless ``thread=False``)."""
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._stopped or bool(self._calls) or self._live())
+                self._wait_for_work()
                 if self._stopped:
                     return
                 calls, self._calls = list(self._calls), deque()
@@ -170,6 +175,14 @@ class SentenceScheduler:
             self.batch_sizes.append(len(batch))
             self._run(batch)
 
+    def _wait_for_work(self) -> None:
+        """Until closed, or a call or a live ticket is queued (the lock held), in timed waits: see
+        ``SIGNAL_POLL_S``."""
+        while not self._cv.wait_for(
+            lambda: self._stopped or bool(self._calls) or self._live(), timeout=SIGNAL_POLL_S
+        ):
+            pass
+
     @staticmethod
     def _run_calls(calls: list[tuple[Future[Any], Callable[[], Any]]]) -> None:
         for future, fn in calls:
@@ -182,7 +195,7 @@ class SentenceScheduler:
     def _next_batch(self) -> list[tuple[Ticket, int]] | None:
         """The next batch (after waiting ``window_s`` for batch-mates); None once closed."""
         with self._cv:
-            self._cv.wait_for(lambda: self._stopped or bool(self._calls) or self._live())
+            self._wait_for_work()
             if self._stopped:
                 return None
             deadline = time.monotonic() + self.window_s
