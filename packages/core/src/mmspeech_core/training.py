@@ -194,7 +194,7 @@ def move_to(batch: Any, device: torch.device) -> Any:
     """Recursively move tensors (and typed containers with ``.to``) onto ``device``. Features stored in
     half precision become float32 there, on the device (AMP, where enabled, casts down again)."""
     if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
+        batch = batch.to(device, non_blocking=device.type != "cpu")  # see _Padded.to
         return batch.float() if batch.dtype in HALF else batch
     if isinstance(batch, _Padded):
         return batch.to(device, torch.float32)

@@ -73,7 +73,9 @@ class _Padded:
 
     def to(self: T, device: torch.device | str, float_dtype: torch.dtype | None = None) -> T:
         """Moved to ``device``; floating data (not integer tokens) also cast to ``float_dtype`` if given."""
-        data = self._data.to(device, non_blocking=True)
+        # asynchronous only towards an accelerator: a copy *to the host* made so returns before its bytes
+        # have landed (reading it at once gave another item's audio on a GPU: benchmarks/vae_gan.py)
+        data = self._data.to(device, non_blocking=torch.device(device).type != "cpu")
         if float_dtype is not None and data.is_floating_point():
             data = data.to(float_dtype)
         return self._with_data(data, self.lengths.to(device))
