@@ -1,7 +1,7 @@
 """What the discriminator buys the VAE rung: PESQ-wb / STOI of held-out resynthesis at each checkpoint.
 
-    uv run --no-sync python benchmarks/vae_gan.py --out runs/vae_gan --size medium --steps 600 --gan-from 0.5
     python benchmarks/vae_gan.py --out DIR --device cuda --speakers 96 --utterances 24 --gan-from 0.5
+    uv run --no-sync python benchmarks/vae_gan.py --out DIR --size tiny --steps 40 --save-every 20  # CPU
     uv run --no-sync python benchmarks/vae_gan.py --score DIR      # score a run's saved audio (eval extra)
 
 Builds the quickstart's eSpeak corpus (``--size``; ``--speakers`` / ``--utterances`` override its
