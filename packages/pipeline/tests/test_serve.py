@@ -467,6 +467,44 @@ def test_serve_computes_on_its_calling_thread_and_stops_when_the_scheduler_close
     assert not runner.is_alive() and workers == {runner}
 
 
+def test_warm_up_runs_the_request_paths_and_leaves_later_audio_unchanged(tts, voice, monkeypatch):
+    from mmspeech_pipeline.serve import warm_up
+
+    text = "the same words, before and after."
+    whole = _alone(tts, voice, text, 5)
+    streamed = torch.cat([c.audio for c in tts.stream(text, voice, seed=5)])
+    calls = []
+    for name in ("stream_sentences", "synthesize_sentences"):
+        real = getattr(tts, name)
+        monkeypatch.setattr(tts, name, lambda *a, _n=name, _r=real, **k: calls.append(_n) or _r(*a, **k))
+    assert warm_up(tts, voice, rounds=2) > 0
+    assert calls == ["stream_sentences", "synthesize_sentences"] * 2
+    monkeypatch.undo()
+    assert np.array_equal(_alone(tts, voice, text, 5), whole)
+    assert torch.equal(torch.cat([c.audio for c in tts.stream(text, voice, seed=5)]), streamed)
+    with pytest.raises(ValueError, match="rounds"):
+        warm_up(tts, voice, rounds=-1)
+
+
+def test_cli_serve_warms_up_before_it_serves(tmp_path, make_parts, voice, monkeypatch, capsys):
+    import mmspeech_pipeline.serve as server
+
+    bundle = write_bundle(tmp_path / "b", **make_parts(tmp_path))
+    voices = _voices_dir(tmp_path, voice)
+    order = []
+    monkeypatch.setattr(server, "serve", lambda app, sock: order.append("serve") or sock.close())
+    real = server.warm_up
+    monkeypatch.setattr(server, "warm_up", lambda *a: order.append(("warm_up", a[2])) or real(*a))
+    args = ["serve", "--bundle", str(bundle), "--voices", str(voices), "--port", "0"]
+    assert main([*args, "--warmup", "1"]) == 0
+    assert order == [("warm_up", 1), "serve"] and "warmed up with voice 'alice'" in capsys.readouterr().out
+    assert main([*args, "--warmup", "0"]) == 0
+    assert order[2:] == ["serve"] and "warmed up" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--warmup", "-1"])
+    assert e.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
+
+
 IDLE_WORKER_ON_SIGTERM = """
 import os, signal, threading
 from mmspeech_pipeline.scheduler import SentenceScheduler

@@ -61,13 +61,20 @@ def _bundle_args(sp: argparse.ArgumentParser, help: str = "bundle folder") -> No
         default="auto",
         help="how the LM decodes: auto (cuda_graph on a GPU, dynamic on a CPU); compiled: torch.compile "
         "then a CUDA graph, ~1.7x faster per token on a GPU, compiled at the first request of each batch "
-        "size (default: auto)",
+        "size (`serve --warmup` does batch 1 before serving) (default: auto)",
     )
 
 
 def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
@@ -214,7 +221,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import API_KEY_ENV, ServerSettings, bind, create_app, serve
+    from .serve import API_KEY_ENV, ServerSettings, bind, create_app, serve, warm_up
 
     if not Path(args.voices).is_dir():
         raise FileNotFoundError(
@@ -228,7 +235,12 @@ def _serve(args: argparse.Namespace) -> int:
         api_key=args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV),
     )
     sock = bind(args.host, args.port)  # a busy port fails now, before the models load
-    app = create_app(_tts(args), args.voices, settings, worker_thread=False)  # serve() runs it here
+    tts = _tts(args)
+    app = create_app(tts, args.voices, settings, worker_thread=False)  # serve() runs it here
+    voices = app.state.voices.list().voices
+    if args.warmup and voices:  # on this thread, which serve() computes on
+        seconds = warm_up(tts, app.state.voices.get(voices[0].id), args.warmup)
+        print(f"warmed up with voice {voices[0].id!r} in {seconds:.1f} s")
     host, port = sock.getsockname()[:2]
     print(f"serving {len(app.state.voices.list().voices)} voice(s) on http://{host}:{port} (docs: /docs)")
     serve(app, sock)
@@ -363,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="require 'Authorization: Bearer KEY' on every endpoint but /health "
         "(default: the MMSPEECH_API_KEY environment variable; unset = open)",
+    )
+    sp.add_argument(
+        "--warmup",
+        type=_non_negative_int,
+        default=2,
+        help="rounds of a short sentence, streamed and whole, before serving, so the first request is as "
+        "fast as later ones (a CUDA graph or --lm-decode compiled is built then); 0: none",
     )
     add_device_arg(sp)
     sp = add_command(sub, "demo", "web page (Gradio): upload or record a reference, type, listen", _demo)

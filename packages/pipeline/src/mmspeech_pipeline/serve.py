@@ -501,6 +501,27 @@ def _voice_from_upload(
 
 
 # ---- running --------------------------------------------------------------------------------------------
+WARM_UP_TEXT = "Hello, this is a warm-up sentence."
+
+
+def warm_up(tts: TTS, voice: Voice, rounds: int = 2) -> float:
+    """Synthesise a short sentence ``rounds`` times, streamed and whole, as requests do (through
+    :meth:`TTS.stream_sentences` and :meth:`TTS.synthesize_sentences`), so that the first request finds the
+    one-time work done: the LM's decoder built (its CUDA graph captured; compiled, with ``--lm-decode
+    compiled``, which takes tens of seconds), the flow's first chunk captured as a CUDA graph (at the
+    second stream), kernels and allocator warm. Returns the seconds it took. Nothing else changes: a
+    request's audio depends only on its text, voice and seed."""
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    t = time.perf_counter()
+    jobs = tts.plan([WARM_UP_TEXT], [voice], seed=0)
+    for _ in range(rounds):
+        for _piece in tts.stream_sentences(jobs):
+            pass
+        tts.synthesize_sentences(jobs)
+    return time.perf_counter() - t
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, bound before the models load work starts: a port in use fails at once with one
     line (``OSError``), not a traceback from inside the server."""
