@@ -578,6 +578,36 @@ def test_the_ladder_shows_the_median_wer_and_counts_whisper_running_away():
     assert "| zero_shot | 3 | 3.389 | 0.167 | 1 |" in table and "runaway:" in table
 
 
+def test_the_ladder_gives_each_rungs_wer_relative_to_the_recordings_with_a_paired_interval():
+    from mmspeech_pipeline.evaluate import ladder_table, summarize, wer_ratio
+
+    truth = [0.2, 0.4, 0.1, 0.3, 0.5, 0.2, 0.3, 0.4]
+    rows = [{"id": str(i), "rung": "ground_truth", "wer": w} for i, w in enumerate(truth)]
+    rows += [{"id": str(i), "rung": "vae", "wer": w} for i, w in enumerate(truth)]  # as the recordings
+    rows += [{"id": str(i), "rung": "zero_shot", "wer": 2 * w} for i, w in enumerate(truth)]  # twice
+    rows += [
+        {"id": str(i), "rung": "one_shot", "wer": w + (0.6 if i == 0 else 0)} for i, w in enumerate(truth)
+    ]
+    rows.append({"id": "9", "rung": "one_shot", "wer": 5.0})  # no recording of its own: left out
+    assert wer_ratio(rows, "vae") == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
+    assert wer_ratio(rows, "zero_shot") == (pytest.approx(2.0), pytest.approx(2.0), pytest.approx(2.0))
+    ratio, low, high = wer_ratio(rows, "one_shot")  # one item 0.6 worse: (2.4 + 0.6) / 2.4
+    assert ratio == pytest.approx(1.25) and 1.0 <= low < 1.25 < high and wer_ratio(rows, "one_shot")[1] == low
+    assert wer_ratio(rows, "streamed") is None
+    assert (
+        wer_ratio(
+            [{"id": "0", "rung": "ground_truth", "wer": 0.0}, {"id": "0", "rung": "vae", "wer": 1.0}], "vae"
+        )
+        is None
+    )
+    summary = summarize(rows)["rungs"]
+    assert "wer_ratio" not in summary["ground_truth"] and summary["zero_shot"]["wer_ratio"] == pytest.approx(
+        2.0
+    )
+    table = ladder_table({"rungs": summary})
+    assert "| zero_shot | 8 | 0.600 | 0.600 | 2.00 (2.00-2.00) |" in table and "paired bootstrap" in table
+
+
 def test_long_form_continuation_prompts_each_sentence_with_the_one_before(tts):
     """Issue 15: 'continue' conditions sentence k on sentence k-1 (its text, tokens and latents); the first
     sentence is the independent one, and the result is batch invariant."""

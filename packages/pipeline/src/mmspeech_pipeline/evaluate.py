@@ -82,8 +82,11 @@ RUNGS = ("ground_truth", "vae", "oracle_flow", "zero_shot", "one_shot", "streame
 METRICS = ("wer", "cer", "sim", "sim_other", "dnsmos", "pesq", "stoi", "rtf")  # averaged per rung
 # beside the mean WER: its median, and how many items Whisper ran away on (wrote over twice the words said;
 # a repetition loop on unclear audio scores a WER of 10 or more and decides a small sample's mean alone)
-COLUMNS = ("wer", "wer_median", "runaway", "cer", "sim", "sim_other", "dnsmos", "pesq", "stoi", "rtf")
+COLUMNS = (
+    "wer", "wer_median", "wer_ratio", "runaway", "cer", "sim", "sim_other", "dnsmos", "pesq", "stoi", "rtf"
+)  # fmt: skip
 RUNAWAY_WORDS = 2.0
+BOOTSTRAP = 2000  # resamples behind the WER ratio's interval
 
 
 @dataclass
@@ -262,9 +265,25 @@ def _rung_audio(
     return tts.synthesize_batch([item.target_text], [voices[rung]], seed=seed, progress=False)
 
 
+def wer_ratio(rows: list[dict[str, Any]], rung: str, seed: int = 0) -> tuple[float, float, float] | None:
+    """The rung's WER over the recordings' on the same items (total errors over total errors, as the ratio
+    of the two mean WERs), with a 95 % interval from a paired bootstrap over the items (``BOOTSTRAP``
+    resamples drawn with replacement, each item keeping both its scores): a dozen items of a weak judge
+    move the ratio a lot, and the interval says how much. None without paired items or recording errors."""
+    truth = {r["id"]: r["wer"] for r in rows if r["rung"] == "ground_truth" and "wer" in r}
+    pairs = np.array([(r["wer"], truth[r["id"]]) for r in rows if r["rung"] == rung and r["id"] in truth])
+    if not len(pairs) or pairs[:, 1].sum() == 0:
+        return None
+    draws = np.random.default_rng(seed).integers(0, len(pairs), (BOOTSTRAP, len(pairs)))
+    rung_errors, truth_errors = pairs[draws, 0].sum(1), pairs[draws, 1].sum(1)
+    kept = truth_errors > 0  # resamples of error-free recordings only have no ratio
+    low, high = np.percentile(rung_errors[kept] / truth_errors[kept], [2.5, 97.5])
+    return float(pairs[:, 0].sum() / pairs[:, 1].sum()), float(low), float(high)
+
+
 def summarize(rows: list[dict[str, Any]], judges: Judges | None = None) -> dict[str, Any]:
-    """Mean of every metric per rung, the median WER and the number of runaway transcripts, plus the judges'
-    names."""
+    """Mean of every metric per rung, the median WER, the WER relative to the recordings' (with its
+    interval, :func:`wer_ratio`) and the number of runaway transcripts, plus the judges' names."""
     rungs: dict[str, dict[str, float]] = {}
     for rung in RUNGS:
         mine = [r for r in rows if r["rung"] == rung]
@@ -277,6 +296,9 @@ def summarize(rows: list[dict[str, Any]], judges: Judges | None = None) -> dict[
             if "wer" in rungs[rung]:
                 rungs[rung]["wer_median"] = float(np.median([r["wer"] for r in mine if "wer" in r]))
                 rungs[rung]["runaway"] = sum(bool(r.get("runaway")) for r in mine)
+                ratio = wer_ratio(rows, rung) if rung != "ground_truth" else None
+                if ratio is not None:
+                    rungs[rung] |= dict(zip(("wer_ratio", "wer_ratio_low", "wer_ratio_high"), ratio))
     names = {}
     if judges is not None:
         names = {
@@ -291,10 +313,24 @@ def ladder_table(summary: dict[str, Any]) -> str:
     """The summary as a markdown table, one row per rung."""
     rungs = summary["rungs"]
     cols = [m for m in COLUMNS if any(m in v for v in rungs.values())]
-    lines = ["| rung | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    names = {"wer_ratio": "wer / recordings' (95 % CI)"}
+    lines = [
+        "| rung | n | " + " | ".join(names.get(c, c) for c in cols) + " |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
     for rung, v in rungs.items():
         cells = [_cell(v[m]) if m in v else "" for m in cols]
+        if "wer_ratio" in v:
+            cells[cols.index("wer_ratio")] = (
+                f"{v['wer_ratio']:.2f} ({v['wer_ratio_low']:.2f}-{v['wer_ratio_high']:.2f})"
+            )
         lines.append(f"| {rung} | {int(v['n'])} | " + " | ".join(cells) + " |")
+    if "wer_ratio" in cols:
+        lines += [
+            "",
+            "wer / recordings': the rung's WER over the recordings' on the same items, with a paired "
+            f"bootstrap interval ({BOOTSTRAP} resamples of the items)",
+        ]
     if "runaway" in cols:
         lines += [
             "",
