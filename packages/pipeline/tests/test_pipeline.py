@@ -589,11 +589,14 @@ def test_the_ladder_gives_each_rungs_wer_relative_to_the_recordings_with_a_paire
         {"id": str(i), "rung": "one_shot", "wer": w + (0.6 if i == 0 else 0)} for i, w in enumerate(truth)
     ]
     rows.append({"id": "9", "rung": "one_shot", "wer": 5.0})  # no recording of its own: left out
+    rows.append({"id": "10", "rung": "ground_truth", "wer": 12.0, "runaway": True})  # Whisper looping
+    rows.append({"id": "10", "rung": "one_shot", "wer": 0.1})  # so its pair is left out
+    rows.append({"id": "1", "rung": "streamed", "wer": 11.0, "runaway": True})  # and this one
     assert wer_ratio(rows, "vae") == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
     assert wer_ratio(rows, "zero_shot") == (pytest.approx(2.0), pytest.approx(2.0), pytest.approx(2.0))
     ratio, low, high = wer_ratio(rows, "one_shot")  # one item 0.6 worse: (2.4 + 0.6) / 2.4
     assert ratio == pytest.approx(1.25) and 1.0 <= low < 1.25 < high and wer_ratio(rows, "one_shot")[1] == low
-    assert wer_ratio(rows, "streamed") is None
+    assert wer_ratio(rows, "streamed") is None and wer_ratio(rows, "oracle_flow") is None
     assert (
         wer_ratio(
             [{"id": "0", "rung": "ground_truth", "wer": 0.0}, {"id": "0", "rung": "vae", "wer": 1.0}], "vae"

@@ -269,9 +269,19 @@ def wer_ratio(rows: list[dict[str, Any]], rung: str, seed: int = 0) -> tuple[flo
     """The rung's WER over the recordings' on the same items (total errors over total errors, as the ratio
     of the two mean WERs), with a 95 % interval from a paired bootstrap over the items (``BOOTSTRAP``
     resamples drawn with replacement, each item keeping both its scores): a dozen items of a weak judge
-    move the ratio a lot, and the interval says how much. None without paired items or recording errors."""
-    truth = {r["id"]: r["wer"] for r in rows if r["rung"] == "ground_truth" and "wer" in r}
-    pairs = np.array([(r["wer"], truth[r["id"]]) for r in rows if r["rung"] == rung and r["id"] in truth])
+    move the ratio a lot, and the interval says how much. Items on which Whisper ran away on either side
+    are left out: one looping transcript (WER 10 or more) would decide the ratio alone, and it measures the
+    judge, not the audio. None without paired items or recording errors."""
+    truth = {
+        r["id"]: r["wer"] for r in rows if r["rung"] == "ground_truth" and "wer" in r and not r.get("runaway")
+    }
+    pairs = np.array(
+        [
+            (r["wer"], truth[r["id"]])
+            for r in rows
+            if r["rung"] == rung and r["id"] in truth and not r.get("runaway")
+        ]
+    )
     if not len(pairs) or pairs[:, 1].sum() == 0:
         return None
     draws = np.random.default_rng(seed).integers(0, len(pairs), (BOOTSTRAP, len(pairs)))
@@ -328,8 +338,8 @@ def ladder_table(summary: dict[str, Any]) -> str:
     if "wer_ratio" in cols:
         lines += [
             "",
-            "wer / recordings': the rung's WER over the recordings' on the same items, with a paired "
-            f"bootstrap interval ({BOOTSTRAP} resamples of the items)",
+            "wer / recordings': the rung's WER over the recordings' on the same items (runaways on either "
+            f"side left out), with a paired bootstrap interval ({BOOTSTRAP} resamples of the items)",
         ]
     if "runaway" in cols:
         lines += [
