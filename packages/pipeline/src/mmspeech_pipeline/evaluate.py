@@ -279,7 +279,7 @@ def wer_ratio(rows: list[dict[str, Any]], rung: str, seed: int = 0) -> tuple[flo
         [
             (r["wer"], truth[r["id"]])
             for r in rows
-            if r["rung"] == rung and r["id"] in truth and not r.get("runaway")
+            if r["rung"] == rung and r["id"] in truth and "wer" in r and not r.get("runaway")
         ]
     )
     if not len(pairs) or pairs[:, 1].sum() == 0:
