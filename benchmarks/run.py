@@ -10,6 +10,7 @@ meaningful with ``--vae-model`` pointing at a trained VAE folder.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import time
 import warnings
@@ -60,26 +61,41 @@ def bench_llm(device: str, full: bool, steps: int, only_modes: list[str] | None 
         m = SpeechLM(cfg).to(device, dtype).eval()
         # fixed length: no EOS, exactly `steps` tokens per row
         sampling = SamplingConfig(min_len_ratio=steps / 8, max_len_ratio=steps / 8)
+        # greedy too: random weights give flat distributions, where a last-bit rounding difference between
+        # kernels changes a sampled token; the argmax shows whether the modes compute the same logits
+        greedy = dataclasses.replace(sampling, temperature=0.0)
         modes = ["dynamic", "static"] + (["cuda_graph", "compiled"] if device.startswith("cuda") else [])
         modes = [x for x in modes if only_modes is None or x in only_modes]
         for b in (1, 8):
             texts = [torch.randint(0, cfg.model.text_vocab, (8,)) for _ in range(b)]
             spk = SpeakerEmbedding(torch.randn(b, cfg.model.spk_dim, device=device, dtype=dtype))
-            first = None
+            first = first_greedy = None
             for mode in modes:
                 run = functools.partial(m.generate, texts, spk, sampling=sampling, seed=0, decode=mode)
                 t = timeit(run, device, repeat=2)
                 out = run().tokens
+                top = m.generate(texts, spk, sampling=greedy, seed=0, decode=mode).tokens
                 first = out if first is None else first
+                first_greedy = top if first_greedy is None else first_greedy
                 same = float((out == first).float().mean())  # the same seed: tokens equal to the first mode's
-                rows.append(
-                    [name, b, mode, steps, t, b * steps / t, b * steps / t / cfg.model.token_rate, same]
-                )
+                same_greedy = float((top == first_greedy).float().mean())
+                speed = [t, b * steps / t, b * steps / t / cfg.model.token_rate]
+                rows.append([name, b, mode, steps, *speed, same, same_greedy])
                 print(rows[-1], flush=True)  # a run cut short (a slow compile) still shows the rows done
         del m
     table(
         "LLM decode (KV cache, repetition-aware sampling)",
-        ["config", "batch", "decode", "tokens/row", "seconds", "tokens/s", "x real time", "same tokens"],
+        [
+            "config",
+            "batch",
+            "decode",
+            "tokens/row",
+            "seconds",
+            "tokens/s",
+            "x real time",
+            "same tokens",
+            "same greedy",
+        ],
         rows,
     )
 
