@@ -16,6 +16,7 @@ ipython asttokens executing ipython-pygments-lexers jedi matplotlib-inline parso
 ptyprocess pure-eval stack-data traitlets wcwidth transformers huggingface-hub tokenizers safetensors
 regex httpx2 httpcore2 truststore jiwer rapidfuzz click"
 mkdir -p "$DEST"
+rm -f "$DEST"/*.whl  # a wheel left from an older pin beside the new one fails the install there (seen: librosa)
 grep -qsx '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
 # uv.lock's pins whose markers hold on the GPU machine (CPython 3.12, x86-64 Linux), as name==version
 pins=$(uv export --frozen --all-packages --all-extras --no-dev --no-hashes --no-emit-workspace --format requirements.txt |
