@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="corpus folder")
     sp.add_argument("--speakers", type=int, default=24, help="distinct voices (about 20 %% are held out)")
     sp.add_argument("--utterances", type=int, default=20, help="utterances per speaker")
-    add_seed_arg(sp, "seed of the voices, sentences and splits (eSpeak adds its own unseeded noise)")
+    add_seed_arg(sp, "seed of the voices, sentences and splits (builds with one seed are bit-identical)")
     sp = add_command(
         sub, "prepare", "folder of recordings (speaker = parent folder) -> JSONL manifest", _prepare
     )
