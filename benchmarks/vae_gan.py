@@ -17,7 +17,6 @@ the saved audio later on a machine that has it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -31,7 +30,6 @@ from run import table  # noqa: E402
 
 def train_arm(a: argparse.Namespace) -> None:
     from mmspeech_core import load_audio, save_audio
-    from mmspeech_core.training import fast_train_config
     from mmspeech_pipeline import quickstart as q
     from mmspeech_pipeline.corpus import build_corpus
     from mmspeech_vae.model import DACVAE
@@ -43,37 +41,30 @@ def train_arm(a: argparse.Namespace) -> None:
         out / "corpus", a.speakers or size.speakers, a.utterances or size.utterances, a.seed
     )
     steps = a.steps or size.steps["vae"]
-    gan_from = size.gan_from if a.gan_from is None else a.gan_from
-    _, vcfg = q._stage_configs(size, ["a"])  # the vocabulary is the tokenizer's; the VAE ignores it
-    vcfg = dataclasses.replace(
-        vcfg,
-        loss=dataclasses.replace(vcfg.loss, disc_start_step=int(gan_from * steps)),
-        train=fast_train_config(
-            steps,
-            2e-3,
-            betas=(0.8, 0.99),
-            max_batch=8,
-            seed=a.seed,
-            save_every=a.save_every,
-            keep_checkpoints=steps // a.save_every + 1,
-            time_budget_s=a.budget_s,
-            num_workers=q._loader_workers(a.device),
-        ),
+    vcfg = q.vae_config(
+        size,
+        steps,
+        a.gan_from,
+        seed=a.seed,
+        save_every=a.save_every,
+        keep_checkpoints=steps // a.save_every + 1,
+        time_budget_s=a.budget_s,
+        num_workers=q.loader_workers(a.device),
     )
     t = time.perf_counter()
     _, history = train(vcfg, corpus.train, out / "run", device=a.device, resume=False)
     seconds = time.perf_counter() - t
-    items = [target for _, target in corpus.test_pairs][: a.items]
     sr = vcfg.model.sample_rate
     audio = out / "audio"
-    for u in items:
-        save_audio(audio / f"{u.id}.wav", load_audio(u.audio, sr))
+    recordings = {u.id: load_audio(u.audio, sr) for _, u in corpus.test_pairs[: a.items]}
+    for uid, wav in recordings.items():
+        save_audio(audio / f"{uid}.wav", wav)
     for ckpt in sorted((out / "run").glob("checkpoint-*")):
         vae = DACVAE.from_pretrained(ckpt).to(a.device).eval()
         with torch.no_grad():
-            for u in items:
-                wav = vae.decode(vae.encode(load_audio(u.audio, sr).to(a.device))).to("cpu")
-                save_audio(audio / ckpt.name.replace("checkpoint", "step") / f"{u.id}.wav", wav)
+            for uid, wav in recordings.items():
+                resynth = vae.decode(vae.encode(wav.to(a.device))).to("cpu")
+                save_audio(audio / ckpt.name.replace("checkpoint", "step") / f"{uid}.wav", resynth)
     info = {
         "size": a.size,
         "steps": steps,

@@ -242,7 +242,7 @@ def _serve(args: argparse.Namespace) -> int:
         seconds = warm_up(tts, app.state.voices.get(voices[0].id), args.warmup)
         print(f"warmed up with voice {voices[0].id!r} in {seconds:.1f} s")
     host, port = sock.getsockname()[:2]
-    print(f"serving {len(app.state.voices.list().voices)} voice(s) on http://{host}:{port} (docs: /docs)")
+    print(f"serving {len(voices)} voice(s) on http://{host}:{port} (docs: /docs)")
     serve(app, sock)
     return 0
 

@@ -125,16 +125,26 @@ SIZES = {
 }
 
 
-def _stage_configs(size: QuickstartSize, vocab: list[str]) -> tuple[FSQTokenizerConfig, VAEConfig]:
+def _tokenizer_config(size: QuickstartSize, vocab: list[str]) -> FSQTokenizerConfig:
     tcfg = tiny_fsq_config(vocab)
-    tcfg = dataclasses.replace(
+    return dataclasses.replace(
         tcfg,
         model=dataclasses.replace(
             tcfg.model, dim=size.width, encoder_layers=size.layers, fsq_dims=size.fsq_dims, heads=4
         ),
     )
+
+
+def vae_config(
+    size: QuickstartSize, steps: int | None = None, gan_from: float | None = None, **train: Any
+) -> VAEConfig:
+    """The VAE a quickstart size trains: ``steps`` (default the size's) at a peak learning rate of 2e-3,
+    the discriminator joining after ``gan_from`` of them (default the size's); ``train`` sets any other
+    :class:`TrainConfig` field (see :func:`fast_train_config`). ``benchmarks/vae_gan.py`` trains it too."""
+    steps = size.steps["vae"] if steps is None else steps
+    gan_from = size.gan_from if gan_from is None else gan_from
     vcfg = vae_tiny()
-    vcfg = dataclasses.replace(
+    return dataclasses.replace(
         vcfg,
         model=dataclasses.replace(
             vcfg.model,
@@ -149,8 +159,9 @@ def _stage_configs(size: QuickstartSize, vocab: list[str]) -> tuple[FSQTokenizer
             spectral_dim=2 * size.width,
             spectral_layers=2 * size.layers,
         ),
+        loss=dataclasses.replace(vcfg.loss, disc_start_step=int(gan_from * steps)),
+        train=fast_train_config(steps, 2e-3, betas=(0.8, 0.99), max_batch=8, **train),
     )
-    return tcfg, vcfg
 
 
 def _llm_config(size: QuickstartSize, text_vocab: int, speech_vocab: int) -> LLMConfig:
@@ -197,7 +208,7 @@ def _flow_config(
     return dataclasses.replace(cfg, infer=dataclasses.replace(cfg.infer, cfg_rate=1.5))
 
 
-def _loader_workers(device: str) -> int:
+def loader_workers(device: str) -> int:
     """Data loader processes. On a GPU the quickstart's small models wait for their batches (measured on an
     H200 with none, size small: 8-12 LM / flow steps per second); on a 2-core CPU, workers would only take
     cores from the model."""
@@ -314,28 +325,30 @@ def _train_all(
     the training losses per step, the held-out losses of the LM and the flow, and the bundle."""
     steps = size.steps
 
-    def _tc(stage: str, lr: float, **kw: Any) -> TrainConfig:
+    def _train_kw(stage: str) -> dict[str, Any]:
+        """The stage's TrainConfig fields beside its steps and learning rate; its time budget is what the
+        stages before it left (computed now, when the stage starts)."""
         budget = None
         if minutes is not None:
             spent = [timed.seconds[f"train_{s}"] for s in STAGES if f"train_{s}" in timed.seconds]
             budget = stage_budget(60 * minutes, steps, stage, spent)
-        return fast_train_config(
-            steps[stage],
-            lr,
+        return dict(
             keep_checkpoints=1,
             time_budget_s=budget,
-            num_workers=_loader_workers(device),
+            num_workers=loader_workers(device),
             # where a held-out set is given (the LM and the flow), scored five times a run: a training loss
             # that falls while the held-out one rises is memorising (the report shows both)
             eval_every=max(1, steps[stage] // 5),
-            **kw,
         )
+
+    def _tc(stage: str, lr: float, **kw: Any) -> TrainConfig:
+        return fast_train_config(steps[stage], lr, **_train_kw(stage), **kw)
 
     train_utts, every = corpus.train, corpus.train + corpus.test
     # every k-th held-out utterance, at most ~100 (each speaker keeps several, for references): tiny's 216
     # cost the flow ~4 s per evaluation
     held = corpus.test[:: max(1, len(corpus.test) // 100)]
-    tcfg, vcfg = _stage_configs(size, build_vocab([u.text or "" for u in every]))
+    tcfg = _tokenizer_config(size, build_vocab([u.text or "" for u in every]))
     tcfg = dataclasses.replace(tcfg, train=_tc("tokenizer", 2e-3, max_frames=8000))
     tok, h = timed(
         "train_tokenizer",
@@ -350,11 +363,7 @@ def _train_all(
     losses = {"tokenizer": [m["loss"] for m in h]}
     timed("extract_tokens", extract_features, tok.eval(), every, out / "features/tokens", batch_size=8)
 
-    vcfg = dataclasses.replace(
-        vcfg,
-        loss=dataclasses.replace(vcfg.loss, disc_start_step=int(size.gan_from * steps["vae"])),
-        train=_tc("vae", 2e-3, betas=(0.8, 0.99), max_batch=8),
-    )
+    vcfg = vae_config(size, **_train_kw("vae"))
     vae, h = timed("train_vae", train_vae, vcfg, train_utts, out / "runs/vae", device=device, resume=False)
     losses["vae_mel"] = [m["mel"] for m in h]
     timed("extract_latents", extract_features, vae.eval(), every, out / "features/latents", batch_size=8)
