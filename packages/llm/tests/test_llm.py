@@ -487,6 +487,41 @@ def test_topk_sampling_draws_what_sorting_the_vocabulary_drew():
             assert torch.equal(fast, _sort_based_nucleus(logits, u, cfg, 6561))
 
 
+def _every_row_fallback(logits, history, u, u_full, cfg, speech_vocab):
+    """The sampler before the CPU drew the fallback only for repeating rows: every row's, then a choice."""
+    from mmspeech_llm.infer import _inverse_cdf
+
+    nucleus = _sort_based_nucleus(logits, u, cfg, speech_vocab)
+    masked = logits.clone()
+    masked[:, speech_vocab + 1 :] = float("-inf")
+    probs = torch.softmax(masked / cfg.temperature, dim=-1)
+    too_often = (history == nucleus[:, None]).sum(-1) >= history.shape[1] * cfg.tau_r
+    rest = probs.scatter(-1, nucleus[:, None], 0.0)
+    rest = torch.where(rest.sum(-1, keepdim=True) > 0, rest, probs)
+    return torch.where(too_often, _inverse_cdf(rest, u_full), nucleus)
+
+
+def test_the_fallback_drawn_only_for_repeating_rows_draws_what_every_rows_fallback_drew():
+    """Issue 17 item 1: on the CPU the full-distribution draw is made only for the rows whose nucleus token
+    repeats; the tokens are those of drawing it for every row (1,900 draws, batch 1, 3, 15, about half of
+    the rows repeating)."""
+    g = torch.Generator().manual_seed(1)
+    cfg = SamplingConfig()
+    repeated = 0
+    for b in (1, 3, 15):
+        for _ in range(100):
+            logits = torch.randn(b, 6564, generator=g) * 3
+            u, u_full = torch.rand(b, generator=g), torch.rand(b, generator=g)
+            # a window of likely tokens: the nucleus token is often in it
+            likely = logits[:, :6561].topk(8, dim=-1).indices
+            history = likely.gather(-1, torch.randint(0, 8, (b, cfg.win_size), generator=g))
+            want = _every_row_fallback(logits, history, u, u_full, cfg, 6561)
+            nucleus = _sort_based_nucleus(logits, u, cfg, 6561)
+            repeated += int((want != nucleus).sum())
+            assert torch.equal(sample_step(logits, history, u, u_full, cfg, 6561), want)
+    assert 0.3 * 1900 < repeated < 0.9 * 1900  # both paths taken, often
+
+
 def test_fsdp_on_one_process_trains_the_lm_and_saves_plain_weights(tmp_path):
     """Issue 14: the LM under FSDP2 (Qwen2 decoder layers and speaker blocks as units, activation
     checkpointing, its tokens streamed) learns like under DDP and saves weights that load without FSDP."""

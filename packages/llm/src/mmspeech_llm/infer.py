@@ -40,12 +40,11 @@ def sample_step(
     logits = logits.clone()
     logits[:, speech_vocab + 1 :] = float("-inf")
     allow = torch.as_tensor(allow_eos, device=logits.device).expand(b)
-    logits[:, speech_vocab] = torch.where(
-        allow, logits[:, speech_vocab], torch.full_like(logits[:, 0], float("-inf"))
-    )
+    logits[:, speech_vocab].masked_fill_(~allow, float("-inf"))
     if cfg.temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / cfg.temperature, dim=-1)
+    # x / 1.0 is x: the default temperature needs no pass over the vocabulary
+    probs = torch.softmax(logits if cfg.temperature == 1 else logits / cfg.temperature, dim=-1)
     # top-k first, then top-p inside it: topk(25) costs a fraction of sorting all 6,564 ids (0.03 vs 0.45 ms
     # per step at batch 1 on CPU) and yields the same ordered candidates
     cand_p, cand_i = probs.topk(min(cfg.top_k, v), dim=-1)  # (B, k), most probable first
@@ -56,8 +55,20 @@ def sample_step(
         return nucleus
     repeats = (history == nucleus[:, None]).sum(-1)
     too_often = repeats >= w * cfg.tau_r
-    # the fallback must not re-pick the repeated token; a row with nothing else left keeps it
+    if logits.device.type != "cpu":
+        # every row's fallback, used or not: asking which rows need one would wait for the device
+        return torch.where(too_often, _fallback(probs, nucleus, u_full), nucleus)
+    # on the CPU the answer costs nothing, and the fallback's passes over the vocabulary were 40 % of
+    # sampling at batch 16: draw it only for the rows that repeat (rows are independent: same tokens)
+    rows = too_often.nonzero().squeeze(1)
+    if len(rows) == 0:
+        return nucleus
+    return nucleus.index_put((rows,), _fallback(probs[rows], nucleus[rows], u_full[rows]))
+
+
+def _fallback(probs: torch.Tensor, nucleus: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """probs: (R, V), nucleus, u: (R,) -> (R,): a draw from the whole distribution without the nucleus token
+    (a row with nothing else left keeps it)."""
     rest = probs.scatter(-1, nucleus[:, None], 0.0)
     rest = torch.where(rest.sum(-1, keepdim=True) > 0, rest, probs)
-    full = _inverse_cdf(rest, u_full)
-    return torch.where(too_often, full, nucleus)
+    return _inverse_cdf(rest, u)
