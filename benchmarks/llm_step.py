@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from first_audio import make_bundle
-from run import table
+from run import table, timeit
 
 SENTENCES = [
     "Good morning.",
@@ -161,7 +161,6 @@ def bench_batch(preset: str, device: str, repeat: int) -> None:
     from mmspeech_core import Waveform
     from mmspeech_pipeline.tts import TTS
 
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         tts = TTS.from_pretrained(make_bundle(preset, Path(tmp), tokens_per_text=3.0), device=device)
         g = torch.Generator().manual_seed(0)
@@ -170,15 +169,7 @@ def bench_batch(preset: str, device: str, repeat: int) -> None:
 
         def best(texts: list[str]) -> tuple[float, float]:
             run = lambda: tts.synthesize_batch(texts, [voice] * len(texts), seed=0, progress=False)  # noqa: E731
-            audio_s = float(run().durations().sum())  # warm-up, and the audio's length
-            times = []
-            for _ in range(repeat):
-                sync()
-                t = time.perf_counter()
-                run()
-                sync()
-                times.append(time.perf_counter() - t)
-            return min(times), audio_s
+            return timeit(run, device, repeat), float(run().durations().sum())
 
         rows = []
         for name, texts in [("one call, 3 sentences", SENTENCES)] + [
