@@ -2,9 +2,10 @@
 # Every GPU check of one short device lease, in one prepared run: the gpu-marked tests (TESTS=0: not), the
 # small quickstart recipe on the GPU (RECIPE_MINUTES=0: not), and the GPU benchmarks: time to first audio
 # with the LM's default decoder and again compiled (COMPILED=0: not; FA_STREAMS=1: no 8-stream rows), the
-# per-chunk streaming cost (STREAMING=0: not), LM decode speed (LLM_DECODE=0: not); with VAE_GAN=1 the
-# small VAE with and without its discriminator (benchmarks/vae_gan.py, two arms side by side, their audio
-# to $OUT/vae_gan for scoring where pesq is installed); with EXTRA=1 the LM step profile and FSDP2 vs DDP.
+# per-chunk streaming cost (STREAMING=0: not), LM decode speed in bf16 (LLM_DECODE=0: not) and float32
+# (LLM_FP32=0: not); with VAE_GAN=1 the small VAE with and without its discriminator (benchmarks/vae_gan.py,
+# two arms side by side, their audio to $OUT/vae_gan for scoring where pesq is installed); with EXTRA=1 the
+# LM step profile and FSDP2 vs DDP.
 #
 #   OUT=/some/folder bash benchmarks/gpu_session.sh
 #
@@ -74,6 +75,9 @@ if [ "${VAE_GAN:-0}" = 1 ]; then  # both arms train at once: each alone leaves t
 fi
 [ "${LLM_DECODE:-1}" = 1 ] &&
   part llm_decode 120 python3 benchmarks/run.py --device cuda --full --only llm --llm-modes static cuda_graph compiled
+# float32: whether `compiled` keeps cuda_graph's sampled tokens where rounding is finer, and at what speed
+[ "${LLM_FP32:-1}" = 1 ] &&
+  part llm_decode_fp32 120 python3 benchmarks/run.py --device cuda --full --only llm --llm-modes cuda_graph compiled --llm-dtype float32
 if [ "${EXTRA:-0}" = 1 ]; then  # measured before, unchanged since: only on request
   part llm_profile 40 python3 benchmarks/profile_llm_step.py --device cuda --size 0.5B --tokens 32
   part fsdp_ddp 75 python3 benchmarks/fsdp_ddp.py --device cuda --steps 5 --warmup 2

@@ -48,7 +48,9 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
-def bench_llm(device: str, full: bool, steps: int, only_modes: list[str] | None = None) -> None:
+def bench_llm(
+    device: str, full: bool, steps: int, only_modes: list[str] | None = None, dtype_name: str | None = None
+) -> None:
     from mmspeech_core import SpeakerEmbedding
     from mmspeech_llm.config import SamplingConfig, small_config, tiny_config
     from mmspeech_llm.model import SpeechLM
@@ -56,7 +58,14 @@ def bench_llm(device: str, full: bool, steps: int, only_modes: list[str] | None 
     rows = []
     # --full: the 0.5B LM alone (the tiny one is launch-bound on a GPU and says little)
     configs = [("0.5B", small_config(text_vocab=151_936))] if full else [("tiny", tiny_config())]
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    # bf16 on a GPU by default; float32 there asks whether `compiled` keeps the tokens where rounding is finer
+    dtype = (
+        getattr(torch, dtype_name)
+        if dtype_name
+        else torch.bfloat16
+        if device.startswith("cuda")
+        else torch.float32
+    )
     for name, cfg in configs:
         m = SpeechLM(cfg).to(device, dtype).eval()
         # fixed length: no EOS, exactly `steps` tokens per row
@@ -84,7 +93,7 @@ def bench_llm(device: str, full: bool, steps: int, only_modes: list[str] | None 
                 print(rows[-1], flush=True)  # a run cut short (a slow compile) still shows the rows done
         del m
     table(
-        "LLM decode (KV cache, repetition-aware sampling)",
+        f"LLM decode (KV cache, repetition-aware sampling, {str(dtype).removeprefix('torch.')})",
         [
             "config",
             "batch",
@@ -206,6 +215,12 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=["tokenizer", "vae", "llm", "flow"], help="stages to run")
     p.add_argument("--llm-steps", type=int, default=64, help="tokens generated per row")
     p.add_argument("--llm-modes", nargs="*", default=None, help="decode modes to time (default: all)")
+    p.add_argument(
+        "--llm-dtype",
+        choices=["bfloat16", "float32"],
+        default=None,
+        help="LM weights (default: bf16 on CUDA)",
+    )
     p.add_argument("--flow-seconds", type=float, default=10.0, help="audio seconds per flow call")
     p.add_argument(
         "--vae-model", default=None, help="a trained VAE folder for meaningful reconstruction metrics"
@@ -220,7 +235,7 @@ def main() -> None:
     if "vae" in a.only:
         bench_vae(a.device, a.full, a.vae_model)
     if "llm" in a.only:
-        bench_llm(a.device, a.full, a.llm_steps, a.llm_modes)
+        bench_llm(a.device, a.full, a.llm_steps, a.llm_modes, a.llm_dtype)
     if "flow" in a.only:
         bench_flow(a.device, a.full, a.flow_seconds)
 
