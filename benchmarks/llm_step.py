@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 from first_audio import make_bundle
-from run import table, timeit
+from run import lm_dtype, sync, table, timeit
 
 SENTENCES = [
     "Good morning.",
@@ -99,23 +100,21 @@ def step_split(model: Any, batch: int, tokens: int, device: str, repeat: int) ->
     texts = [torch.randint(0, cfg.text_vocab, (8,), generator=g) for _ in range(batch)]
     spk = SpeakerEmbedding(torch.randn(batch, cfg.spk_dim, generator=g).to(device, model.head.weight.dtype))
     sampling = SamplingConfig(min_len_ratio=tokens / 8, max_len_ratio=tokens / 8)  # exactly `tokens` steps
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     model.generate(texts, spk, sampling=sampling, seed=0)  # warm-up
     best: dict[str, float] | None = None
     for _ in range(repeat):
-        clock = StepClock(sync)
+        clock = StepClock(functools.partial(sync, device))
         with clock.attached(model):
-            sync()
+            sync(device)
             t = time.perf_counter()
             out = model.generate(texts, spk, sampling=sampling, seed=0)
-            sync()
+            sync(device)
             total = time.perf_counter() - t
         assert out.lengths.tolist() == [tokens] * batch
         loop = total - clock.parts["prefill"]
         ms = {k: 1000 * v / tokens for k, v in clock.parts.items() if k != "prefill"}
         ms["step"] = 1000 * loop / tokens
         ms["rest"] = ms["step"] - ms["backbone"] - ms["head"] - ms["sampling"]
-        ms["prefill"] = 1000 * clock.parts["prefill"]
         if best is None or ms["step"] < best["step"]:
             best = ms
     assert best is not None
@@ -128,8 +127,7 @@ def bench_steps(size: str, device: str, batches: list[int], tokens: int, repeat:
 
     # the tiny LM with the real FSQ vocabulary (6,561 codes + specials), as the quickstart's LMs have it
     cfg = small_config(text_vocab=151_936) if size == "0.5B" else tiny_config(speech_vocab=6561)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = SpeechLM(cfg).to(device, dtype).eval()
+    model = SpeechLM(cfg).to(device, lm_dtype(device)).eval()
     rows = []
     base = None
     for b in batches:

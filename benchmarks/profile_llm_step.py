@@ -11,6 +11,7 @@ import torch
 from mmspeech_core import SpeakerEmbedding
 from mmspeech_llm.config import SamplingConfig, small_config, tiny_config
 from mmspeech_llm.model import SpeechLM
+from run import lm_dtype
 from torch.profiler import ProfilerActivity, profile
 
 
@@ -21,7 +22,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64)
     a = p.parse_args()
     cfg = small_config() if a.size == "0.5B" else tiny_config()
-    dtype = torch.bfloat16 if a.device.startswith("cuda") else torch.float32
+    dtype = lm_dtype(a.device)
     m = SpeechLM(cfg).to(a.device, dtype).eval()
     spk = SpeakerEmbedding(torch.randn(1, cfg.model.spk_dim, device=a.device, dtype=dtype))
     text = [torch.randint(0, cfg.model.text_vocab, (8,))]

@@ -21,19 +21,24 @@ import torch
 warnings.filterwarnings("ignore")
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
+def lm_dtype(device: str, name: str | None = None) -> torch.dtype:
+    """The LM's weights: ``name`` (``bfloat16`` / ``float32``), else bf16 on a GPU and float32 elsewhere."""
+    return getattr(torch, name or ("bfloat16" if device.startswith("cuda") else "float32"))
+
+
 def timeit(fn: Callable[[], object], device: str, repeat: int = 3) -> float:
     fn()  # warm-up (CUDA kernels, allocator)
-    _sync(device)
+    sync(device)
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -59,13 +64,7 @@ def bench_llm(
     # --full: the 0.5B LM alone (the tiny one is launch-bound on a GPU and says little)
     configs = [("0.5B", small_config(text_vocab=151_936))] if full else [("tiny", tiny_config())]
     # bf16 on a GPU by default; float32 there asks whether `compiled` keeps the tokens where rounding is finer
-    dtype = (
-        getattr(torch, dtype_name)
-        if dtype_name
-        else torch.bfloat16
-        if device.startswith("cuda")
-        else torch.float32
-    )
+    dtype = lm_dtype(device, dtype_name)
     for name, cfg in configs:
         m = SpeechLM(cfg).to(device, dtype).eval()
         # fixed length: no EOS, exactly `steps` tokens per row
