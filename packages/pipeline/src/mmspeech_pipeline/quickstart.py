@@ -94,6 +94,8 @@ SIZES = {
     # on held-out voices). Hence 256 voices x 32 sentences (as many utterances; eSpeak has 312 voices):
     # 68 min whole, held-out LM loss 1.72, lm_gap 1.27 / 1.77 / 1.68 (a new voice now costs less than a new
     # sentence), oracle rung WER 0.41, zero-shot 0.62 at temperature 0.5 (12 items; recordings 0.51)
+    # 4,500 VAE steps instead of 3,000 (run whole, 48 items): VAE rung 0.95x the recordings' WER instead of
+    # 1.10x, but oracle and zero-shot no better (+0.07 / +0.05 WER) and DNSMOS 0.25-0.30 lower: not kept
     "medium": QuickstartSize(
         256,
         32,
