@@ -15,11 +15,13 @@ M = TypeVar("M")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults, except where there is none to show (required options, unset ``None``, flags)."""
+    """Shows defaults, except where there is none to show (required options, unset ``None``, flags) or the
+    help already says it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if (
-            action.required
+            "(default:" in (action.help or "")
+            or action.required
             or action.default is None
             or action.default is False
             or action.default == argparse.SUPPRESS

@@ -61,7 +61,7 @@ def _bundle_args(sp: argparse.ArgumentParser, help: str = "bundle folder") -> No
         default="auto",
         help="how the LM decodes: auto (cuda_graph on a GPU, dynamic on a CPU); compiled: torch.compile "
         "then a CUDA graph, ~1.7x faster per token on a GPU, compiled at the first request of each batch "
-        "size (`serve --warmup` does batch 1 before serving) (default: auto)",
+        "size (`serve --warmup` does batch 1 before serving)",
     )
 
 
