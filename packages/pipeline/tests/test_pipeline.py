@@ -611,6 +611,46 @@ def test_the_ladder_gives_each_rungs_wer_relative_to_the_recordings_with_a_paire
     assert "| zero_shot | 8 | 0.600 | 0.600 | 2.00 (2.00-2.00) |" in table and "paired bootstrap" in table
 
 
+def test_compare_pairs_two_runs_per_item_and_rung(tmp_path, capsys):
+    from mmspeech_pipeline.evaluate import compare_runs
+
+    def run(name, vae_shift, dnsmos, looped=(), extra=()):
+        rows = [{"id": str(i), "rung": "ground_truth", "wer": 0.1 * i} for i in range(8)]
+        rows += [
+            {"id": str(i), "rung": "vae", "wer": 0.1 * i + vae_shift, "dnsmos": dnsmos[i % 2]}
+            for i in range(8)
+        ]
+        for r in rows:
+            r["runaway"] = (r["rung"], r["id"]) in looped
+        rows += list(extra)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return rows
+
+    # Whisper looped in one run on recording 3 (out of the recordings' WER pairs) and on item 5's VAE audio
+    # (out of the VAE's WER pairs, not its DNSMOS ones); item 8 is in one run only: not paired
+    base = run("a", 0.0, (2.0, 3.0), looped={("ground_truth", "3"), ("vae", "5")})
+    cand = run("b", -0.2, (2.5, 2.5), extra=[{"id": "8", "rung": "vae", "wer": 9.0}])
+    got = {(r["rung"], r["metric"]): r for r in compare_runs(base, cand)}
+    assert set(got) == {("ground_truth", "wer"), ("vae", "wer"), ("vae", "dnsmos")}
+    assert got["ground_truth", "wer"]["n"] == 7 and got["ground_truth", "wer"]["diff"] == 0
+    wer = got["vae", "wer"]
+    assert wer["n"] == 7 and wer["diff"] == pytest.approx(-0.2)
+    assert wer["diff_low"] == pytest.approx(-0.2) and wer["diff_high"] == pytest.approx(-0.2)  # every item
+    mos = got["vae", "dnsmos"]  # +0.5 on half the items, -0.5 on the other: no change, a wide interval
+    assert (
+        mos["n"] == 8 and mos["diff"] == pytest.approx(0) and mos["diff_low"] < -0.1 < 0.1 < mos["diff_high"]
+    )
+    with pytest.raises(ValueError, match="share no scored item"):
+        compare_runs(base, [dict(r, id="x" + r["id"]) for r in cand])
+    argv = ["compare", "--baseline", str(tmp_path / "a"), "--candidate", str(tmp_path / "b")]
+    assert main([*argv, "--json", str(tmp_path / "c.json")]) == 0
+    assert "| vae | wer | 7 | 0.329 | 0.129 | -0.200 (-0.200 to -0.200) |" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "c.json").read_text())) == 3
+    assert main(["compare", "--baseline", str(tmp_path), "--candidate", str(tmp_path / "b")]) != 0
+    assert "rows.jsonl not found" in capsys.readouterr().err
+
+
 def test_long_form_continuation_prompts_each_sentence_with_the_one_before(tts):
     """Issue 15: 'continue' conditions sentence k on sentence k-1 (its text, tokens and latents); the first
     sentence is the independent one, and the result is batch invariant."""

@@ -9,7 +9,8 @@ The stage recipes chain as (each command has --help):
     mmspeech-llm train --config llm.json --manifest data/train.jsonl --tokens feats/tokens --text-tokenizer TOK --out runs/llm
     mmspeech-flow train --config flow.json --tokens feats/tokens --latents feats/latents --manifest data/train.jsonl --out runs/flow
     mmspeech bundle --out bundle --tokenizer ... --text-tokenizer ... --llm ... --flow ... --vae ...
-    mmspeech evaluate --bundle bundle --manifest data/test.jsonl --out eval/
+    mmspeech evaluate --bundle bundle --list data/test.jsonl --out eval/
+    mmspeech compare --baseline eval/ --candidate eval-of-another-bundle/
 """
 
 from __future__ import annotations
@@ -220,6 +221,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .evaluate import compare_runs, comparison_table, read_rows
+
+    rows = compare_runs(read_rows(args.baseline), read_rows(args.candidate), args.seed)
+    print(comparison_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .serve import API_KEY_ENV, ServerSettings, bind, create_app, serve, warm_up
 
@@ -354,6 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_seed_arg(sp)
     add_device_arg(sp)
+    sp = add_command(
+        sub,
+        "compare",
+        "two evaluate runs on the same list, paired per item: which rungs and metrics moved, with intervals",
+        _compare,
+    )
+    sp.add_argument("--baseline", required=True, help="--out folder of the reference `evaluate` run")
+    sp.add_argument("--candidate", required=True, help="--out folder of the run compared with it")
+    sp.add_argument("--json", default=None, help="also write the comparison's rows to this JSON file")
+    sp.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
     sp = add_command(
         sub, "serve", "OpenAI-compatible HTTP server (FastAPI): speech, voices, health, docs", _serve
     )

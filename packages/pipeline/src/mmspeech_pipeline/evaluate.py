@@ -284,11 +284,94 @@ def wer_ratio(rows: list[dict[str, Any]], rung: str, seed: int = 0) -> tuple[flo
     )
     if not len(pairs) or pairs[:, 1].sum() == 0:
         return None
-    draws = np.random.default_rng(seed).integers(0, len(pairs), (BOOTSTRAP, len(pairs)))
+    draws = _bootstrap_draws(len(pairs), seed)
     rung_errors, truth_errors = pairs[draws, 0].sum(1), pairs[draws, 1].sum(1)
     kept = truth_errors > 0  # resamples of error-free recordings only have no ratio
     low, high = np.percentile(rung_errors[kept] / truth_errors[kept], [2.5, 97.5])
     return float(pairs[:, 0].sum() / pairs[:, 1].sum()), float(low), float(high)
+
+
+def _bootstrap_draws(n: int, seed: int) -> np.ndarray:
+    """(BOOTSTRAP, n) item indices drawn with replacement: one row per resample."""
+    return np.random.default_rng(seed).integers(0, n, (BOOTSTRAP, n))
+
+
+COMPARED = ("wer", "cer", "sim", "dnsmos", "pesq", "stoi")  # per-item metrics two runs are compared on
+
+
+def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-utterance rows an :func:`evaluate` run wrote to ``run_dir/rows.jsonl``."""
+    path = Path(run_dir) / "rows.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: give the --out folder of an `mmspeech evaluate` run")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def compare_runs(
+    baseline: list[dict[str, Any]], candidate: list[dict[str, Any]], seed: int = 0
+) -> list[dict[str, Any]]:
+    """Paired comparison of two ladder runs on the items and rungs they share (two trainings, two
+    checkpoints, two settings): per rung and metric, the means of both and the mean difference
+    (candidate − baseline) with a 95 % interval from a paired bootstrap over the items. Two runs scored on
+    the same items differ by much less than their ladders' intervals suggest, as each item's difficulty
+    for the judge cancels out. WER and CER leave out items on which Whisper ran away in either run
+    (:func:`wer_ratio`'s reason). Raises ValueError when the runs share no scored item."""
+
+    def index(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(r["rung"], r["id"]): r for r in rows}
+
+    a, b = index(baseline), index(candidate)
+    out = []
+    for rung in RUNGS:
+        shared = [key for key in a if key[0] == rung and key in b]
+        for metric in COMPARED:
+            pairs = np.array(
+                [
+                    (a[k][metric], b[k][metric])
+                    for k in shared
+                    if metric in a[k]
+                    and metric in b[k]
+                    and not (metric in ("wer", "cer") and (a[k].get("runaway") or b[k].get("runaway")))
+                ]
+            )
+            if not len(pairs):
+                continue
+            diffs = pairs[:, 1] - pairs[:, 0]
+            low, high = np.percentile(diffs[_bootstrap_draws(len(diffs), seed)].mean(1), [2.5, 97.5])
+            out.append(
+                {
+                    "rung": rung,
+                    "metric": metric,
+                    "n": len(pairs),
+                    "baseline": float(pairs[:, 0].mean()),
+                    "candidate": float(pairs[:, 1].mean()),
+                    "diff": float(diffs.mean()),
+                    "diff_low": float(low),
+                    "diff_high": float(high),
+                }
+            )
+    if not out:
+        raise ValueError("the two runs share no scored item: were they evaluated on the same list?")
+    return out
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    """:func:`compare_runs`'s rows as a markdown table."""
+    lines = [
+        "| rung | metric | n | baseline | candidate | candidate − baseline (95 % CI) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['rung']} | {r['metric']} | {r['n']} | {r['baseline']:.3f} | {r['candidate']:.3f} | "
+            f"{r['diff']:+.3f} ({r['diff_low']:+.3f} to {r['diff_high']:+.3f}) |"
+        )
+    lines += [
+        "",
+        f"paired per item ({BOOTSTRAP} bootstrap resamples); WER and CER without the items on which Whisper "
+        "ran away in either run",
+    ]
+    return "\n".join(lines)
 
 
 def summarize(rows: list[dict[str, Any]], judges: Judges | None = None) -> dict[str, Any]:
