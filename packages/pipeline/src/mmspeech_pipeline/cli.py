@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--baseline", required=True, help="--out folder of the reference `evaluate` run")
     sp.add_argument("--candidate", required=True, help="--out folder of the run compared with it")
     sp.add_argument("--json", default=None, help="also write the comparison's rows to this JSON file")
-    sp.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    add_seed_arg(sp, "the bootstrap's seed")
     sp = add_command(
         sub, "serve", "OpenAI-compatible HTTP server (FastAPI): speech, voices, health, docs", _serve
     )
