@@ -94,8 +94,9 @@ SIZES = {
     # on held-out voices). Hence 256 voices x 32 sentences (as many utterances; eSpeak has 312 voices):
     # 68 min whole, held-out LM loss 1.72, lm_gap 1.27 / 1.77 / 1.68 (a new voice now costs less than a new
     # sentence), oracle rung WER 0.41, zero-shot 0.62 at temperature 0.5 (12 items; recordings 0.51)
-    # 4,500 VAE steps instead of 3,000 (run whole, 48 items): VAE rung 0.95x the recordings' WER instead of
-    # 1.10x, but oracle and zero-shot no better (+0.07 / +0.05 WER) and DNSMOS 0.25-0.30 lower: not kept
+    # 4,500 VAE steps instead of 3,000 (run whole): on 192 items the VAE rung's WER the same (1.00x the
+    # recordings'; 48 items had suggested 0.95x against 1.10x), zero-shot +0.03 WER, DNSMOS 0.25-0.31
+    # lower: not kept
     "medium": QuickstartSize(
         256,
         32,
