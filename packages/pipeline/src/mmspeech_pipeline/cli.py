@@ -204,7 +204,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import Judges, evaluate, ladder_table
+    from .evaluate import ROWS_FILE, Judges, evaluate, ladder_table
 
     tts = _tts(args)
     summary = evaluate(
@@ -217,7 +217,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.limit,
     )
     print(ladder_table(summary))
-    print(f"per-utterance rows: {Path(args.out) / 'rows.jsonl'}")
+    print(f"per-utterance rows: {Path(args.out) / ROWS_FILE}")
     return 0
 
 

@@ -86,7 +86,8 @@ COLUMNS = (
     "wer", "wer_median", "wer_ratio", "runaway", "cer", "sim", "sim_other", "dnsmos", "pesq", "stoi", "rtf"
 )  # fmt: skip
 RUNAWAY_WORDS = 2.0
-BOOTSTRAP = 2000  # resamples behind the WER ratio's interval
+BOOTSTRAP = 2000  # resamples behind the WER ratio's interval and compare's
+ROWS_FILE = "rows.jsonl"  # the per-utterance rows in an evaluate run's folder: written here, read by compare
 
 
 @dataclass
@@ -201,7 +202,7 @@ def evaluate(
         speaker = Path(item.prompt_wav).parent  # a different speaker's prompt, from the whole list
         other = next((x for x in listed if Path(x.prompt_wav).parent != speaker), None)
         rows += _score_item(tts, item, other, judges, rungs, seed, out)
-    (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = summarize(rows, judges)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(ladder_table(summary) + "\n")
@@ -301,7 +302,7 @@ COMPARED = ("wer", "cer", "sim", "dnsmos", "pesq", "stoi")  # per-item metrics t
 
 def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     """The per-utterance rows an :func:`evaluate` run wrote to ``run_dir/rows.jsonl``."""
-    path = Path(run_dir) / "rows.jsonl"
+    path = Path(run_dir) / ROWS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: give the --out folder of an `mmspeech evaluate` run")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
