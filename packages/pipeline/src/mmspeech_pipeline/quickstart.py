@@ -83,7 +83,8 @@ SIZES = {
     # held-out items went from WER / CER 2.02 / 1.50 to 1.12 / 0.79 (as much as 1,000 steps at 2e-3 gave)
     # Tried, not kept (48 held-out items, paired, docs/quickstart-history.md): the LM at width 128 x 3 layers
     # (zero-shot WER +0.06, twice the LM's time); the flow at 1,200 steps (oracle -0.06, zero-shot -0.04, both
-    # inside the noise, +100 s: tiny's oracle rung, 1.89x the recordings' WER, is where it loses most)
+    # inside the noise, +100 s: tiny's oracle rung, 1.89x the recordings' WER, is where it loses most); 243
+    # speech codes instead of 81 (oracle -0.01, zero-shot -0.05, inside the noise)
     "tiny": QuickstartSize(
         48, 24, {"tokenizer": 900, "vae": 1500, "llm": 500, "flow": 600}, 1.0, 64, 2, 4, 3000, 6, 4e-3
     ),
