@@ -461,12 +461,13 @@ def test_stream_yields_the_same_tokens_as_generate():
     assert with_sampling(m.config, top_k=3).sampling.top_k == 3
 
 
-def _sort_based_nucleus(logits, u, cfg, speech_vocab):
+def _sort_based_nucleus(logits, u, cfg, speech_vocab, allow_eos=True):
     """The sampler before topk (sorts the whole vocabulary): the reference the fast path must match."""
     from mmspeech_llm.infer import _inverse_cdf
 
     logits = logits.clone()
     logits[:, speech_vocab + 1 :] = float("-inf")
+    logits[:, speech_vocab].masked_fill_(~torch.as_tensor(allow_eos), float("-inf"))
     probs = torch.softmax(logits / cfg.temperature, dim=-1)
     sp, si = probs.sort(-1, descending=True)
     rank = torch.arange(logits.shape[1])[None]
@@ -475,16 +476,21 @@ def _sort_based_nucleus(logits, u, cfg, speech_vocab):
 
 
 def test_topk_sampling_draws_what_sorting_the_vocabulary_drew():
-    """Issue 17 item 1: same tokens for the same uniforms (6,300 draws; batch 1, 4, 16)."""
+    """Issue 17 item 1: same tokens for the same uniforms (12,600 draws; batch 1, 4, 16; temperature 1 and
+    0.5; EOS allowed, or barred on some rows), and the caller's logits left as they were."""
     g = torch.Generator().manual_seed(0)
-    cfg = SamplingConfig()
-    for b in (1, 4, 16):
-        for _ in range(100):
-            logits = torch.randn(b, 6564, generator=g) * 3
-            u = torch.rand(b, generator=g)
-            empty = torch.full((b, 0), -1)
-            fast = sample_step(logits, empty, u, torch.rand(b, generator=g), cfg, 6561)
-            assert torch.equal(fast, _sort_based_nucleus(logits, u, cfg, 6561))
+    for cfg in (SamplingConfig(), SamplingConfig(temperature=0.5)):
+        for b in (1, 4, 16):
+            for i in range(100):
+                logits = torch.randn(b, 6564, generator=g) * 3
+                logits[:, 6561] += 6  # EOS often among the candidates, so barring it changes draws
+                before = logits.clone()
+                u = torch.rand(b, generator=g)
+                allow = True if i % 2 else torch.rand(b, generator=g) < 0.5
+                empty = torch.full((b, 0), -1)
+                fast = sample_step(logits, empty, u, torch.rand(b, generator=g), cfg, 6561, allow)
+                assert torch.equal(fast, _sort_based_nucleus(logits, u, cfg, 6561, allow))
+                assert torch.equal(logits, before)
 
 
 def _every_row_fallback(logits, history, u, u_full, cfg, speech_vocab):
