@@ -3,7 +3,7 @@ eSpeak NG (:mod:`.corpus`), train every stage on its training speakers, bundle, 
 speaker, and score the evaluation ladder (:mod:`.evaluate`) on held-out sentences of held-out speakers.
 
 Sizes (:data:`SIZES`): ``tiny`` (the default; about 11 minutes on 2 CPU cores), ``medium`` (the longer CPU
-recipe: wider models, more steps and voices, about 70 minutes on 2 CPU cores) and ``small`` (bigger models on a
+recipe: wider models, more steps and voices, about 90 minutes on 2 CPU cores) and ``small`` (bigger models on a
 larger corpus, with the VAE's GAN: hours on CPU — its GAN steps alone take 10-20 s each on 2 cores — so it is
 meant for a GPU). The report (``report.md`` / ``report.json``) gives losses, timings, the ladder table and
 spectrograms of every rung, so it shows where quality is lost.
@@ -104,7 +104,7 @@ SIZES = {
     # 128 sentences a voice instead of 32 (4x the utterances, the same voices and held-out split): the LM
     # alone retrained on them stopped memorising (held-out loss 1.46, as its training loss, against 1.72) and
     # its zero-shot rung on 384 held-out items fell from 1.46x to 1.35x the recordings' WER (paired -0.055,
-    # -0.087 to -0.023); the corpus and the extractions cost ~17 more minutes
+    # -0.087 to -0.023); run whole so: 89 min (the corpus and the extractions ~18 more minutes)
     "medium": QuickstartSize(
         256,
         128,
