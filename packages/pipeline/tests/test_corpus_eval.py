@@ -1,5 +1,6 @@
 """The offline corpus, the judges and the evaluation ladder."""
 
+import json
 import shlex
 
 import numpy as np
@@ -101,6 +102,45 @@ def test_ladder_scores_every_rung_on_a_bundle(corpus, tmp_path, make_parts):
         assert len(list((tmp_path / "eval" / rung).glob("*.wav"))) == 2
     assert "| zero_shot | 2 |" in (tmp_path / "eval" / "summary.md").read_text()
     assert tuple(CLI_RUNGS) == RUNGS  # the CLI's copy (kept torch-free) matches
+
+
+def test_an_interrupted_evaluation_resumes_where_it_stopped(corpus, tmp_path, make_parts, monkeypatch):
+    out, _ = corpus
+    tts = TTS.from_pretrained(write_bundle(tmp_path / "b", **make_parts(tmp_path)), device="cpu")
+    lst, judges, rungs = out / "test.lst", Judges(None, None, None), ["ground_truth", "zero_shot", "one_shot"]
+
+    def rows(folder):  # but for the timings
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "rtf"}
+            for line in (folder / "rows.jsonl").read_text().splitlines()
+        ]
+
+    whole = evaluate(tts, lst, tmp_path / "whole", judges, rungs, limit=3, progress=False)
+    assert len(rows(tmp_path / "whole")) == 9
+    # a run stopped inside its third item: two items whole, the third's first row and half of its second
+    evaluate(tts, lst, tmp_path / "cut", judges, rungs, limit=2, progress=False)
+    third = (tmp_path / "whole" / "rows.jsonl").read_text().splitlines()[6:8]
+    with (tmp_path / "cut" / "rows.jsonl").open("a") as f:
+        f.write(third[0] + "\n" + third[1][:20])
+    voices = []
+    monkeypatch.setattr(tts, "make_voice", lambda *a: voices.append(a) or TTS.make_voice(tts, *a))
+    resumed = evaluate(tts, lst, tmp_path / "cut", judges, rungs, limit=3, progress=False, resume=True)
+    assert len(voices) == 2  # the third item's two voices: the first two were not synthesised again
+    assert rows(tmp_path / "cut") == rows(tmp_path / "whole")
+    assert resumed["rungs"].keys() == whole["rungs"].keys()
+    assert all(resumed["rungs"][r]["n"] == 3 for r in rungs)
+    voices.clear()  # resuming a finished run scores nothing; a smaller limit summarises its first items
+    first = evaluate(tts, lst, tmp_path / "cut", judges, rungs, limit=1, progress=False, resume=True)
+    assert first["rungs"]["zero_shot"]["n"] == 1
+    assert not voices and len(rows(tmp_path / "cut")) == 9
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(tts, lst, tmp_path / "cut", judges, ["zero_shot"], limit=3, progress=False, resume=True)
+    evaluate(tts, lst, tmp_path / "cut", judges, ["zero_shot"], limit=1, progress=False)  # starts again
+    assert [r["rung"] for r in rows(tmp_path / "cut")] == ["zero_shot"]
+    (tmp_path / "cut" / "run.json").unlink()  # rows it cannot check are not thrown away
+    with pytest.raises(ValueError, match="no run.json"):
+        evaluate(tts, lst, tmp_path / "cut", judges, ["zero_shot"], limit=1, progress=False, resume=True)
+    assert len(rows(tmp_path / "cut")) == 1
 
 
 def test_evaluate_cli_with_the_judges(corpus, tmp_path, make_parts):

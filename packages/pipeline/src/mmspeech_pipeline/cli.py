@@ -215,6 +215,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.rungs,
         args.seed,
         args.limit,
+        resume=args.resume,
     )
     print(ladder_table(summary))
     print(f"per-utterance rows: {Path(args.out) / ROWS_FILE}")
@@ -353,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=RUNGS, help="rungs to score")
     sp.add_argument("--limit", type=int, default=None, help="score only the first N items")
+    sp.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the items --out already scored (an interrupted run, or a smaller --limit) and score the rest",
+    )
     sp.add_argument(
         "--asr-model",
         default=None,

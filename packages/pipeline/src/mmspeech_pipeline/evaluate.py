@@ -88,6 +88,7 @@ COLUMNS = (
 RUNAWAY_WORDS = 2.0
 BOOTSTRAP = 2000  # resamples behind the WER ratio's interval and compare's
 ROWS_FILE = "rows.jsonl"  # the per-utterance rows in an evaluate run's folder: written here, read by compare
+RUN_FILE = "run.json"  # an evaluate folder's settings, which a resumed run must share
 
 
 @dataclass
@@ -153,6 +154,14 @@ class Judges:
             attempt(QualityJudge),
         )
 
+    def names(self) -> dict[str, str | None]:
+        """Which judge scored each metric (None: that judge was missing)."""
+        return {
+            "asr": self.asr.name if self.asr else None,
+            "speaker": self.speaker.name if self.speaker else None,
+            "quality": "DNSMOS (speechmos), PESQ-wb, STOI" if self.quality else None,
+        }
+
     def score(
         self, audio: np.ndarray, item: EvalItem, prompt_embedding: np.ndarray | None, truth: np.ndarray | None
     ) -> dict[str, Any]:
@@ -185,28 +194,100 @@ def evaluate(
     seed: int = 0,
     limit: int | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Score every rung on every item; writes ``rows.jsonl`` (per utterance and rung), ``summary.json`` and
-    ``summary.md`` (the ladder table) and each rung's audio under ``out_dir/<rung>/``. Returns the summary."""
+    ``summary.md`` (the ladder table) and each rung's audio under ``out_dir/<rung>/``. Returns the summary.
+
+    Each item's rows are appended to ``rows.jsonl`` as soon as it is scored, so an interrupted run loses at
+    most the item in progress: ``resume`` keeps the folder's complete items and scores only the rest (a
+    larger ``limit`` extends a finished run the same way). Every item is synthesised from ``seed`` alone, so
+    a resumed run's rows equal an uninterrupted one's (but for the timings). Without ``resume`` the folder's
+    rows are replaced."""
     unknown = sorted(set(rungs) - set(RUNGS))
     if unknown:
         raise ValueError(f"unknown rungs {unknown}; choose from {list(RUNGS)}")
+    rungs = list(dict.fromkeys(rungs))  # each once, in the order given
     listed = read_eval_list(eval_list)
     items = listed[:limit]
     if not items:
         raise ValueError(f"{eval_list} has no items")
     judges = judges or Judges.load()
     out = Path(out_dir)
-    rows = []
-    for item in tqdm(items, desc="evaluate", unit="item", disable=not progress):
-        speaker = Path(item.prompt_wav).parent  # a different speaker's prompt, from the whole list
-        other = next((x for x in listed if Path(x.prompt_wav).parent != speaker), None)
-        rows += _score_item(tts, item, other, judges, rungs, seed, out)
-    (out / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {
+        "list": str(Path(eval_list).resolve()),
+        "rungs": rungs,
+        "seed": seed,
+        "judges": judges.names(),
+    }
+    done = _resume_rows(out, settings, listed, rungs) if resume else _start_rows(out, settings)
+    todo = [item for item in items if item.id not in done]
+    with (out / ROWS_FILE).open("a", encoding="utf-8") as rows_file:
+        bar = tqdm(
+            todo, "evaluate", len(items), unit="item", initial=len(items) - len(todo), disable=not progress
+        )
+        for item in bar:
+            speaker = Path(item.prompt_wav).parent  # a different speaker's prompt, from the whole list
+            other = next((x for x in listed if Path(x.prompt_wav).parent != speaker), None)
+            done[item.id] = _score_item(tts, item, other, judges, rungs, seed, out)
+            rows_file.write(_jsonl(done[item.id]))
+            rows_file.flush()
+    rows = [r for item in items for r in done.get(item.id, [])]  # list order, however the run was split
     summary = summarize(rows, judges)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(ladder_table(summary) + "\n")
     return summary
+
+
+def _start_rows(out: Path, settings: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    (out / ROWS_FILE).write_text("")
+    return {}
+
+
+def _resume_rows(
+    out: Path, settings: dict[str, Any], listed: list[EvalItem], rungs: Sequence[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """The rows of the items an earlier run in ``out`` scored completely, by item id (the file is rewritten
+    without the rest: a torn last line or an item cut short)."""
+    run_file = out / RUN_FILE
+    if not (out / ROWS_FILE).is_file():
+        return _start_rows(out, settings)
+    if not run_file.is_file():
+        raise ValueError(
+            f"{out} has rows but no {RUN_FILE} to check them against: resume needs a run that wrote one"
+        )
+    before = json.loads(run_file.read_text())
+    if before != settings:
+        raise ValueError(
+            f"{out} holds a run with other settings ({before}, not {settings}): "
+            "give another --out, or leave out --resume to start it again"
+        )
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for line in (out / ROWS_FILE).read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the line being written when the run stopped
+        by_id.setdefault(row["id"], []).append(row)
+    wanted = {item.id: [r for r in rungs if _applies(r, item)] for item in listed}
+    done = {i: rows for i, rows in by_id.items() if [r["rung"] for r in rows] == wanted.get(i)}
+    (out / ROWS_FILE).write_text(_jsonl([r for rows in done.values() for r in rows]))
+    log.info("resuming %s: %d items already scored", out, len(done))
+    return done
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _applies(rung: str, item: EvalItem) -> bool:
+    """Whether the item can be scored on the rung: three rungs need the target's recording, one-shot the
+    prompt's transcript."""
+    if rung in ("ground_truth", "vae", "oracle_flow"):
+        return item.target_wav is not None
+    return rung != "one_shot" or bool(item.prompt_text)
 
 
 def _score_item(
@@ -227,11 +308,7 @@ def _score_item(
     if item.prompt_text:
         voices["one_shot"] = tts.make_voice(prompt_wav, item.prompt_text)
     rows = []
-    for rung in rungs:
-        if rung in ("ground_truth", "vae", "oracle_flow") and truth_wav is None:
-            continue  # these rungs need the recording of the target sentence
-        if rung == "one_shot" and not item.prompt_text:
-            continue
+    for rung in [r for r in rungs if _applies(r, item)]:
         t = time.perf_counter()
         wav = _rung_audio(tts, rung, item, voices, truth_wav, seed)
         seconds = time.perf_counter() - t
@@ -393,14 +470,7 @@ def summarize(rows: list[dict[str, Any]], judges: Judges | None = None) -> dict[
                 ratio = wer_ratio(rows, rung) if rung != "ground_truth" else None
                 if ratio is not None:
                     rungs[rung] |= dict(zip(("wer_ratio", "wer_ratio_low", "wer_ratio_high"), ratio))
-    names = {}
-    if judges is not None:
-        names = {
-            "asr": judges.asr.name if judges.asr else None,
-            "speaker": judges.speaker.name if judges.speaker else None,
-            "quality": "DNSMOS (speechmos), PESQ-wb, STOI" if judges.quality else None,
-        }
-    return {"rungs": rungs, "judges": names}
+    return {"rungs": rungs, "judges": judges.names() if judges is not None else {}}
 
 
 def ladder_table(summary: dict[str, Any]) -> str:
