@@ -3,6 +3,7 @@ different lengths costs end to end.
 
     uv run --no-sync python benchmarks/llm_step.py                  # tiny LM, CPU, batches 1 / 4 / 16
     uv run --no-sync python benchmarks/llm_step.py --size 0.5B --batches 1 8
+    uv run --no-sync python benchmarks/llm_step.py --torch-sampler  # the CPU sampler without numba
 
 The step is split by timing hooks: the backbone (transformer blocks), the speech head, sampling
 (``sample_step``), and the rest of the loop (the next token's embedding, the repetition window, the end
@@ -194,7 +195,16 @@ def main() -> None:
     p.add_argument(
         "--preset", choices=["tiny", "base", "none"], default="tiny", help="synthesize_batch's bundle"
     )
+    p.add_argument(
+        "--torch-sampler",
+        action="store_true",
+        help="sample with torch ops on the CPU even where numba's compiled tail is installed (the before)",
+    )
     a = p.parse_args()
+    if a.torch_sampler:
+        import mmspeech_llm.infer
+
+        mmspeech_llm.infer.cpu_kernel = lambda: None
     torch.manual_seed(0)
     bench_steps(a.size, a.device, a.batches, a.tokens, a.repeat)
     if a.preset != "none":

@@ -33,6 +33,21 @@ def test_bistream_layout():
     assert len(s.kind) == len(s.ids) == len(s.target)
 
 
+@pytest.fixture(params=["torch", "numba"])
+def sampler(request, monkeypatch):
+    """Each CPU sampler in turn: torch's ops, and the compiled tail (``cpu_sampling``) where numba is
+    installed. Every sampling test holds for both, so both draw the same tokens."""
+    from mmspeech_llm import infer
+
+    if request.param == "torch":
+        monkeypatch.setattr(infer, "cpu_kernel", lambda: None)
+    else:
+        pytest.importorskip("numba")
+        assert infer.cpu_kernel() is not None
+    return request.param
+
+
+@pytest.mark.usefixtures("sampler")
 def test_sampling_rules():
     v = 10  # speech vocab; head has eos=10, 11, fill=12
     logits = torch.full((1, 13), -10.0)
@@ -77,6 +92,7 @@ def test_sampling_rules():
     )
 
 
+@pytest.mark.usefixtures("sampler")
 def test_repetition_fallback_never_repicks_the_repeated_token():
     """Review item 2: the fallback draws from the full distribution *without* the repeated token."""
     v = 10
@@ -96,6 +112,7 @@ def test_repetition_fallback_never_repicks_the_repeated_token():
     assert sample_step(only, hist[:1], torch.rand(1), torch.rand(1), SamplingConfig(), v, False).item() == 4
 
 
+@pytest.mark.usefixtures("sampler")
 def test_repetition_threshold_is_count_at_least_win_times_tau():
     """Review item 10: win 10, tau_r 0.25 -> 2.5, so 2 repeats stay with the nucleus and 3 fall back."""
     v = 10
@@ -475,9 +492,10 @@ def _sort_based_nucleus(logits, u, cfg, speech_vocab, allow_eos=True):
     return si.gather(-1, _inverse_cdf(sp * keep, u)[:, None]).squeeze(-1)
 
 
+@pytest.mark.usefixtures("sampler")
 def test_topk_sampling_draws_what_sorting_the_vocabulary_drew():
     """Issue 17 item 1: same tokens for the same uniforms (12,600 draws; batch 1, 4, 16; temperature 1 and
-    0.5; EOS allowed, or barred on some rows), and the caller's logits left as they were."""
+    0.5; EOS allowed, barred, or barred on some rows), and the caller's logits left as they were."""
     g = torch.Generator().manual_seed(0)
     for cfg in (SamplingConfig(), SamplingConfig(temperature=0.5)):
         for b in (1, 4, 16):
@@ -486,7 +504,7 @@ def test_topk_sampling_draws_what_sorting_the_vocabulary_drew():
                 logits[:, 6561] += 6  # EOS often among the candidates, so barring it changes draws
                 before = logits.clone()
                 u = torch.rand(b, generator=g)
-                allow = True if i % 2 else torch.rand(b, generator=g) < 0.5
+                allow = (True, False, torch.rand(b, generator=g) < 0.5)[i % 3]
                 empty = torch.full((b, 0), -1)
                 fast = sample_step(logits, empty, u, torch.rand(b, generator=g), cfg, 6561, allow)
                 assert torch.equal(fast, _sort_based_nucleus(logits, u, cfg, 6561, allow))
@@ -507,6 +525,7 @@ def _every_row_fallback(logits, history, u, u_full, cfg, speech_vocab):
     return torch.where(too_often, _inverse_cdf(rest, u_full), nucleus)
 
 
+@pytest.mark.usefixtures("sampler")
 def test_the_fallback_drawn_only_for_repeating_rows_draws_what_every_rows_fallback_drew():
     """Issue 17 item 1: on the CPU the full-distribution draw is made only for the rows whose nucleus token
     repeats; the tokens are those of drawing it for every row (1,900 draws, batch 1, 3, 15, about half of

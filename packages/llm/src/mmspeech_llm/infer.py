@@ -1,10 +1,19 @@
-"""Vectorised repetition-aware sampling: no per-candidate Python loop, no ``.item()`` per step."""
+"""Vectorised repetition-aware sampling: no per-candidate Python loop, no ``.item()`` per step.
+
+After the softmax, float32 probabilities on the CPU go to one compiled call (:mod:`.cpu_sampling`, when numba
+is installed); everything else (a GPU, other dtypes, no numba) takes the torch ops here. Both draw the same
+tokens for the same uniforms."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import torch
 
 from .config import SamplingConfig
+
+_Draw = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, SamplingConfig], torch.Tensor]
 
 
 def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -39,12 +48,16 @@ def sample_step(
     # one fresh tensor to mask, never the caller's logits; x / 1.0 is x, so the default temperature (and
     # greedy) copies instead of dividing
     x = logits.clone() if cfg.temperature in (0, 1) else logits / cfg.temperature
-    x[:, speech_vocab + 1 :] = float("-inf")
-    if allow_eos is not True:
+    # EOS barred on every row is one more column of the same fill; only a per-row bar needs a mask
+    first_barred = speech_vocab if allow_eos is False else speech_vocab + 1
+    x[:, first_barred:] = float("-inf")
+    if not isinstance(allow_eos, bool):
         x[:, speech_vocab].masked_fill_(~torch.as_tensor(allow_eos, device=x.device), float("-inf"))
     if cfg.temperature == 0:
         return x.argmax(-1)
     probs = torch.softmax(x, dim=-1)
+    if probs.device.type == "cpu" and probs.dtype == torch.float32 and (draw := cpu_kernel()) is not None:
+        return draw(probs, history, u_nucleus, u_full, cfg)
     nucleus = _nucleus(probs, u_nucleus, cfg)
     w = history.shape[1]
     if w == 0:
@@ -54,12 +67,26 @@ def sample_step(
     if x.device.type != "cpu":
         # every row's fallback, used or not: asking which rows need one would wait for the device
         return torch.where(too_often, _fallback(probs, nucleus, u_full), nucleus)
-    # on the CPU the answer costs nothing, and the fallback's passes over the vocabulary were 40 % of
-    # sampling at batch 16: draw it only for the rows that repeat (rows are independent: same tokens)
+    # on the CPU (without numba) the answer costs nothing, and the fallback's passes over the vocabulary
+    # were 40 % of sampling at batch 16: draw it only for the rows that repeat (rows are independent)
     rows = too_often.nonzero().squeeze(1)
     if len(rows) == 0:
         return nucleus
     return nucleus.index_put((rows,), _fallback(probs[rows], nucleus[rows], u_full[rows]))
+
+
+@functools.cache
+def cpu_kernel() -> _Draw | None:
+    """The compiled CPU tail (:mod:`.cpu_sampling`) when numba is installed (``mmspeech-llm[cpu]``), else
+    None and the torch ops below. Same tokens either way. In the tiny LM's decode loop on this project's
+    2-core CPU (``benchmarks/llm_step.py``, interleaved runs) it took the sampler from 0.24-0.35 to 0.10-0.15
+    ms a step at batch 1, and from 0.61-0.72 to 0.46-0.48 ms at batch 16, where the softmax and the copy
+    that masking needs are most of what is left."""
+    try:
+        from .cpu_sampling import draw
+    except ImportError:
+        return None
+    return draw
 
 
 def _nucleus(probs: torch.Tensor, u: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:

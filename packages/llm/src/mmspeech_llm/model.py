@@ -230,7 +230,7 @@ class SpeechLM(nn.Module, PretrainedMixin):
         # whose rows are already dead); on the CPU it is free and asked every step
         check_every = 8 if self.device.type == "cuda" else 1
         for step in range(steps):
-            allow_eos = step >= limits.min_len
+            allow_eos = limits.allow_eos(step)
             tok = sample_step(logits, history, u[:, step, 0], u[:, step, 1], cfg, m.speech_vocab, allow_eos)
             alive = alive & ~((tok == m.eos) | (step >= limits.max_len))
             yield tok, alive
@@ -267,11 +267,23 @@ class _LengthLimits:
 
     min_len: torch.Tensor
     max_len: torch.Tensor
+    # the steps before which EOS is blocked on every row, and from which on none: a bool then, not a mask
+    eos_closed_until: int
+    eos_open_at: int
 
     @classmethod
     def of(cls, text: Sequence[torch.Tensor], cfg: SamplingConfig, device: torch.device) -> _LengthLimits:
-        text_len = torch.tensor([len(t) for t in text], device=device, dtype=torch.float)
-        return cls((text_len * cfg.min_len_ratio).long(), (text_len * cfg.max_len_ratio).long().clamp_min(1))
+        # on the host, so that min() and max() wait for no device
+        text_len = torch.tensor([len(t) for t in text], dtype=torch.float)
+        min_len = (text_len * cfg.min_len_ratio).long()
+        max_len = (text_len * cfg.max_len_ratio).long().clamp_min(1)
+        return cls(min_len.to(device), max_len.to(device), int(min_len.min()), int(min_len.max()))
+
+    def allow_eos(self, step: int) -> torch.Tensor | bool:
+        """(B,) whether each row may end at ``step``; a bool when all rows agree (most steps)."""
+        if step < self.eos_closed_until:
+            return False
+        return True if step >= self.eos_open_at else step >= self.min_len
 
 
 def _uniforms(seeds: Sequence[int | None], steps: int, device: torch.device) -> torch.Tensor:
