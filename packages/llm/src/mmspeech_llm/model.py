@@ -185,7 +185,7 @@ class SpeechLM(nn.Module, PretrainedMixin):
         self._check_request(text, speaker, prompt)
         batch = self._prefix_batch(text, prompt)
         limits = _LengthLimits.of(text, cfg, self.device)
-        u = _uniforms(item_seeds(seed, len(text)), int(limits.max_len.max()), self.device)  # (B, steps, 2)
+        u = _uniforms(item_seeds(seed, len(text)), limits.steps, self.device)  # (B, steps, 2)
         emb = self.embed(batch.kind, batch.ids, speaker.vectors.to(self.device))
         decoder = make_decoder(decode or self.decode_mode, self, emb, batch.mask, u.shape[1])
         try:
@@ -270,6 +270,7 @@ class _LengthLimits:
     # the steps before which EOS is blocked on every row, and from which on none: a bool then, not a mask
     eos_closed_until: int
     eos_open_at: int
+    steps: int  # the longest row's max_len: how many steps a batch can take
 
     @classmethod
     def of(cls, text: Sequence[torch.Tensor], cfg: SamplingConfig, device: torch.device) -> _LengthLimits:
@@ -277,7 +278,9 @@ class _LengthLimits:
         text_len = torch.tensor([len(t) for t in text], dtype=torch.float)
         min_len = (text_len * cfg.min_len_ratio).long()
         max_len = (text_len * cfg.max_len_ratio).long().clamp_min(1)
-        return cls(min_len.to(device), max_len.to(device), int(min_len.min()), int(min_len.max()))
+        return cls(
+            min_len.to(device), max_len.to(device), int(min_len.min()), int(min_len.max()), int(max_len.max())
+        )
 
     def allow_eos(self, step: int) -> torch.Tensor | bool:
         """(B,) whether each row may end at ``step``; a bool when all rows agree (most steps)."""
