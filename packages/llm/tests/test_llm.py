@@ -47,6 +47,46 @@ def sampler(request, monkeypatch):
     return request.param
 
 
+def test_the_cpu_sampler_falls_back_to_torch_ops_without_numba_or_when_numba_cannot_build_it(
+    monkeypatch, caplog
+):
+    """No numba: the torch ops, silently. A numba that cannot compile here (e.g. no writable cache
+    directory): a warning, then the torch ops; sampling works either way."""
+    import sys
+
+    from mmspeech_llm import infer
+
+    logits = torch.randn(3, 13)
+    hist = torch.full((3, 10), -1)
+
+    def draws() -> torch.Tensor:
+        return sample_step(logits, hist, torch.rand(3), torch.rand(3), SamplingConfig(), 10)
+
+    try:
+        monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` raises ModuleNotFoundError
+        monkeypatch.delitem(sys.modules, "mmspeech_llm.cpu_sampling", raising=False)
+        infer.cpu_kernel.cache_clear()
+        with caplog.at_level("WARNING"):
+            assert infer.cpu_kernel() is None
+            assert draws().shape == (3,)
+        assert caplog.text == ""
+        monkeypatch.undo()
+        pytest.importorskip("numba")
+        from mmspeech_llm import cpu_sampling
+
+        def cannot(*_):
+            raise RuntimeError("cannot cache function '_draw_rows': no locator available")
+
+        monkeypatch.setattr(cpu_sampling, "_draw_rows", cannot)
+        infer.cpu_kernel.cache_clear()
+        with caplog.at_level("WARNING"):
+            assert infer.cpu_kernel() is None
+            assert draws().shape == (3,)
+        assert "cannot build the CPU sampler" in caplog.text and "no locator" in caplog.text
+    finally:
+        infer.cpu_kernel.cache_clear()
+
+
 @pytest.mark.usefixtures("sampler")
 def test_sampling_rules():
     v = 10  # speech vocab; head has eos=10, 11, fill=12

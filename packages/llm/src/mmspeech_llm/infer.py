@@ -7,11 +7,14 @@ tokens for the same uniforms."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 
 import torch
 
 from .config import SamplingConfig
+
+log = logging.getLogger(__name__)
 
 _Draw = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, SamplingConfig], torch.Tensor]
 
@@ -81,10 +84,20 @@ def cpu_kernel() -> _Draw | None:
     None and the torch ops below. Same tokens either way. In the tiny LM's decode loop on this project's
     2-core CPU (``benchmarks/llm_step.py``, interleaved runs) it took the sampler from 0.24-0.35 to 0.10-0.15
     ms a step at batch 1, and from 0.61-0.72 to 0.46-0.48 ms at batch 16, where the softmax and the copy
-    that masking needs are most of what is left."""
+    that masking needs are most of what is left.
+
+    It is built here, once, so that a numba that cannot build it (no writable directory for its cache, a
+    numpy it does not support) costs a warning and the torch ops, not a failed request."""
     try:
         from .cpu_sampling import draw
-    except ImportError:
+
+        u = torch.zeros(1, 2)[:, 0]  # strided, as the decode loop's slices of its uniforms are
+        draw(torch.full((1, 4), 0.25), torch.zeros(1, 1, dtype=torch.long), u, u, SamplingConfig())
+    except Exception as e:  # numba's errors have no common base: RuntimeError, TypingError, ImportError...
+        if not (isinstance(e, ModuleNotFoundError) and e.name == "numba"):  # (not installed: no warning)
+            log.warning(
+                "numba is installed but cannot build the CPU sampler (%s); sampling with torch ops", e
+            )
         return None
     return draw
 
