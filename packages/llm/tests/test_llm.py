@@ -543,6 +543,7 @@ def test_topk_sampling_draws_what_sorting_the_vocabulary_drew():
                 logits = torch.randn(b, 6564, generator=g) * 3
                 logits[:, 6561] += 6  # EOS often among the candidates, so barring it changes draws
                 before = logits.clone()
+                logits.requires_grad_(i % 5 == 0)  # a caller's logits may be part of a graph
                 u = torch.rand(b, generator=g)
                 allow = (True, False, torch.rand(b, generator=g) < 0.5)[i % 3]
                 empty = torch.full((b, 0), -1)

@@ -5,7 +5,8 @@ On the CPU, torch spends 3-15 µs dispatching each small op, and the tail of :fu
 that was most of the sampler. This module does the whole tail, row by row, in one call that dispatches
 nothing. It draws the tokens the torch path draws: the same float32 probabilities (torch's softmax), the
 same comparisons in the same precision, and cumulative sums accumulated in float64 and stored as float32,
-as torch's CPU ``cumsum`` does.
+as torch's CPU ``cumsum`` does. (Candidates whose probabilities tie exactly come lower id first here; torch's
+``topk`` leaves their order unspecified.)
 
 Only :func:`draw` is public; ``infer`` imports this module when numba is installed and the probabilities are
 float32 on the CPU.
@@ -30,9 +31,9 @@ def draw(
     """probs: (B, V) float32 on the CPU, history: (B, W), u_*: (B,) -> (B,) int64 tokens, as
     :func:`infer.sample_step` draws them after its softmax."""
     # .numpy() shares memory, strided or not: a copy or an allocation per argument would cost more than the
-    # draw itself at batch 1 (~7 µs a .contiguous() copy)
+    # draw itself at batch 1 (~7 µs a .contiguous() copy); detach(): logits may come from a graph
     tokens = _draw_rows(
-        probs.numpy(),
+        probs.detach().numpy(),
         history.numpy(),
         u_nucleus.numpy(),
         u_full.numpy(),
