@@ -365,3 +365,23 @@ def test_compact_picks_the_narrowest_integer_type():
     assert compact(torch.tensor([0, 2**40])).dtype == torch.int64
     assert compact(torch.tensor([], dtype=torch.long)).dtype == torch.int16
     assert compact(torch.randn(3), torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_resample_keeps_its_kernel_and_gives_torchaudios_samples_bit_for_bit():
+    """The kernel is built once per rate pair, dtype and device; every output equals torchaudio's functional
+    resample (which builds it on every call), for batched shapes and both float dtypes."""
+    import torchaudio.functional as AF
+    from mmspeech_core.audio import _resampler, resample
+
+    g = torch.Generator().manual_seed(0)
+    _resampler.cache_clear()
+    for orig, new in [(22050, 24000), (24000, 16000), (44100, 16000), (8000, 22050)]:
+        for shape in [(int(1.3 * orig),), (2, 3, 777)]:
+            for dtype in (torch.float32, torch.float64):
+                x = torch.randn(*shape, generator=g, dtype=dtype)
+                y = resample(x, orig, new)
+                assert y.dtype == dtype and y.shape[:-1] == x.shape[:-1]
+                assert torch.equal(y, AF.resample(x, orig, new))
+    assert _resampler.cache_info().currsize == 8  # 4 rate pairs x 2 dtypes: one kernel each
+    x = torch.randn(100, generator=g)
+    assert resample(x, 16000, 16000) is x
