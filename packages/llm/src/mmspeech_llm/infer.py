@@ -82,9 +82,9 @@ def sample_step(
 def cpu_kernel() -> _Draw | None:
     """The compiled CPU tail (:mod:`.cpu_sampling`) when numba is installed (``mmspeech-llm[cpu]``), else
     None and the torch ops below. Same tokens either way. In the tiny LM's decode loop on this project's
-    2-core CPU (``benchmarks/llm_step.py``, interleaved runs) it took the sampler from 0.24-0.35 to 0.10-0.15
-    ms a step at batch 1, and from 0.61-0.72 to 0.46-0.48 ms at batch 16, where the softmax and the copy
-    that masking needs are most of what is left.
+    2-core CPU (``benchmarks/llm_step.py --sampler both``) it took the sampler from 0.25 to 0.09-0.11 ms a
+    step at batch 1, and from 0.48-0.61 to 0.30-0.37 ms at batch 16, where the softmax and the copy that
+    masking needs are much of what is left.
 
     It is built here, once, so that a numba that cannot build it (no writable directory for its cache, a
     numpy it does not support) costs a warning and the torch ops, not a failed request."""
