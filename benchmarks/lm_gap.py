@@ -41,7 +41,8 @@ def synthesise(qs: Path, work: Path, voices: list[str], sentences: list[str], na
     """``items`` new utterances: the voices (at most ``items // 4``) in turn, each saying a drawn sentence,
     made as the corpus makes its own (:func:`mmspeech_pipeline.corpus._speak_all`)."""
     from mmspeech_core.data import Utterance
-    from mmspeech_pipeline.corpus import EspeakVoice, _speak_all
+    from mmspeech_pipeline.corpus import _speak_all
+    from mmspeech_pipeline.voices import voice_from_dict
 
     info = json.loads((qs / "corpus/speakers.json").read_text())
     rng, voices = random.Random(0), voices[: max(1, items // 4)]
@@ -49,9 +50,7 @@ def synthesise(qs: Path, work: Path, voices: list[str], sentences: list[str], na
     for k in range(items):
         spk, text = voices[k % len(voices)], rng.choice(sentences)
         utts.append(Utterance(f"{name}_{k:04d}", str(work / name / f"{name}_{k:04d}.wav"), text, spk))
-    voice = {
-        s: EspeakVoice(**{f: info[s][f] for f in ("language", "variant", "pitch", "rate")}) for s in voices
-    }
+    voice = {s: voice_from_dict(info[s]) for s in voices}
     _speak_all([(u.audio, u.text or "", voice[u.speaker or ""]) for u in utts])
     return utts
 

@@ -2,6 +2,7 @@
 
 import json
 import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -11,17 +12,10 @@ from mmspeech_core.data import read_manifest
 from mmspeech_pipeline.bundle import write_bundle
 from mmspeech_pipeline.cli import RUNGS as CLI_RUNGS
 from mmspeech_pipeline.cli import main
-from mmspeech_pipeline.corpus import (
-    VARIANTS,
-    Espeak,
-    EspeakVoice,
-    VoiceError,
-    build_corpus,
-    make_sentences,
-    make_voices,
-)
+from mmspeech_pipeline.corpus import build_corpus, make_sentences
 from mmspeech_pipeline.evaluate import RUNGS, Judges, evaluate, read_eval_list
 from mmspeech_pipeline.tts import TTS
+from mmspeech_pipeline.voices import VARIANTS, Espeak, EspeakVoice, VoiceError, make_voices
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +61,77 @@ def test_voices_are_distinct_and_misspelled_ones_are_refused():
     with pytest.raises(VoiceError, match="language 'en-xx'"):
         engine.synthesize("Hello.", EspeakVoice("en-xx", "f1", 50, 170))
     assert len(set(make_sentences(500, seed=2))) == 500
+
+
+needs_flite = pytest.mark.skipif(
+    shutil.which("flite") is None, reason="needs CMU Flite (apt-get install flite); .ci/run installs it"
+)
+
+
+def test_espeak_voices_for_a_seed_are_the_ones_drawn_before_other_sources_existed():
+    first = make_voices(4, seed=0)[:2]  # drawn by the code before flite was added
+    assert first == [EspeakVoice("en-us-nyc", "m3", 57, 171), EspeakVoice("en-us-nyc", "caleb", 50, 190)]
+
+
+def test_sources_take_turns_and_a_missing_one_is_an_error(monkeypatch):
+    import mmspeech_pipeline.voices as voices
+    from mmspeech_pipeline.cli import VOICE_SOURCES
+
+    assert VOICE_SOURCES == voices.SOURCES  # the CLI's copy (kept torch-free) matches
+    monkeypatch.setattr(voices.shutil, "which", lambda name: None)
+    assert voices.available_sources() == ("espeak",) == voices.resolve_sources(["auto", "espeak"])
+    with pytest.raises(voices.SourceError, match="apt-get install flite"):
+        voices.resolve_sources(["espeak", "flite"])  # asked for by name: never quietly left out
+    with pytest.raises(ValueError, match="unknown voice source 'festival'"):
+        voices.resolve_sources(["festival"])
+    monkeypatch.setattr(voices.shutil, "which", lambda name: f"/usr/bin/{name}")  # drawing runs no engine
+    assert voices.resolve_sources(["auto"]) == ("espeak", "flite")
+    mixed = make_voices(40, seed=3, sources=["flite", "espeak"])
+    kinds = [v.source for v in mixed]
+    assert kinds[:32] == ["flite", "espeak"] * 16 and kinds[32:] == ["espeak"] * 8  # flite has 16 voices
+    assert len(set(mixed)) == 40
+    assert len({(v.voice, v.pitch or v.stretch) for v in mixed if isinstance(v, voices.FliteVoice)}) == 16
+    with pytest.raises(ValueError, match="at most 16 distinct speakers"):
+        make_voices(17, sources=["flite"])
+    for v in mixed[:2]:
+        assert voices.voice_from_dict({**voices.voice_to_dict(v), "split": "train"}) == v
+    old = {"language": "en", "variant": "m1", "pitch": 50, "rate": 170, "split": "test"}  # no source key
+    assert voices.voice_from_dict(old) == EspeakVoice("en", "m1", 50, 170)
+
+
+@needs_flite
+def test_flite_voices_are_checked_and_speak_the_same_samples_each_time():
+    from mmspeech_pipeline.voices import Flite, FliteVoice, speak
+
+    voice = FliteVoice("slt", 180, 1.0)
+    audio = speak("Hello there.", voice)
+    assert audio.dim() == 1 and len(audio) > 24000 // 4 and torch.isfinite(audio).all()
+    assert audio.abs().max() > 0.05
+    assert torch.equal(audio, speak("Hello there.", voice))  # a corpus rebuilds bit for bit
+    assert not torch.equal(audio, speak("Hello there.", FliteVoice("slt", 220, 1.0)))  # the pitch is used
+    assert len(speak("Hello there.", FliteVoice("slt", 180, 1.3))) > 1.15 * len(audio)  # and the stretch
+    engine = Flite.get()
+    with pytest.raises(VoiceError, match="unknown Flite voice 'sltt'"):  # flite would speak with kal
+        engine.synthesize("Hello.", FliteVoice("sltt", 180, 1.0))
+    with pytest.raises(VoiceError, match="unknown Flite voice 'kal'"):  # installed, but 8 kHz: not offered
+        engine.synthesize("Hello.", FliteVoice("kal", 100, 1.0))
+    with pytest.raises(VoiceError, match="pitch must be 0"):
+        engine.synthesize("Hello.", FliteVoice("awb", 900, 1.0))
+
+
+@needs_flite
+def test_a_corpus_mixes_espeak_and_flite_voices(tmp_path, capsys):
+    args = ["--speakers", "4", "--utterances", "2", "--seed", "1", "--sources", "espeak", "flite"]
+    assert main(["corpus", "synth", "--out", str(tmp_path / "a"), *args]) == 0
+    info = json.loads((tmp_path / "a" / "speakers.json").read_text())
+    assert [v["source"] for v in info.values()] == ["espeak", "flite"] * 2
+    again = build_corpus(tmp_path / "b", 4, 2, seed=1, progress=False, sources=("espeak", "flite"))
+    assert (tmp_path / "b" / "speakers.json").read_text() == (tmp_path / "a" / "speakers.json").read_text()
+    flite_utts = [u for u in again.train + again.test if info[u.speaker]["source"] == "flite"]
+    assert len(flite_utts) == 4
+    for u in flite_utts:
+        a, b = read_audio(tmp_path / "a" / "wavs" / u.speaker / f"{u.id}.wav", 24000), read_audio(u.audio)
+        assert a.numel() > 24000 // 2 and torch.equal(a, b)
 
 
 def test_judges_hear_espeak_and_tell_speakers_apart(corpus):
@@ -164,7 +229,7 @@ def test_every_variant_speaks_the_same_samples_in_every_fresh_process():
 
     code = (
         "import hashlib\n"
-        "from mmspeech_pipeline.corpus import VARIANTS, Espeak, EspeakVoice\n"
+        "from mmspeech_pipeline.voices import VARIANTS, Espeak, EspeakVoice\n"
         "e = Espeak.get()\n"
         "for v in VARIANTS:\n"
         "    a = e.synthesize('The green camera was repaired.', EspeakVoice('en-us', v, 50, 170)).numpy()\n"

@@ -522,6 +522,10 @@ def test_quickstart_fast(tmp_path, monkeypatch):
         assert [s for s, _ in held] == [len(report["losses"][stage]) * k // 5 for k in range(1, 6)]
         assert all(math.isfinite(v) and v > 0 for _, v in held)
     assert "held-out loss" in (tmp_path / "qs" / "report.md").read_text()
+    assert (
+        report["corpus"]["sources"] == ["espeak"]
+        and "eSpeak NG voices" in (tmp_path / "qs" / "report.md").read_text()
+    )
     assert report["outputs"]["stream_first_chunk_latency_s"] > 0
     tts = TTS.from_pretrained(tmp_path / "qs" / "bundle", device="cpu")
     assert tts.sample_rate == 24000
@@ -541,6 +545,14 @@ def test_error_rate_ignores_case_and_punctuation_like_seed_tts_eval():
     assert error_rate("你好，世界。", "你好世界", unit="char", lang="zh") == 0.0
     with pytest.raises(ValueError, match="nothing to score"):
         error_rate("?!", "hello")
+
+
+def test_a_quickstart_with_an_unknown_voice_source_stops_before_it_starts(tmp_path):
+    from mmspeech_pipeline.quickstart import run_quickstart
+
+    with pytest.raises(ValueError, match="unknown voice source 'festival'"):
+        run_quickstart(tmp_path / "qs", sources=["espeak", "festival"])
+    assert not (tmp_path / "qs").exists()
 
 
 def test_a_quickstart_budget_passes_what_a_stage_leaves_to_the_later_ones():

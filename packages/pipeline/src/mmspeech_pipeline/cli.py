@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 RUNGS = ("ground_truth", "vae", "oracle_flow", "zero_shot", "one_shot", "streamed")  # as evaluate.RUNGS
 LM_DECODE = ("auto", "dynamic", "static", "cuda_graph", "compiled")  # as mmspeech_llm.decode.DecodeMode
+VOICE_SOURCES = ("espeak", "flite")  # as voices.SOURCES
 
 # The library (torch and the stages) is imported inside each command rather than here, so that
 # `mmspeech --help` answers at once instead of after seconds of importing torch.
@@ -188,7 +189,7 @@ def _bundle(args: argparse.Namespace) -> int:
 def _corpus_synth(args: argparse.Namespace) -> int:
     from .corpus import build_corpus
 
-    split = build_corpus(args.out, args.speakers, args.utterances, args.seed)
+    split = build_corpus(args.out, args.speakers, args.utterances, args.seed, sources=args.sources)
     print(
         f"{len(split.train)} training and {len(split.test)} held-out utterances -> {args.out} "
         f"(manifest.jsonl, train.jsonl, test.jsonl, test.lst)"
@@ -272,11 +273,30 @@ def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
 
     report = run_quickstart(
-        args.out, args.size, args.fast, args.seed, args.eval_items, default_device(args.device), args.minutes
+        args.out,
+        args.size,
+        args.fast,
+        args.seed,
+        args.eval_items,
+        default_device(args.device),
+        args.minutes,
+        args.sources,
     )
     print(json.dumps({k: report[k] for k in ("seconds", "loss_first_last", "outputs")}, indent=2))
     print(f"report: {args.out}/report.md")
     return 0
+
+
+def _sources_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--sources",
+        nargs="+",
+        choices=[*VOICE_SOURCES, "auto"],
+        default=["espeak"],
+        help="where the corpus's voices come from: espeak (eSpeak NG, shipped in a wheel: up to 312 voices), "
+        "flite (CMU Flite's awb, rms, slt and kal16 at 4 settings each: 16 voices; apt-get install flite), "
+        "or auto (every installed one); with several, the speakers alternate between them",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,9 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_command(
         corpus,
         "synth",
-        "English multi-speaker corpus from eSpeak NG voices (shipped in a wheel): wavs, manifests, a test list",
+        "English multi-speaker corpus from eSpeak NG voices (shipped in a wheel), and CMU Flite's where "
+        "installed: wavs, manifests, a test list",
         _corpus_synth,
     )
+    _sources_arg(sp)
     sp.add_argument("--out", required=True, help="corpus folder")
     sp.add_argument("--speakers", type=int, default=24, help="distinct voices (about 20 %% are held out)")
     sp.add_argument("--utterances", type=int, default=20, help="utterances per speaker")
@@ -438,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training budget shared by the stages in proportion to their steps, a stage that ends early "
         "leaving its rest to the later ones (each also stops at its steps); the rest comes on top",
     )
+    _sources_arg(sp)
     add_device_arg(sp, "cpu / cuda (default: cuda when available)")
     add_seed_arg(sp, "seed of the corpus, the training runs and the synthesis")
     return p

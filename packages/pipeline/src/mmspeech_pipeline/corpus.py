@@ -1,164 +1,47 @@
 """An English multi-speaker corpus made offline, deterministically: speech from eSpeak NG (the library and
-its data ship in the ``espeakng-loader`` wheel; no system package, no download), text from a small grammar.
+its data ship in the ``espeakng-loader`` wheel; no system package, no download) and, when asked and
+installed, CMU Flite's voices (:mod:`.voices`); text from a small grammar.
 
-``build_corpus(out, speakers=N, utterances=M, seed=S)`` writes::
+``build_corpus(out, speakers=N, utterances=M, seed=S, sources=("espeak",))`` writes::
 
     out/wavs/<speaker>/<id>.wav   24 kHz mono 16-bit
     out/manifest.jsonl            every utterance (id, audio, text, speaker), the format `mmspeech prepare` writes
     out/train.jsonl               training speakers saying training sentences
     out/test.jsonl                held-out speakers saying held-out sentences
     out/test.lst                  Seed-TTS-eval list: id|prompt text|prompt wav|target text|target wav
-    out/speakers.json             each speaker's voice (language, variant, pitch, rate) and split
+    out/speakers.json             each speaker's voice (source and settings) and split
 
 Speakers and sentences are held out by a hash of their id (:func:`mmspeech_core.data.holdout`), so the
 split does not move when the corpus grows. Voices, sentences, splits and samples are deterministic for a
 seed: eSpeak NG's noise source cannot be seeded from outside and carries on from one utterance to the
 next (the same call twice gives other samples, a few samples longer or shorter), so each speaker's
 utterances are made in order by a fresh forked process, and two builds are bit-identical whatever the
-number of workers. Measured: ~0.002 s of compute per second of speech.
+number of workers (Flite keeps no state: the same call gives the same samples). Measured: ~0.002 s of
+compute per second of speech with eSpeak NG, ~0.1 s a sentence with Flite.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import json
 import logging
 import multiprocessing
 import os
 import random
-import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import espeakng_loader
-import numpy as np
 import torch
-from mmspeech_core.audio import resample, save_audio
+from mmspeech_core.audio import save_audio
 from mmspeech_core.data import Utterance, holdout, write_manifest
 from tqdm import tqdm
 
-SAMPLE_RATE = 24000
+from .voices import SAMPLE_RATE, Espeak, Voice, make_voices, speak, voice_to_dict
+
 T = TypeVar("T")
-# English accents of eSpeak NG (lang/gmw/*), and voice variants (voices/!v/*) that are voiced, human-like
-# and speak the same samples in every process: f2, f3 and f5 (breath noise) and victor draw from a source
-# that differs between processes, so a corpus that used them could not be rebuilt bit for bit
-LANGUAGES = (
-    "en-us",
-    "en",
-    "en-gb-x-rp",
-    "en-gb-scotland",
-    "en-029",
-    "en-us-nyc",
-    "en-gb-x-gbclan",
-    "en-gb-x-gbcwmd",
-)
-VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f4",
-    "klatt", "klatt2", "klatt3", "klatt4", "adam", "Alex", "Andy", "Annie", "belinda", "benjamin", "caleb",
-    "david", "ed", "edward", "grandma", "grandpa", "ian", "john", "linda", "max", "michel", "paul", "quincy",
-    "rob", "robert", "shelby", "steph", "travis", "zac",
-)  # fmt: skip
-
-
-class VoiceError(ValueError):
-    """An eSpeak NG language or variant that does not exist (eSpeak would silently use its default)."""
-
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EspeakVoice:
-    language: str  # e.g. "en-us"
-    variant: str  # e.g. "f3"
-    pitch: int  # 0-100, eSpeak's base pitch (50 is its default)
-    rate: int  # words per minute (175 is its default)
-
-    @property
-    def name(self) -> str:
-        return f"{self.language}+{self.variant}"
-
-
-class Espeak:
-    """eSpeak NG through ctypes. The library keeps global state, so every call holds one process-wide lock."""
-
-    _lock = threading.Lock()
-    _instance: Espeak | None = None
-    # espeak_PARAMETER and flags from speak_lib.h
-    _RATE, _PITCH = 1, 3
-    _CHARS_UTF8, _RETRIEVAL = 1, 1
-
-    def __init__(self) -> None:
-        self.data = Path(espeakng_loader.get_data_path())
-        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        self.sample_rate = int(self.lib.espeak_Initialize(self._RETRIEVAL, 0, str(self.data).encode(), 0))
-        if self.sample_rate <= 0:
-            raise RuntimeError(f"eSpeak NG failed to initialise (data folder {self.data})")
-        self._chunks: list[np.ndarray] = []
-        callback = ctypes.CFUNCTYPE(
-            ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
-        )
-        self._callback = callback(self._collect)  # kept on self: the library holds only a raw pointer
-        self.lib.espeak_SetSynthCallback(self._callback)
-
-    @classmethod
-    def get(cls) -> Espeak:
-        with cls._lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
-
-    def _collect(self, wav: ctypes.Array, n: int, events: int) -> int:  # type: ignore[type-arg]
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        return 0
-
-    def check(self, voice: EspeakVoice) -> None:
-        if voice.language.lower() not in _languages(self.data):
-            raise VoiceError(f"unknown eSpeak language {voice.language!r}; English ones: {list(LANGUAGES)}")
-        if not (self.data / "voices" / "!v" / voice.variant).is_file():
-            raise VoiceError(
-                f"unknown eSpeak variant {voice.variant!r} (files in {self.data / 'voices' / '!v'})"
-            )
-        if not 0 <= voice.pitch <= 100 or not 80 <= voice.rate <= 450:
-            raise VoiceError(f"pitch must lie in [0, 100] and rate in [80, 450] wpm, got {voice}")
-
-    def synthesize(self, text: str, voice: EspeakVoice) -> torch.Tensor:
-        """(T,) float audio at :attr:`sample_rate`."""
-        self.check(voice)
-        data = text.encode()
-        with self._lock:
-            self._chunks = []
-            if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
-                raise VoiceError(f"eSpeak refused voice {voice.name!r}")
-            self.lib.espeak_SetParameter(self._RATE, voice.rate, 0)
-            self.lib.espeak_SetParameter(self._PITCH, voice.pitch, 0)
-            self.lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, self._CHARS_UTF8, None, None)
-            self.lib.espeak_Synchronize()
-            chunks, self._chunks = self._chunks, []
-        if not chunks:
-            raise RuntimeError(f"eSpeak produced no audio for {text!r}")
-        return torch.from_numpy(np.concatenate(chunks).astype(np.float32) / 32768.0)
-
-
-@functools.cache
-def _languages(data: Path) -> frozenset[str]:
-    """eSpeak NG's language names, lower case, read once per process: walking its folder on every utterance
-    took 5 of the 27 ms that synthesising one took (20 % of a corpus build)."""
-    return frozenset(p.name.lower() for p in (data / "lang").rglob("*") if p.is_file())
-
-
-def make_voices(n: int, seed: int = 0) -> list[EspeakVoice]:
-    """``n`` distinct voices: accent × variant × pitch × rate, drawn without repetition."""
-    rng = random.Random(seed)
-    combos = [(lang, var) for lang in LANGUAGES for var in VARIANTS]
-    if n > len(combos):
-        raise ValueError(f"at most {len(combos)} distinct speakers, asked for {n}")
-    picked = rng.sample(combos, n)
-    return [EspeakVoice(lang, var, rng.randrange(25, 76), rng.randrange(140, 196)) for lang, var in picked]
 
 
 # ---- text: a small grammar over an inline lexicon (no copied prose) -------------------------------------
@@ -396,16 +279,19 @@ def build_corpus(
     test_sentence_fraction: float = 0.1,
     progress: bool = True,
     workers: int | None = None,
+    sources: Sequence[str] = ("espeak",),
 ) -> CorpusSplit:
     """Synthesise ``speakers`` × ``utterances`` utterances into ``out`` (see the module docstring).
     Held-out speakers say held-out sentences only; training speakers never say a held-out sentence.
     ``workers``: synthesis processes (default: the CPU count, at most 16); neither what is said by whom
     nor the audio depends on it: each speaker is made in order by a fresh process. Builds are bit-identical
-    from run to run (the voice variants that are not were left out of ``VARIANTS``)."""
+    from run to run (the voice variants that are not were left out of ``VARIANTS``). ``sources``: where the
+    voices come from (:func:`.voices.make_voices`; ``auto``: every installed source); with more than one
+    the speakers alternate between them."""
     out = Path(out)
     if speakers < 2 or utterances < 2:
         raise ValueError("need at least 2 speakers and 2 utterances per speaker")
-    voices = {f"spk{k:03d}": v for k, v in enumerate(make_voices(speakers, seed))}
+    voices = {f"spk{k:03d}": v for k, v in enumerate(make_voices(speakers, seed, sources))}
     # two held-out speakers at least, so the ladder can show a different-speaker cosine beside SIM
     train_spk, test_spk = _split(
         sorted(voices), test_speaker_fraction, seed, min_held=2 if speakers >= 4 else 1
@@ -451,7 +337,7 @@ def build_corpus(
     write_manifest(out / "test.jsonl", split.test)
     lines = [f"{t.id}|{p.text}|{p.audio}|{t.text}|{t.audio}" for p, t in split.test_pairs]
     (out / "test.lst").write_text("\n".join(lines) + "\n")
-    info = {s: {**asdict(v), "split": "test" if s in test_spk else "train"} for s, v in voices.items()}
+    info = {s: {**voice_to_dict(v), "split": "test" if s in test_spk else "train"} for s, v in voices.items()}
     (out / "speakers.json").write_text(json.dumps(info, indent=2) + "\n")
     return split
 
@@ -462,13 +348,11 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _speak_all(jobs: list[tuple[str, str, EspeakVoice]]) -> int:
+def _speak_all(jobs: list[tuple[str, str, Voice]]) -> int:
     """Synthesise one speaker's utterances to their paths, in order (a worker's unit of work); returns how
     many, for the progress bar."""
-    engine = Espeak.get()
     for path, text, voice in jobs:
-        wav = resample(engine.synthesize(text, voice), engine.sample_rate, SAMPLE_RATE)
-        save_audio(path, wav, SAMPLE_RATE)
+        save_audio(path, speak(text, voice), SAMPLE_RATE)
     return len(jobs)
 
 

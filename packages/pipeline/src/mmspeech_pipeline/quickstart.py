@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +48,7 @@ from .bundle import write_bundle
 from .corpus import CorpusSplit, build_corpus
 from .evaluate import Judges, evaluate, ladder_table
 from .tts import TTS
+from .voices import resolve_sources
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -249,13 +250,16 @@ def run_quickstart(
     evaluate_items: int | None = None,
     device: str = "cpu",
     minutes: float | None = None,
+    sources: Sequence[str] = ("espeak",),
 ) -> dict[str, Any]:
     """Run everything; returns (and writes to ``out_dir/report.json`` + ``report.md``) the report.
 
     ``fast`` cuts corpus and steps ~10× (a smoke test for CI): the plumbing is the same.
     ``evaluate_items``: ladder items to score (default: the size's; 0 skips the ladder).
     ``minutes``: a training budget shared by the four stages (:func:`stage_budget`: each stops at its steps
-    or its share, whichever comes first; corpus, extraction and evaluation come on top)."""
+    or its share, whichever comes first; corpus, extraction and evaluation come on top).
+    ``sources``: the corpus's voice sources (:func:`.voices.make_voices`), checked before anything runs."""
+    sources = resolve_sources(sources)
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
     if minutes is not None and minutes <= 0:
@@ -273,7 +277,9 @@ def run_quickstart(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     timed = _Timer()
-    corpus = timed("corpus", build_corpus, out / "corpus", preset.speakers, preset.utterances, seed)
+    corpus = timed(
+        "corpus", build_corpus, out / "corpus", preset.speakers, preset.utterances, seed, sources=sources
+    )
     losses, held_out, bundle = _train_all(corpus, preset, out, timed, device, minutes)
     tts = timed("load_bundle", TTS.from_pretrained, bundle, device=device)
     outputs, wavs = _demo(tts, corpus, out, seed, timed)
@@ -303,7 +309,12 @@ def run_quickstart(
             n: [round(sum(c[:3]) / 3, 4), round(sum(c[-3:]) / 3, 4)] for n, c in losses.items()
         },
         "held_out_losses": held_out,  # stage -> [step, loss on the held-out speakers' sentences]
-        "corpus": {"train": len(corpus.train), "test": len(corpus.test), "speakers": preset.speakers},
+        "corpus": {
+            "train": len(corpus.train),
+            "test": len(corpus.test),
+            "speakers": preset.speakers,
+            "sources": list(sources),
+        },
         "outputs": outputs,
         "ladder": ladder,
         "bundle": str(bundle),
@@ -515,13 +526,19 @@ def _plot(report: dict[str, Any], wavs: dict[str, Path], out: Path) -> list[str]
     return ["losses.png", "spectrograms.png"]
 
 
+def _source_names(corpus: dict[str, Any]) -> str:
+    names = {"espeak": "eSpeak NG", "flite": "Flite"}
+    return " and ".join(names[s] for s in corpus.get("sources", ["espeak"]))
+
+
 def _markdown(report: dict[str, Any]) -> str:
     t = report["seconds"]
     lines = [
         "# mmspeech quickstart report",
         "",
-        f"Size `{report['size']}`{' (fast smoke test)' if report['fast'] else ''}: an eSpeak NG corpus of "
-        f"{report['corpus']['speakers']} voices ({report['corpus']['train']} training utterances), every stage "
+        f"Size `{report['size']}`{' (fast smoke test)' if report['fast'] else ''}: a corpus of "
+        f"{report['corpus']['speakers']} {_source_names(report['corpus'])} voices "
+        f"({report['corpus']['train']} training utterances), every stage "
         f"trained on CPU in {sum(t.values()) / 60:.1f} min.",
         "",
         "| stage | first loss | last loss | held-out loss | seconds |",
