@@ -28,7 +28,7 @@ from run import table  # noqa: E402
 
 def by_voice(utts: list, items: int) -> list:
     """``items`` utterances of at most ``items // 4`` voices, the voices taking turns."""
-    from mmspeech_pipeline.corpus import take_turns
+    from mmspeech_pipeline.voices import take_turns
 
     groups: dict[str, list] = {}
     for u in utts:

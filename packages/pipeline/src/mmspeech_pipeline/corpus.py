@@ -30,16 +30,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 from mmspeech_core.audio import save_audio
 from mmspeech_core.data import Utterance, holdout, write_manifest
 from tqdm import tqdm
 
-from .voices import SAMPLE_RATE, Espeak, Voice, make_voices, speak, voice_to_dict
-
-T = TypeVar("T")
+from .voices import SAMPLE_RATE, Espeak, Voice, make_voices, speak, take_turns, voice_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -362,11 +359,6 @@ def _split(ids: list[str], fraction: float, seed: int, min_held: int = 1) -> tup
     while len(held) < min_held and len(keep) > 1:
         held, keep = [keep[-1], *held], keep[:-1]
     return keep, held
-
-
-def take_turns(groups: Sequence[Sequence[T]]) -> list[T]:
-    """Each group's first item, then each one's second, ...: any prefix of the list spreads over the groups."""
-    return [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
 
 
 def _pairs(utts: list[Utterance]) -> list[tuple[Utterance, Utterance]]:

@@ -25,16 +25,17 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import espeakng_loader
 import numpy as np
 import torch
 from mmspeech_core.audio import read_audio, resample
 
+T = TypeVar("T")
 SAMPLE_RATE = 24000  # the corpus's rate: every voice is resampled to it
 # English accents of eSpeak NG (lang/gmw/*), and voice variants (voices/!v/*) that are voiced, human-like
 # and speak the same samples in every process: f2, f3 and f5 (breath noise) and victor draw from a source
@@ -268,9 +269,8 @@ def make_voices(n: int, seed: int = 0, sources: Sequence[str] = ("espeak",)) -> 
     """``n`` distinct voices, drawn without repetition: the sources take turns (the first speaker from the
     first source, ...), a source out of distinct voices leaving the rest to the others. With eSpeak NG alone
     the voices are those this function has always drawn for a seed."""
-    draws = {"espeak": _espeak_voices, "flite": _flite_voices}
     sources = resolve_sources(sources)
-    room = {s: len(draws[s](None, random.Random(seed))) for s in sources}
+    room = {s: len(_COMBOS[s]()) for s in sources}
     if n > sum(room.values()):
         raise ValueError(
             f"at most {sum(room.values())} distinct speakers from {list(sources)}, asked for {n}"
@@ -280,29 +280,39 @@ def make_voices(n: int, seed: int = 0, sources: Sequence[str] = ("espeak",)) -> 
         for s in sources:
             if share[s] < room[s] and sum(share.values()) < n:
                 share[s] += 1
-    picked = [draws[s](share[s], random.Random(seed)) for s in sources]
-    return [v for k in range(max(share.values())) for v in (p[k] for p in picked if k < len(p))]
+    draws = {"espeak": _espeak_voices, "flite": _flite_voices}
+    return take_turns([draws[s](share[s], random.Random(seed)) for s in sources])
 
 
-def _espeak_voices(n: int | None, rng: random.Random) -> list[Voice]:
-    """``n`` eSpeak NG voices: accent × variant, each with a drawn pitch and rate (None: every combination,
-    with no settings drawn, to count them)."""
-    combos = [(lang, var) for lang in LANGUAGES for var in VARIANTS]
-    if n is None:
-        return [EspeakVoice(lang, var, 50, 175) for lang, var in combos]
-    picked = rng.sample(combos, n)
+def take_turns(groups: Sequence[Sequence[T]]) -> list[T]:
+    """Each group's first item, then each one's second, ...: any prefix of the list spreads over the groups."""
+    return [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
+
+
+def _espeak_combos() -> list[tuple[str, str]]:
+    return [(lang, var) for lang in LANGUAGES for var in VARIANTS]
+
+
+def _flite_combos() -> list[tuple[str, float]]:
+    """Voice × pitch level, or for rms (no pitch) × rate level."""
+    return [
+        (voice, level) for voice, pitches in FLITE_PITCHES.items() for level in (pitches or FLITE_STRETCHES)
+    ]
+
+
+_COMBOS: dict[str, Callable[[], list[Any]]] = {"espeak": _espeak_combos, "flite": _flite_combos}
+
+
+def _espeak_voices(n: int, rng: random.Random) -> list[Voice]:
+    """``n`` eSpeak NG voices: accent × variant, each with a drawn pitch and rate."""
+    picked = rng.sample(_espeak_combos(), n)
     return [EspeakVoice(lang, var, rng.randrange(25, 76), rng.randrange(140, 196)) for lang, var in picked]
 
 
-def _flite_voices(n: int | None, rng: random.Random) -> list[Voice]:
+def _flite_voices(n: int, rng: random.Random) -> list[Voice]:
     """``n`` Flite voices: voice × pitch level (rms: × rate level), the other setting drawn."""
-    combos = [
-        (voice, level) for voice, pitches in FLITE_PITCHES.items() for level in (pitches or FLITE_STRETCHES)
-    ]
-    if n is None:
-        return [FliteVoice(voice, 0, 1.0) for voice, _ in combos]
     out: list[Voice] = []
-    for voice, level in rng.sample(combos, n):
+    for voice, level in rng.sample(_flite_combos(), n):
         if FLITE_PITCHES[voice] is None:
             out.append(FliteVoice(voice, 0, float(level)))
         else:
