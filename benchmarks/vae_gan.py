@@ -30,7 +30,7 @@ from run import table  # noqa: E402
 
 def train_arm(a: argparse.Namespace) -> None:
     from mmspeech_core import load_audio, save_audio
-    from mmspeech_pipeline import quickstart as q
+    from mmspeech_pipeline import recipe as q
     from mmspeech_pipeline.corpus import build_corpus
     from mmspeech_vae.model import DACVAE
     from mmspeech_vae.train import train

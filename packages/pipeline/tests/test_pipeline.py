@@ -2,6 +2,7 @@ import dataclasses
 import json
 import math
 import shlex
+import shutil
 import subprocess
 import sys
 import typing
@@ -502,7 +503,8 @@ def test_quickstart_fast(tmp_path, monkeypatch):
 
     # a temperature other than the library's, to see that the size's decoding settings reach the bundle
     monkeypatch.setitem(SIZES, "tiny", dataclasses.replace(SIZES["tiny"], llm_temperature=0.5))
-    report = run_quickstart(tmp_path / "qs", fast=True, evaluate_items=0)  # the ladder has its own tests
+    # one training at a time: the side-by-side processes run the same jobs (their own test), ~20 s slower
+    report = run_quickstart(tmp_path / "qs", fast=True, evaluate_items=0, jobs=1)  # the ladder: own tests
     for name in (
         "zero_shot.wav",
         "one_shot.wav",
@@ -532,6 +534,8 @@ def test_quickstart_fast(tmp_path, monkeypatch):
     # the quickstart's decoding settings travel with the weights
     assert tts.llm.config.sampling.temperature == 0.5 and tts.flow.config.infer.cfg_rate == 1.5
     assert report["corpus"]["train"] > 0 and report["corpus"]["test"] > 0 and report["ladder"] is None
+    assert report["jobs"] == 1 and report["wall_s"] >= report["seconds"]["trainings"]
+    assert all(f"train_{s}" in report["seconds"] for s in ("tokenizer", "vae", "llm", "flow"))
 
 
 def test_error_rate_ignores_case_and_punctuation_like_seed_tts_eval():
@@ -555,8 +559,38 @@ def test_a_quickstart_with_an_unknown_voice_source_stops_before_it_starts(tmp_pa
     assert not (tmp_path / "qs").exists()
 
 
+def test_trainings_side_by_side_train_what_they_train_one_after_another(tmp_path):
+    """The quickstart's four trainings as two processes at a time (each job reads what the jobs it needs
+    wrote) give the losses and weights of the same jobs run one after another in this process, on as many
+    threads: the schedule changes when a job runs, never what it trains."""
+    from mmspeech_pipeline.corpus import build_corpus
+    from mmspeech_pipeline.recipe import SIZES, STAGES, last_checkpoint, train_all
+    from safetensors.torch import load_file
+
+    size = dataclasses.replace(
+        SIZES["tiny"], speakers=4, utterances=3, steps={"tokenizer": 6, "vae": 6, "llm": 5, "flow": 5}
+    )
+    build_corpus(tmp_path / "one/corpus", 4, 3, seed=0, progress=False)
+    shutil.copytree(tmp_path / "one/corpus", tmp_path / "two/corpus")
+    one = train_all(tmp_path / "one", size, "cpu", jobs=1, threads=1)
+    two = train_all(tmp_path / "two", size, "cpu", jobs=2, threads=1)
+    assert list(one) == list(two) == list(STAGES)
+    for stage in STAGES:
+        assert one[stage].losses == two[stage].losses and one[stage].held_out == two[stage].held_out
+        assert f"train_{stage}" in two[stage].seconds
+    assert [len(c) for c in two["llm"].held_out["llm"]] == [2] * 5  # [step, loss], five times
+    for run in ("tokenizer", "vae", "llm", "flow"):
+        a, b = (
+            load_file(last_checkpoint(tmp_path / x / "runs" / run) / "model.safetensors")
+            for x in ("one", "two")
+        )
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), run
+    with pytest.raises(ValueError, match="jobs must be 1"):
+        train_all(tmp_path / "one", size, "cpu", jobs=3)
+
+
 def test_a_quickstart_budget_passes_what_a_stage_leaves_to_the_later_ones():
-    from mmspeech_pipeline.quickstart import stage_budget
+    from mmspeech_pipeline.recipe import stage_budget
 
     steps = {"tokenizer": 900, "vae": 1500, "llm": 500, "flow": 600}
     assert stage_budget(350.0, steps, "tokenizer", []) == pytest.approx(90.0)  # 350 x 900 / 3500

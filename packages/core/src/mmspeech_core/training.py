@@ -695,7 +695,12 @@ class Trainer:
         self.started = time.monotonic()  # the budget counts training, not the set-up before it
         history: list[dict[str, float]] = []
         it = infinite(loader, set_epoch, self.position, self.cfg.seed)
-        bar = tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", disable=not self.dist.is_main)
+        bar = tqdm(
+            total=self.cfg.max_steps,
+            initial=self.step,
+            desc=f"train {self.out.name}",  # which run: two can share a terminal (the quickstart's jobs)
+            disable=not self.dist.is_main,
+        )
         done = self.step >= self.cfg.max_steps or self.out_of_time()
         while not done:
             batches = []

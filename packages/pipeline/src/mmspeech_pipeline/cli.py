@@ -281,6 +281,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         default_device(args.device),
         args.minutes,
         args.sources,
+        args.jobs,
     )
     print(json.dumps({k: report[k] for k in ("seconds", "loss_first_last", "outputs")}, indent=2))
     print(f"report: {args.out}/report.md")
@@ -459,6 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="training budget shared by the stages in proportion to their steps, a stage that ends early "
         "leaving its rest to the later ones (each also stops at its steps); the rest comes on top",
+    )
+    sp.add_argument(
+        "--jobs",
+        type=int,
+        choices=[1, 2],
+        default=None,
+        help="trainings at a time: 2 runs the tokenizer's and the VAE's side by side, then the LM's and the "
+        "flow's, each process on half the cores (default where there are 2 cores or more); 1, one at a time",
     )
     _sources_arg(sp)
     add_device_arg(sp, "cpu / cuda (default: cuda when available)")
