@@ -589,6 +589,29 @@ def test_trainings_side_by_side_train_what_they_train_one_after_another(tmp_path
         train_all(tmp_path / "one", size, "cpu", jobs=3)
 
 
+@pytest.mark.parametrize(
+    "code, error",
+    [
+        ("raise SystemExit(3)", " failed \\(exit code 3"),
+        ("pass", "'s process ended without writing its result"),
+    ],
+)
+def test_a_failed_side_by_side_job_stops_the_other_and_says_which(tmp_path, monkeypatch, code, error):
+    from mmspeech_pipeline import recipe
+
+    started = {}
+
+    def start(job, row):  # the tokenizer's process ends at once; the VAE's would run for a minute
+        run = code if job.stage == "tokenizer" else "import time; time.sleep(60)"
+        started[job.stage] = subprocess.Popen([sys.executable, "-c", run])
+        return started[job.stage], tmp_path / f"{job.stage}.job.json"
+
+    monkeypatch.setattr(recipe, "_start", start)
+    with pytest.raises(RuntimeError, match=f"the tokenizer training{error}"):
+        recipe.train_all(tmp_path, recipe.SIZES["tiny"], "cpu", jobs=2)
+    assert set(started) == {"tokenizer", "vae"} and started["vae"].poll() is not None  # stopped, not left
+
+
 def test_a_quickstart_budget_passes_what_a_stage_leaves_to_the_later_ones():
     from mmspeech_pipeline.recipe import stage_budget
 

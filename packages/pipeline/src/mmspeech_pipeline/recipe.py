@@ -518,6 +518,8 @@ def _side_by_side(make: Callable[[str], TrainingJob], results: dict[str, JobResu
                     raise RuntimeError(
                         f"the {stage} training failed (exit code {proc.returncode}; see above)"
                     )
+                if not _result_path(path).is_file():  # e.g. this package changed under a running quickstart
+                    raise RuntimeError(f"the {stage} training's process ended without writing its result")
                 results[stage] = JobResult(**json.loads(_result_path(path).read_text()))
     finally:
         for proc, _, _ in running.values():
@@ -529,27 +531,26 @@ def _start(job: TrainingJob, row: int) -> tuple[subprocess.Popen[bytes], Path]:
     path = Path(job.out) / "runs" / f"{job.stage}.job.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(job.to_json() + "\n")
+    _result_path(path).unlink(missing_ok=True)  # an earlier run's result must not stand for this one's
     env = dict(os.environ)
     if sys.stderr.isatty():  # each job's progress bar on a line of its own (tqdm reads TQDM_* defaults)
         env["TQDM_POSITION"] = str(row)
     level = str(logging.getLogger().getEffectiveLevel())
-    return subprocess.Popen([sys.executable, "-m", __name__, str(path), level], env=env), path
+    # imported, not run as __main__ (``-m``): its classes and loggers keep this module's name
+    run = f"from {__name__} import job_main; job_main()"
+    return subprocess.Popen([sys.executable, "-c", run, str(path), level], env=env), path
 
 
 def _result_path(job_path: Path) -> Path:
     return job_path.with_name(job_path.name.replace(".job.json", ".result.json"))
 
 
-def _main(argv: Sequence[str] | None = None) -> None:
+def job_main(argv: Sequence[str] | None = None) -> None:
     """A side-by-side job's process: run the job file's training, write its result beside it."""
-    p = argparse.ArgumentParser(description=_main.__doc__)
+    p = argparse.ArgumentParser(description=job_main.__doc__)
     p.add_argument("job", type=Path)
     p.add_argument("log_level", type=int, nargs="?", default=logging.INFO)
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = run_job(TrainingJob.from_json(a.job.read_text()))
     atomic_write_text(_result_path(a.job), json.dumps(dataclasses.asdict(result)) + "\n")
-
-
-if __name__ == "__main__":
-    _main()
