@@ -459,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="training budget shared by the stages in proportion to their steps, a stage that ends early "
-        "leaving its rest to the later ones (each also stops at its steps); the rest comes on top",
+        "leaving its rest to the later ones (each also stops at its steps; two at a time, the tokenizer and the "
+        "LM share it, and the VAE and the flow); the rest comes on top",
     )
     sp.add_argument(
         "--jobs",
