@@ -556,6 +556,8 @@ def test_a_quickstart_with_an_unknown_voice_source_stops_before_it_starts(tmp_pa
 
     with pytest.raises(ValueError, match="unknown voice source 'festival'"):
         run_quickstart(tmp_path / "qs", sources=["espeak", "festival"])
+    with pytest.raises(ValueError, match="jobs must be 1"):
+        run_quickstart(tmp_path / "qs", jobs=3)
     assert not (tmp_path / "qs").exists()
 
 

@@ -28,7 +28,7 @@ from mmspeech_core import read_audio, save_audio
 from .bundle import write_bundle
 from .corpus import CorpusSplit, build_corpus
 from .evaluate import Judges, evaluate, ladder_table
-from .recipe import SIZES, StepTimer, default_jobs, last_checkpoint, train_all
+from .recipe import SIZES, StepTimer, check_jobs, last_checkpoint, train_all
 from .tts import TTS
 from .voices import resolve_sources
 
@@ -59,9 +59,7 @@ def run_quickstart(
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
     if minutes is not None and minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
-    jobs = default_jobs() if jobs is None else jobs
-    if jobs not in (1, 2):
-        raise ValueError(f"jobs must be 1 (one training at a time) or 2 (two side by side), got {jobs}")
+    jobs = check_jobs(jobs)  # before anything runs
     preset = SIZES[size]
     if fast:
         preset = dataclasses.replace(

@@ -250,9 +250,12 @@ NEEDS: dict[str, tuple[str, ...]] = {
 PAIRS = (("tokenizer", "llm"), ("vae", "flow"))
 
 
-def default_jobs() -> int:
-    """Two jobs side by side where there are two cores or more, else one."""
-    return min(2, os.cpu_count() or 1)
+def check_jobs(jobs: int | None) -> int:
+    """Trainings at a time: ``jobs`` (1 or 2) or, for None, two where there are two cores or more."""
+    jobs = min(2, os.cpu_count() or 1) if jobs is None else jobs
+    if jobs not in (1, 2):
+        raise ValueError(f"jobs must be 1 (one training at a time) or 2 (two side by side), got {jobs}")
+    return jobs
 
 
 def stage_budget(
@@ -472,8 +475,7 @@ def train_all(
     :data:`STAGES` order. ``jobs``: 1, one after another in this process; 2, side by side, each in its own
     process on ``threads`` CPU threads (default: half the cores). ``minutes``: a training budget
     (:func:`stage_budget`; side by side each of :data:`PAIRS` has all of it)."""
-    if jobs not in (1, 2):
-        raise ValueError(f"jobs must be 1 (one after another) or 2 (side by side), got {jobs}")
+    jobs = check_jobs(jobs)
     lanes = (STAGES,) if jobs == 1 else PAIRS
     if jobs == 2 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // 2)  # each of the two processes on half the cores
