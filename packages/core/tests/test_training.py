@@ -69,10 +69,10 @@ def _loader(kind: str):
 @pytest.mark.parametrize("kind", ["length", "torch", "stream", "stream-2"])
 def test_resume_sees_the_batches_and_random_numbers_of_an_uninterrupted_run(tmp_path, kind):
     """Review items 3 and 4: a job killed mid-epoch continues with the batch and the random numbers an
-    uninterrupted job would have used next (not epoch 0, batch 0)."""
+    uninterrupted job would have used next (not epoch 0, batch 0), and returns the whole run's metrics."""
     set_seed(3)
     full = Recorder()
-    Trainer(full, fast_train_config(11, save_every=5), tmp_path / "full").fit(*_loader(kind))
+    whole = Trainer(full, fast_train_config(11, save_every=5), tmp_path / "full").fit(*_loader(kind))
     assert len(full.seen) == 11 and len({str(b) for b in full.seen}) > 3  # crosses epochs
     set_seed(3)
     part = Recorder(crash_at=7)  # killed during step 8: checkpoint-5 is the last one
@@ -80,7 +80,9 @@ def test_resume_sees_the_batches_and_random_numbers_of_an_uninterrupted_run(tmp_
         Trainer(part, fast_train_config(11, save_every=5), tmp_path / "part").fit(*_loader(kind))
     set_seed(99)  # a restarted process starts from another RNG state
     rest = Recorder()
-    Trainer(rest, fast_train_config(11, save_every=5), tmp_path / "part").fit(*_loader(kind))
+    resumed = Trainer(rest, fast_train_config(11, save_every=5), tmp_path / "part").fit(*_loader(kind))
+    assert len(resumed) == len(whole) == 11
+    assert [m["loss"] for m in resumed] == pytest.approx([m["loss"] for m in whole])  # steps 1-5 included
     assert part.seen[:5] + rest.seen == full.seen
     assert part.draws[:5] + rest.draws == full.draws
     assert rest.w.item() == pytest.approx(full.w.item())
@@ -102,7 +104,7 @@ def test_a_time_budget_stops_training_saves_and_decays_the_learning_rate(tmp_pat
     assert (tmp_path / "latest").read_text().strip() == f"checkpoint-{len(hist):08d}"
     assert hist[-1]["lr"] < 0.15 * cfg.lr < hist[len(hist) // 3]["lr"]  # cosine floor is 0.1 × lr
     again = Trainer(Slow(), cfg, tmp_path)
-    assert again.fit(*_loader("length")) == [] and again.step == len(hist)
+    assert again.fit(*_loader("length")) == hist and again.step == len(hist)  # no step more
     with pytest.raises(ValueError, match="time_budget_s"):
         Trainer(Slow(), fast_train_config(5, time_budget_s=0), tmp_path / "x")
 

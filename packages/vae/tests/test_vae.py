@@ -161,7 +161,8 @@ def test_overfit_one_clip_then_resume_with_gan(tmp_path):
     # GAN phase: resume from step 60 with the discriminator on, and its state is checkpointed
     cfg2 = _cfg(63, disc_start_step=0, segment_s=0.4)
     model2, hist2 = train(cfg2, utts, tmp_path / "run", device="cpu")
-    assert len(hist2) == 3 and all("disc" in h and "adv" in h for h in hist2)
+    assert len(hist2) == 63 and hist2[:60] == hist  # the whole run's metrics, the resumed steps included
+    assert all("disc" in h and "adv" in h for h in hist2[60:])
     state = torch.load(tmp_path / "run" / "checkpoint-00000063" / "train_state.pt", weights_only=False)
     assert "discriminator" in state and state["step"] == 63
     re = DACVAE.from_pretrained(tmp_path / "run" / "checkpoint-00000063")

@@ -423,6 +423,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.step = 0
         self.position = DataPosition()
+        # every step's metrics since step 1, resumed runs included: saved with each checkpoint (a few floats a
+        # step), so a resumed run's history is an uninterrupted one's
+        self.history: list[dict[str, float]] = []
         self.on_log = on_log
         self.writer = None
         if self.dist.is_main:
@@ -458,6 +461,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "elapsed_s": self.elapsed(),
+                "history": self.history,
                 **self.extra_state(),
             }
             atomic_torch_save(state, d / "train_state.pt")
@@ -535,6 +539,7 @@ class Trainer:
         self.load_extra_state(state)
         self.step = int(state["step"])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.history = list(state.get("history", []))  # (checkpoints from before it was saved: none)
         self.position = DataPosition(int(state.get("epoch", 0)), int(state.get("batch", 0)))
         rng = directory / f"rng-r{self.dist.rank}.pt"
         if rng.is_file() and state.get("world_size", 1) == self.dist.world_size:
@@ -688,12 +693,12 @@ class Trainer:
         resume: bool = True,
         val_loader: Iterable[Any] | None = None,
     ) -> list[dict[str, float]]:
-        """Train until ``cfg.max_steps`` (or ``cfg.time_budget_s``); returns the per-step metrics of this call
-        (steps that ran a validation also hold ``val/<metric>`` entries)."""
+        """Train until ``cfg.max_steps`` (or ``cfg.time_budget_s``); returns the per-step metrics of the run,
+        from its first step, the runs it resumed included (steps that ran a validation also hold
+        ``val/<metric>`` entries)."""
         if resume and (ck := self.latest_checkpoint()) is not None:
             self.resume(ck)
         self.started = time.monotonic()  # the budget counts training, not the set-up before it
-        history: list[dict[str, float]] = []
         it = infinite(loader, set_epoch, self.position, self.cfg.seed)
         bar = tqdm(
             total=self.cfg.max_steps,
@@ -708,7 +713,7 @@ class Trainer:
                 self.position, batch = next(it)
                 batches.append(batch)
             metrics = self.train_step(*batches)
-            history.append(metrics)
+            self.history.append(metrics)
             bar.update(1)
             done = last = self.step == self.cfg.max_steps or self.out_of_time()
             if self.step % self.cfg.log_every == 0 or last:
@@ -731,7 +736,7 @@ class Trainer:
             )
         if self.writer is not None:
             self.writer.flush()
-        return history
+        return self.history
 
     def _log_scalars(self, namespace: str, metrics: dict[str, float]) -> None:
         if self.writer is not None:
