@@ -413,6 +413,26 @@ def test_dataset_from_extracted_folders_reads_lazily_and_casts_on_the_device(tmp
     assert batch.tokens.tokens.dtype == torch.long
 
 
+def test_an_items_reference_depends_on_the_item_and_the_epoch_alone():
+    """A resumed run, loader workers and ranks read the items in other orders: each item's reference is drawn
+    from (seed, epoch, item) alone, so it is the same whatever was read before, and drawn anew each epoch
+    (the training loader's set_epoch passes the epoch on)."""
+    from mmspeech_core.training import DistInfo, train_loader
+
+    g = torch.Generator().manual_seed(0)
+    tokens = {f"u{i}": torch.randint(0, 64, (4,), generator=g) for i in range(8)}
+    latents = {k: torch.randn(8, 8, generator=g) for k in tokens}
+    ds = FlowDataset(tokens, latents, 2, {k: "a" for k in tokens})
+    forward = [ds[k].reference for k in range(len(ds))]
+    backward = [ds[k].reference for k in reversed(range(len(ds)))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(forward, backward))
+    _, set_epoch = train_loader(ds, list, fast_train_config(1, 1e-3), DistInfo())
+    set_epoch(1)
+    assert ds.epoch == 1 and any(not torch.equal(a, ds[k].reference) for k, a in enumerate(forward))
+    other_seed = FlowDataset(tokens, latents, 2, {k: "a" for k in tokens}, seed=1)
+    assert any(not torch.equal(a, other_seed[k].reference) for k, a in enumerate(forward))
+
+
 def _overfit_cfg(steps, data="map", **loss):
     cfg = tiny_config()
     return dataclasses.replace(

@@ -606,6 +606,25 @@ class SpeakerReferenceError(ValueError):
     """The corpus cannot give every training item a speaker reference from another utterance."""
 
 
+class EpochItems:
+    """A dataset whose items draw their random numbers (references, crops, layouts) from
+    :meth:`item_rng`: a function of the dataset's seed, the epoch and the item alone. An item then draws the
+    same in every loader worker, on every rank and in a resumed run (which skips the batches it trained on
+    without reading them), and something else the next epoch (:func:`~mmspeech_core.training.train_loader`'s
+    ``set_epoch`` passes the epoch on). Validation sets stay at epoch 0: the same draws at every evaluation.
+    A generator kept by the dataset would instead carry on from item to item, so which items a run had read
+    (and in which worker) would change what the next one drew."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def item_rng(self, k: int) -> random.Random:
+        return random.Random(f"{self.seed}:{self.epoch}:{k}")  # str seeds hash alike in every process
+
+
 class ReferencePicker:
     """Speaker references for training: for utterance i, another utterance of the same speaker.
 
@@ -627,7 +646,6 @@ class ReferencePicker:
         self,
         speakers: Sequence[str | None],
         fallback: str = "drop",
-        seed: int = 0,
         max_self_fraction: float = 0.05,
     ) -> None:
         if fallback not in ("self", "drop"):
@@ -638,7 +656,6 @@ class ReferencePicker:
                 self.by_spk.setdefault(s, array("i")).append(i)
         self.speakers = list(speakers)
         self.fallback = fallback
-        self.rng = random.Random(seed)
         self.single = [i for i, s in enumerate(speakers) if s is None or len(self.by_spk[s]) < 2]
         self._check(max_self_fraction)
 
@@ -675,14 +692,15 @@ class ReferencePicker:
         """Items that are their own reference."""
         return len(self.single) if self.fallback == "self" else 0
 
-    def __call__(self, i: int) -> int:
+    def __call__(self, i: int, rng: random.Random) -> int:
+        """The reference of utterance ``i``, drawn with ``rng`` (the item's: :meth:`EpochItems.item_rng`)."""
         s = self.speakers[i]
         pool = self.by_spk.get(s) if s is not None else None
         if pool is None or len(pool) < 2:
             if self.fallback == "drop":
                 raise ValueError(f"utterance {i} has no other utterance of its speaker")
             return i
-        j = self.rng.randrange(len(pool) - 1)  # the j-th of the others: skip i itself (pools ascend)
+        j = rng.randrange(len(pool) - 1)  # the j-th of the others: skip i itself (pools ascend)
         return pool[j] if j < bisect.bisect_left(pool, i) else pool[j + 1]
 
 

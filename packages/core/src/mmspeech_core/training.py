@@ -244,7 +244,8 @@ def train_loader(
     """The training DataLoader of a feature dataset (one with ``lengths()`` and ``shards()``) and its
     ``set_epoch``: length-bucketed batches drawn from the whole corpus (``cfg.data == "map"``) or read shard
     by shard (``"stream"``, :class:`~mmspeech_core.data.ShardStream`); this rank's share either way, in
-    page-locked memory when training on a GPU."""
+    page-locked memory when training on a GPU. ``set_epoch`` also reaches the dataset where it has one
+    (:class:`~mmspeech_core.data.EpochItems`)."""
     from .data import LengthBatchSampler, ShardStream
 
     pin = info.device.type == "cuda"
@@ -265,7 +266,7 @@ def train_loader(
         loader = torch.utils.data.DataLoader(
             stream, batch_size=None, num_workers=cfg.num_workers, pin_memory=pin
         )
-        return loader, stream.set_epoch
+        return loader, epoch_setter(stream.set_epoch, dataset)
     if cfg.data != "map":
         raise ValueError(f"train.data must be 'map' or 'stream', got {cfg.data!r}")
     sampler = LengthBatchSampler(
@@ -274,7 +275,20 @@ def train_loader(
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate, pin_memory=pin
     )
-    return loader, sampler.set_epoch
+    return loader, epoch_setter(sampler.set_epoch, dataset)
+
+
+def epoch_setter(set_epoch: Callable[[int], None], dataset: Any) -> Callable[[int], None]:
+    """``set_epoch`` (a sampler's), then the dataset's own where it has one (for :meth:`Trainer.fit`). Loader workers see the new epoch: they are
+    started afresh, with a copy of the dataset, every time the loader is iterated."""
+    if not hasattr(dataset, "set_epoch"):
+        return set_epoch
+
+    def both(epoch: int) -> None:
+        set_epoch(epoch)
+        dataset.set_epoch(epoch)
+
+    return both
 
 
 class _LossModule(nn.Module):

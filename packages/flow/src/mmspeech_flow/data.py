@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from mmspeech_core import Latents, SpeechTokens
 from mmspeech_core.data import (
+    EpochItems,
     ReferencePicker,
     Utterance,
     feature_length,
@@ -26,7 +27,7 @@ def align(tokens: torch.Tensor, latents: torch.Tensor, ratio: int) -> tuple[torc
     return tokens[:n], latents[:, : n * ratio]
 
 
-class FlowDataset(torch.utils.data.Dataset):
+class FlowDataset(EpochItems, torch.utils.data.Dataset):
     """Items: ``(tokens (N,), latents (C, N·ratio), reference latents (C, T_ref))``.
 
     ``tokens`` / ``latents`` are ``id -> tensor`` mappings, typically lazy :class:`FeatureStore` folders:
@@ -59,7 +60,8 @@ class FlowDataset(torch.utils.data.Dataset):
         if not self.ids:
             raise ValueError(f"no utterance has at least {min_tokens} tokens")
         speakers = speakers or {}
-        self.picker = ReferencePicker([speakers.get(i) for i in self.ids], fallback, seed, max_self_fraction)
+        self.seed = seed  # the references' (:class:`EpochItems`)
+        self.picker = ReferencePicker([speakers.get(i) for i in self.ids], fallback, max_self_fraction)
         self.index = self.picker.usable
 
     @classmethod
@@ -102,7 +104,7 @@ class FlowDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> FlowItem:
         i = self.index[k]
         tokens, latents = self._read(i)
-        return FlowItem(tokens, latents, self._read(self.picker(i))[1])
+        return FlowItem(tokens, latents, self._read(self.picker(i, self.item_rng(k)))[1])
 
 
 @dataclass

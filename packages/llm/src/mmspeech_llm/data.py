@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from mmspeech_core.audio import read_audio
-from mmspeech_core.data import ReferencePicker, Utterance, feature_length, feature_shards
+from mmspeech_core.data import EpochItems, ReferencePicker, Utterance, feature_length, feature_shards
 from mmspeech_core.nn import LogMel
 from mmspeech_core.training import Batch
 from torch.nn.utils.rnn import pad_sequence
@@ -26,7 +26,7 @@ def reference_mel(m: LLMModelConfig) -> LogMel:
     return LogMel(m.spk_sample_rate, n_mels=m.spk_mels)
 
 
-class LLMDataset(torch.utils.data.Dataset):
+class LLMDataset(EpochItems, torch.utils.data.Dataset):
     """Items: :class:`LLMItem` (layout sequence, the reference's log-mels, cropped to
     ``layout.max_reference_s``).
 
@@ -64,10 +64,10 @@ class LLMDataset(torch.utils.data.Dataset):
         if max(int(t.max()) for t in self.text) >= cfg.model.text_vocab:
             raise ValueError("text tokenizer vocabulary is larger than model.text_vocab")
         self.missing = missing
-        self.picker = ReferencePicker([u.speaker for u in self.utts], fallback, seed, max_self_fraction)
+        self.picker = ReferencePicker([u.speaker for u in self.utts], fallback, max_self_fraction)
         self.index = self.picker.usable
         self.pairs = self._pairs(cfg.layout.prompt_pairs, seed)
-        self.rng = random.Random(seed)
+        self.seed = seed  # each item's layout, reference and crop (:class:`EpochItems`)
 
     def _pairs(self, fraction: float, seed: int) -> list[tuple[int, int]]:
         """``(prompt, target)`` utterance pairs of one speaker, ``fraction`` × the items, drawn once."""
@@ -100,6 +100,7 @@ class LLMDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> LLMItem:
         parts = self._parts(k)
         m, lay = self.cfg.model, self.cfg.layout
+        rng = self.item_rng(k)
         seq = training_sequence(
             torch.cat([self.text[i] for i in parts]),
             torch.cat([self.tokens[self.utts[i].id].long() for i in parts]),
@@ -109,13 +110,13 @@ class LLMDataset(torch.utils.data.Dataset):
             lay.bistream_min_ratio,
             lay.text_chunk,
             lay.speech_chunk,
-            self.rng,
+            rng,
         )
         # a pair's reference is its prompt's own audio, as a one-shot voice's is
-        mel = self._reference(parts[0] if len(parts) > 1 else self.picker(parts[0]))
+        mel = self._reference(parts[0] if len(parts) > 1 else self.picker(parts[0], rng))
         crop = int(lay.max_reference_s * m.spk_sample_rate) // self.mel.hop + 1  # frames
         if mel.shape[-1] > crop:
-            start = self.rng.randrange(mel.shape[-1] - crop + 1)
+            start = rng.randrange(mel.shape[-1] - crop + 1)
             mel = mel[:, start : start + crop]
         return LLMItem(seq, mel)
 

@@ -9,7 +9,15 @@ from typing import Any
 
 import torch
 from mmspeech_core.data import Utterance
-from mmspeech_core.training import DistInfo, Trainer, autocast, init_distributed, set_seed, warmup_cosine
+from mmspeech_core.training import (
+    DistInfo,
+    Trainer,
+    autocast,
+    epoch_setter,
+    init_distributed,
+    set_seed,
+    warmup_cosine,
+)
 from torch import nn
 
 from .config import VAEConfig
@@ -144,5 +152,5 @@ def train(
         vds = CropDataset(val_utts, cfg.model.sample_rate, segment, random_crop=False)
         val = torch.utils.data.DataLoader(vds, batch_size=cfg.train.max_batch)
     trainer = VAETrainer(model, cfg, out_dir, info)
-    history = trainer.fit(loader, sampler.set_epoch, resume, val)
+    history = trainer.fit(loader, epoch_setter(sampler.set_epoch, ds), resume, val)
     return model, history
