@@ -538,6 +538,78 @@ def test_quickstart_fast(tmp_path, monkeypatch):
     assert all(f"train_{s}" in report["seconds"] for s in ("tokenizer", "vae", "llm", "flow"))
 
 
+def test_an_interrupted_quickstart_run_again_continues_it_and_ends_as_an_uninterrupted_one(
+    tmp_path, monkeypatch
+):
+    """Run again on its folder, a quickstart stopped in its flow training keeps the corpus and the finished
+    trainings, resumes the flow from its latest checkpoint, and ends with the weights and loss curve of a
+    run never stopped; other settings, or files it did not record, stop it before anything runs."""
+    from mmspeech_flow.model import FlowModel
+    from mmspeech_pipeline import quickstart, recipe
+    from mmspeech_pipeline.corpus import load_corpus
+    from safetensors.torch import load_file
+
+    whole = quickstart.run_quickstart(tmp_path / "whole", fast=True, evaluate_items=0, jobs=1)
+
+    class Stopped(Exception):
+        pass
+
+    steps, loss = [], FlowModel.training_loss
+
+    def stopped_at_step_10(self, batch):
+        if self.training:
+            steps.append(1)
+            if len(steps) == 10:  # the flow's 10th step: its checkpoint of step 9 is the latest
+                raise Stopped
+        return loss(self, batch)
+
+    def the_same_corpus(out, *_, **__):
+        # built again, eSpeak NG's audio would differ once an earlier test has run it in this process (see
+        # build_corpus); the corpus is not what this test is about
+        shutil.copytree(tmp_path / "whole/corpus", out)
+        return load_corpus(out)
+
+    with monkeypatch.context() as m:
+        m.setattr(FlowModel, "training_loss", stopped_at_step_10)
+        m.setattr(quickstart, "build_corpus", the_same_corpus)
+        with pytest.raises(Stopped):
+            quickstart.run_quickstart(tmp_path / "cut", fast=True, evaluate_items=0, jobs=1)
+    cut = tmp_path / "cut"
+    assert (cut / "runs/flow/latest").read_text().strip() == "checkpoint-00000009"
+    assert not recipe.result_path(cut, "flow").exists()
+
+    def never(*_, **__):
+        raise AssertionError("run again although done")
+
+    with monkeypatch.context() as m:  # done is done: not one of these runs again
+        m.setattr(quickstart, "build_corpus", never)
+        for stage in ("tokenizer", "vae", "llm"):
+            m.setitem(recipe.JOBS, stage, never)
+        again = quickstart.run_quickstart(cut, fast=True, evaluate_items=0, jobs=1)
+    assert again["continued"] == ["corpus", "tokenizer", "vae", "llm"] and whole["continued"] == []
+    for curves in ("losses", "held_out_losses"):  # the flow's whole, from its first step
+        assert again[curves].keys() == whole[curves].keys()
+        for name, curve in whole[curves].items():
+            assert np.allclose(again[curves][name], curve, rtol=0, atol=1e-6), name
+    a, b = (
+        load_file(recipe.last_checkpoint(d / "runs/flow") / "model.safetensors")
+        for d in (tmp_path / "whole", cut)
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "continued an earlier run of this folder" in (cut / "report.md").read_text()
+
+    with pytest.raises(ValueError, match="seed differ"):  # another seed would train something else
+        quickstart.run_quickstart(cut, fast=True, seed=1, evaluate_items=0, jobs=1)
+    (tmp_path / "old/runs").mkdir(parents=True)  # files no run recorded: nothing says how they were made
+    with pytest.raises(ValueError, match="holds runs but no quickstart.json"):
+        quickstart.run_quickstart(tmp_path / "old", fast=True, evaluate_items=0, jobs=1)
+    with monkeypatch.context() as m, pytest.raises(Stopped):  # --no-resume: its outputs go, then it starts
+        m.setattr(quickstart, "build_corpus", lambda *_, **__: (_ for _ in ()).throw(Stopped()))
+        (cut / "notes.txt").write_text("mine")
+        quickstart.run_quickstart(cut, fast=True, evaluate_items=0, jobs=1, resume=False)
+    assert sorted(p.name for p in cut.iterdir()) == ["notes.txt", "quickstart.json"]
+
+
 def test_error_rate_ignores_case_and_punctuation_like_seed_tts_eval():
     """Review item 9."""
     from mmspeech_pipeline.evaluate import error_rate
@@ -606,7 +678,7 @@ def test_a_failed_side_by_side_job_stops_the_other_and_says_which(tmp_path, monk
     def start(job, row):  # the tokenizer's process ends at once; the VAE's would run for a minute
         run = code if job.stage == "tokenizer" else "import time; time.sleep(60)"
         started[job.stage] = subprocess.Popen([sys.executable, "-c", run])
-        return started[job.stage], tmp_path / f"{job.stage}.job.json"
+        return started[job.stage]
 
     monkeypatch.setattr(recipe, "_start", start)
     with pytest.raises(RuntimeError, match=f"the tokenizer training{error}"):

@@ -282,6 +282,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         args.minutes,
         args.sources,
         args.jobs,
+        resume=not args.no_resume,
     )
     print(json.dumps({k: report[k] for k in ("seconds", "loss_first_last", "outputs")}, indent=2))
     print(f"report: {args.out}/report.md")
@@ -469,6 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="trainings at a time: 2 runs the tokenizer's and the VAE's side by side, then the LM's and the "
         "flow's, each process on half the cores (default where there are 2 cores or more); 1, one at a time",
+    )
+    sp.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over: remove the quickstart's outputs in --out first (by default a run on a folder that "
+        "holds an interrupted quickstart with the same settings continues it: the corpus and finished "
+        "trainings are kept, a training cut short resumes from its latest checkpoint)",
     )
     _sources_arg(sp)
     add_device_arg(sp, "cpu / cuda (default: cuda when available)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,15 +25,22 @@ from typing import Any
 
 import torch
 from mmspeech_core import read_audio, save_audio
+from mmspeech_core.checkpoint import atomic_write_text
 
 from .bundle import write_bundle
-from .corpus import CorpusSplit, build_corpus
+from .corpus import CorpusSplit, build_corpus, load_corpus
 from .evaluate import Judges, evaluate, ladder_table
-from .recipe import SIZES, StepTimer, check_jobs, last_checkpoint, train_all
+from .recipe import SIZES, STAGES, StepTimer, check_jobs, last_checkpoint, result_path, train_all
 from .tts import TTS
 from .voices import resolve_sources
 
 log = logging.getLogger(__name__)
+STATE_FILE = "quickstart.json"  # the run's settings and the steps it has finished: what a rerun continues
+# everything the quickstart writes in its folder (what --no-resume removes, and nothing else)
+OUTPUTS = (
+    *("corpus", "features", "runs", "bundle", "eval", "voices", "zero_shot.wav", "one_shot.wav"),
+    *("streamed.wav", "report.json", "report.md", "losses.png", "spectrograms.png", STATE_FILE),
+)
 
 
 def run_quickstart(
@@ -45,6 +53,7 @@ def run_quickstart(
     minutes: float | None = None,
     sources: Sequence[str] = ("espeak",),
     jobs: int | None = None,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Run everything; returns (and writes to ``out_dir/report.json`` + ``report.md``) the report.
 
@@ -53,7 +62,12 @@ def run_quickstart(
     ``minutes``: a training budget shared by the four stages (:func:`.recipe.stage_budget`: each stops at
     its steps or its share, whichever comes first; corpus, extraction and evaluation come on top).
     ``sources``: the corpus's voice sources (:func:`.voices.make_voices`), checked before anything runs.
-    ``jobs``: trainings at a time (:func:`.recipe.train_all`; default two where there are two cores)."""
+    ``jobs``: trainings at a time (:func:`.recipe.train_all`; default two where there are two cores).
+    ``resume``: run again on the same folder, it continues where an interrupted run stopped — a finished
+    corpus and finished trainings are kept, a training cut short resumes from its latest checkpoint (at
+    most a tenth of its steps back), extraction and the ladder skip what they have done — provided the
+    settings that decide what is trained (size, ``fast``, seed, sources) are the folder's; else it stops
+    before anything runs. ``resume=False`` removes the folder's quickstart outputs (:data:`OUTPUTS`) first."""
     sources = resolve_sources(sources)
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
@@ -70,17 +84,25 @@ def run_quickstart(
             eval_items=1,
         )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    settings = {"size": size, "fast": fast, "seed": seed, "sources": list(sources)}
+    state = _state(out, settings | {"preset": dataclasses.asdict(preset)}, resume)
     torch.manual_seed(seed)
     started = time.perf_counter()
     timed = StepTimer()
-    corpus = timed(
-        "corpus", build_corpus, out / "corpus", preset.speakers, preset.utterances, seed, sources=sources
-    )
+    continued = [s for s in ("corpus", *STAGES) if s in state["seconds"] or result_path(out, s).is_file()]
+    if "corpus" in continued:
+        log.info("quickstart: corpus already made in %s", out / "corpus")
+        corpus = load_corpus(out / "corpus")
+    else:
+        corpus = timed(
+            "corpus", build_corpus, out / "corpus", preset.speakers, preset.utterances, seed, sources=sources
+        )
+        _finished(out, state, "corpus", timed.seconds["corpus"])
     trained = timed("trainings", train_all, out, preset, device, minutes, jobs)
     bundle = _bundle(out)
     losses = {n: c for r in trained.values() for n, c in r.losses.items()}
     held_out = {n: c for r in trained.values() for n, c in r.held_out.items()}
+    timed.seconds.setdefault("corpus", state["seconds"]["corpus"])
     for r in trained.values():
         timed.seconds.update(r.seconds)
     tts = timed("load_bundle", TTS.from_pretrained, bundle, device=device)
@@ -97,6 +119,7 @@ def run_quickstart(
             Judges.load(),
             seed=seed,
             limit=n_eval,
+            resume=True,  # items an interrupted run scored (its bundle is this one: trainings never rerun)
         )
     report: dict[str, Any] = {
         "size": size,
@@ -104,6 +127,8 @@ def run_quickstart(
         "device": device,
         "minutes": minutes,
         "jobs": jobs,
+        # steps an earlier run of this folder finished (their seconds are that run's)
+        "continued": continued,
         "steps": preset.steps,
         "steps_done": {n: len(c) for n, c in losses.items()},
         "seconds": timed.seconds,
@@ -131,6 +156,49 @@ def run_quickstart(
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(_markdown(report))
     return report
+
+
+def _state(out: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """The folder's run state (:data:`STATE_FILE`): its settings and the seconds of each step it finished.
+    Checked (resume) or started afresh before anything runs."""
+    path = out / STATE_FILE
+    if not resume:
+        for name in OUTPUTS:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    elif path.is_file():
+        state: dict[str, Any] = json.loads(path.read_text())
+        if state["settings"] != settings:
+            changed = sorted(
+                k
+                for k in settings.keys() | state["settings"].keys()
+                if settings.get(k) != state["settings"].get(k)
+            )
+            raise ValueError(
+                f"{out} holds a quickstart with other settings ({', '.join(changed)} differ): run it with "
+                "the same settings to continue it, start it over with --no-resume, or choose another --out"
+            )
+        log.info(
+            "quickstart: continuing the run in %s (%s done)", out, ", ".join(state["seconds"]) or "nothing"
+        )
+        return state
+    elif found := [n for n in OUTPUTS if (out / n).exists()]:
+        raise ValueError(
+            f"{out} holds {', '.join(found)} but no {STATE_FILE}, so nothing says how they were made: start "
+            "it over with --no-resume, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"settings": settings, "seconds": {}}
+    atomic_write_text(path, json.dumps(state, indent=2) + "\n")
+    return state
+
+
+def _finished(out: Path, state: dict[str, Any], step: str, seconds: float) -> None:
+    state["seconds"][step] = seconds
+    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 def _bundle(out: Path) -> Path:
@@ -230,7 +298,13 @@ def _markdown(report: dict[str, Any]) -> str:
         f"({report['corpus']['train']} training utterances); the four trainings took "
         f"{t['trainings'] / 60:.1f} min on {report['device']} "
         f"({'two side by side' if report['jobs'] == 2 else 'one at a time'}), the whole run "
-        f"{report['wall_s'] / 60:.1f} min.",
+        f"{report['wall_s'] / 60:.1f} min."
+        + (
+            f" It continued an earlier run of this folder, which had made {', '.join(report['continued'])}"
+            " (their seconds below are that run's)."
+            if report["continued"]
+            else ""
+        ),
         "",
         "| stage | first loss | last loss | held-out loss | seconds |",
         "|---|---|---|---|---|",

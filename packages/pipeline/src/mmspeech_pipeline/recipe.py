@@ -315,13 +315,17 @@ class _Job:
 
     def train_fields(self) -> dict[str, Any]:
         """The stage's TrainConfig fields beside its steps and learning rate."""
+        steps = self.size.steps[self.job.stage]
         return dict(
             keep_checkpoints=1,
+            # a checkpoint every tenth of the steps: an interrupted quickstart loses at most that much of a
+            # training (medium's LM: ~5 minutes) when it is run again (each training resumes its latest)
+            save_every=max(1, steps // 10),
             time_budget_s=self.job.budget_s,
             num_workers=loader_workers(self.job.device),
             # where a held-out set is given (the LM and the flow), scored five times a run: a training loss
             # that falls while the held-out one rises is memorising (the report shows both)
-            eval_every=max(1, self.size.steps[self.job.stage] // 5),
+            eval_every=max(1, steps // 5),
         )
 
     def train_config(self, lr: float, **kw: Any) -> TrainConfig:
@@ -356,7 +360,6 @@ def _tokenizer_job(j: _Job) -> JobResult:
         j.train,
         j.out / "runs/tokenizer",
         device=j.job.device,
-        resume=False,
         cache_features=True,  # the quickstart's corpora fit in memory (tiny: ~170 MB of log-mels)
     )
     j.timed(
@@ -372,9 +375,7 @@ def _vae_job(j: _Job) -> JobResult:
     from mmspeech_vae.train import train as train_vae
 
     vcfg = vae_config(j.size, **j.train_fields())
-    vae, h = j.timed(
-        "train_vae", train_vae, vcfg, j.train, j.out / "runs/vae", device=j.job.device, resume=False
-    )
+    vae, h = j.timed("train_vae", train_vae, vcfg, j.train, j.out / "runs/vae", device=j.job.device)
     every = j.train + j.test
     j.timed(
         "extract_latents", extract_features, vae.eval(), every, j.out / "features/latents", 8, desc="latents"
@@ -400,7 +401,6 @@ def _llm_job(j: _Job) -> JobResult:
         LLMDataset(j.train, tokens, text_tok, lcfg, cache_references=True),  # log-mels: ~110 MB
         j.out / "runs/llm",
         j.job.device,
-        False,
         val_dataset=LLMDataset(j.held, tokens, text_tok, lcfg, cache_references=True),
         trained_with={"text_tokenizer": text_tok.fingerprint(), "tokenizer": tok.fingerprint()},
     )
@@ -432,7 +432,6 @@ def _flow_job(j: _Job) -> JobResult:
         data(j.train),
         j.out / "runs/flow",
         j.job.device,
-        False,
         val_dataset=data(j.held),
         trained_with={"tokenizer": tok.fingerprint(), "vae": vae.fingerprint()},
     )
@@ -453,14 +452,22 @@ def _val_curve(history: list[dict[str, float]], metric: str) -> list[list[float]
 
 
 def run_job(job: TrainingJob) -> JobResult:
-    """Run one training in this process, on ``job.threads`` CPU threads for its duration."""
+    """Run one training in this process, on ``job.threads`` CPU threads for its duration, and write its
+    result (:func:`result_path`), which marks it done."""
     before = torch.get_num_threads()
     if job.threads:
         torch.set_num_threads(job.threads)
     try:
-        return JOBS[job.stage](_Job(job))
+        result = JOBS[job.stage](_Job(job))
     finally:
         torch.set_num_threads(before)
+    atomic_write_text(result_path(job.out, job.stage), json.dumps(dataclasses.asdict(result)) + "\n")
+    return result
+
+
+def result_path(out: str | Path, stage: str) -> Path:
+    """Where a finished training's :class:`JobResult` is written: it exists only once the job is done."""
+    return Path(out) / "runs" / f"{stage}.result.json"
 
 
 def train_all(
@@ -474,12 +481,18 @@ def train_all(
     """The four trainings on the corpus in ``out/corpus``, each writing to ``out``; results by stage, in
     :data:`STAGES` order. ``jobs``: 1, one after another in this process; 2, side by side, each in its own
     process on ``threads`` CPU threads (default: half the cores). ``minutes``: a training budget
-    (:func:`stage_budget`; side by side each of :data:`PAIRS` has all of it)."""
+    (:func:`stage_budget`; side by side each of :data:`PAIRS` has all of it).
+
+    It continues what ``out`` holds: a training whose result is written is done and not run again, one that
+    was stopped resumes from its latest checkpoint (the same steps, batches and random numbers as if never
+    stopped, on as many threads), and extraction skips the utterances already extracted."""
     jobs = check_jobs(jobs)
     lanes = (STAGES,) if jobs == 1 else PAIRS
     if jobs == 2 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // 2)  # each of the two processes on half the cores
-    results: dict[str, JobResult] = {}
+    results = {s: _read_result(result_path(out, s)) for s in STAGES if result_path(out, s).is_file()}
+    if results:
+        log.info("trainings already done in %s: %s", out, ", ".join(results))
 
     def job(stage: str) -> TrainingJob:
         """The stage's job, its budget what the stages before it in its lane left (computed as it starts)."""
@@ -492,27 +505,29 @@ def train_all(
 
     if jobs == 1:
         for stage in STAGES:
-            results[stage] = run_job(job(stage))
+            if stage not in results:
+                results[stage] = run_job(job(stage))
     else:
-        _side_by_side(job, results)
+        _side_by_side(Path(out), job, results)
     return {s: results[s] for s in STAGES}
 
 
-def _side_by_side(make: Callable[[str], TrainingJob], results: dict[str, JobResult]) -> None:
+def _side_by_side(out: Path, make: Callable[[str], TrainingJob], results: dict[str, JobResult]) -> None:
     """Two jobs at a time, each in a process of its own; a job starts when the jobs it needs are done. A
-    failed job stops the other and raises (its traceback is in the output above)."""
-    waiting = list(STAGES)
-    running: dict[str, tuple[subprocess.Popen[bytes], Path, int]] = {}  # stage -> process, job file, bar row
+    failed job stops the other and raises (its traceback is in the output above). Stages already in
+    ``results`` are not run."""
+    waiting = [s for s in STAGES if s not in results]
+    running: dict[str, tuple[subprocess.Popen[bytes], int]] = {}  # stage -> process, progress bar row
     try:
         while waiting or running:
             for stage in [s for s in waiting if all(n in results for n in NEEDS[s])]:
                 if len(running) == 2:
                     break
-                row = min({0, 1} - {r for _, _, r in running.values()})
-                running[stage] = (*_start(make(stage), row), row)
+                row = min({0, 1} - {r for _, r in running.values()})
+                running[stage] = (_start(make(stage), row), row)
                 waiting.remove(stage)
             time.sleep(0.2)
-            for stage, (proc, path, _) in list(running.items()):
+            for stage, (proc, _) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 del running[stage]
@@ -520,39 +535,38 @@ def _side_by_side(make: Callable[[str], TrainingJob], results: dict[str, JobResu
                     raise RuntimeError(
                         f"the {stage} training failed (exit code {proc.returncode}; see above)"
                     )
-                if not _result_path(path).is_file():  # e.g. this package changed under a running quickstart
+                if not result_path(out, stage).is_file():  # e.g. this package changed under a running job
                     raise RuntimeError(f"the {stage} training's process ended without writing its result")
-                results[stage] = JobResult(**json.loads(_result_path(path).read_text()))
+                results[stage] = _read_result(result_path(out, stage))
     finally:
-        for proc, _, _ in running.values():
+        for proc, _ in running.values():
             proc.terminate()
             proc.wait()
 
 
-def _start(job: TrainingJob, row: int) -> tuple[subprocess.Popen[bytes], Path]:
+def _start(job: TrainingJob, row: int) -> subprocess.Popen[bytes]:
     path = Path(job.out) / "runs" / f"{job.stage}.job.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(job.to_json() + "\n")
-    _result_path(path).unlink(missing_ok=True)  # an earlier run's result must not stand for this one's
+    result_path(job.out, job.stage).unlink(missing_ok=True)  # an earlier run's must not stand for this one's
     env = dict(os.environ)
     if sys.stderr.isatty():  # each job's progress bar on a line of its own (tqdm reads TQDM_* defaults)
         env["TQDM_POSITION"] = str(row)
     level = str(logging.getLogger().getEffectiveLevel())
     # imported, not run as __main__ (``-m``): its classes and loggers keep this module's name
     run = f"from {__name__} import job_main; job_main()"
-    return subprocess.Popen([sys.executable, "-c", run, str(path), level], env=env), path
+    return subprocess.Popen([sys.executable, "-c", run, str(path), level], env=env)
 
 
-def _result_path(job_path: Path) -> Path:
-    return job_path.with_name(job_path.name.replace(".job.json", ".result.json"))
+def _read_result(path: Path) -> JobResult:
+    return JobResult(**json.loads(path.read_text()))
 
 
 def job_main(argv: Sequence[str] | None = None) -> None:
-    """A side-by-side job's process: run the job file's training, write its result beside it."""
+    """A side-by-side job's process: run the job file's training (which writes its result)."""
     p = argparse.ArgumentParser(description=job_main.__doc__)
     p.add_argument("job", type=Path)
     p.add_argument("log_level", type=int, nargs="?", default=logging.INFO)
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = run_job(TrainingJob.from_json(a.job.read_text()))
-    atomic_write_text(_result_path(a.job), json.dumps(dataclasses.asdict(result)) + "\n")
+    run_job(TrainingJob.from_json(a.job.read_text()))
