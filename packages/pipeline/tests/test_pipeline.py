@@ -600,9 +600,11 @@ def test_an_interrupted_quickstart_run_again_continues_it_and_ends_as_an_uninter
 
     with pytest.raises(ValueError, match="seed differ"):  # another seed would train something else
         quickstart.run_quickstart(cut, fast=True, seed=1, evaluate_items=0, jobs=1)
-    (tmp_path / "old/runs").mkdir(parents=True)  # files no run recorded: nothing says how they were made
-    with pytest.raises(ValueError, match="holds runs but no quickstart.json"):
-        quickstart.run_quickstart(tmp_path / "old", fast=True, evaluate_items=0, jobs=1)
+    (tmp_path / "old/runs").mkdir(parents=True)  # no quickstart recorded it: neither continued nor removed
+    for resume in (True, False):
+        with pytest.raises(ValueError, match="holds runs but no quickstart.json"):
+            quickstart.run_quickstart(tmp_path / "old", fast=True, evaluate_items=0, jobs=1, resume=resume)
+    assert (tmp_path / "old/runs").is_dir()
     with monkeypatch.context() as m, pytest.raises(Stopped):  # --no-resume: its outputs go, then it starts
         m.setattr(quickstart, "build_corpus", lambda *_, **__: (_ for _ in ()).throw(Stopped()))
         (cut / "notes.txt").write_text("mine")

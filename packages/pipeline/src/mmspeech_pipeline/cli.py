@@ -474,9 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--no-resume",
         action="store_true",
-        help="start over: remove the quickstart's outputs in --out first (by default a run on a folder that "
-        "holds an interrupted quickstart with the same settings continues it: the corpus and finished "
-        "trainings are kept, a training cut short resumes from its latest checkpoint)",
+        help="start over: remove the outputs of the quickstart in --out first (by default a run on a folder "
+        "that holds an interrupted quickstart with the same settings continues it: the corpus and finished "
+        "trainings are kept, a training cut short resumes from its latest checkpoint). A folder holding "
+        "such outputs but no quickstart.json is neither continued nor cleared",
     )
     _sources_arg(sp)
     add_device_arg(sp, "cpu / cuda (default: cuda when available)")

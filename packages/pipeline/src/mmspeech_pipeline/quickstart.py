@@ -67,7 +67,8 @@ def run_quickstart(
     corpus and finished trainings are kept, a training cut short resumes from its latest checkpoint (at
     most a tenth of its steps back), extraction and the ladder skip what they have done — provided the
     settings that decide what is trained (size, ``fast``, seed, sources) are the folder's; else it stops
-    before anything runs. ``resume=False`` removes the folder's quickstart outputs (:data:`OUTPUTS`) first."""
+    before anything runs. ``resume=False`` removes the folder's quickstart outputs (:data:`OUTPUTS`) first.
+    A folder with such outputs but no :data:`STATE_FILE` is neither continued nor cleared (an error)."""
     sources = resolve_sources(sources)
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
@@ -160,40 +161,41 @@ def run_quickstart(
 
 def _state(out: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any]:
     """The folder's run state (:data:`STATE_FILE`): its settings and the seconds of each step it finished.
-    Checked (resume) or started afresh before anything runs."""
+    Checked (resume) or started afresh before anything runs. Only a folder whose state file says a
+    quickstart made it is continued or cleared: ``--out .`` in a project with a ``runs/`` of its own must
+    not lose it."""
     path = out / STATE_FILE
-    if not resume:
+    if path.is_file():
+        state: dict[str, Any] = json.loads(path.read_text())
+        if resume:
+            _check_settings(out, state["settings"], settings)
+            done = ", ".join(state["seconds"]) or "nothing"
+            log.info("quickstart: continuing the run in %s (%s done)", out, done)
+            return state
         for name in OUTPUTS:
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
-    elif path.is_file():
-        state: dict[str, Any] = json.loads(path.read_text())
-        if state["settings"] != settings:
-            changed = sorted(
-                k
-                for k in settings.keys() | state["settings"].keys()
-                if settings.get(k) != state["settings"].get(k)
-            )
-            raise ValueError(
-                f"{out} holds a quickstart with other settings ({', '.join(changed)} differ): run it with "
-                "the same settings to continue it, start it over with --no-resume, or choose another --out"
-            )
-        log.info(
-            "quickstart: continuing the run in %s (%s done)", out, ", ".join(state["seconds"]) or "nothing"
-        )
-        return state
     elif found := [n for n in OUTPUTS if (out / n).exists()]:
         raise ValueError(
-            f"{out} holds {', '.join(found)} but no {STATE_FILE}, so nothing says how they were made: start "
-            "it over with --no-resume, or choose another --out"
+            f"{out} holds {', '.join(found)} but no {STATE_FILE}, so nothing says a quickstart made them: "
+            "none is continued or removed; choose another --out (or remove them yourself)"
         )
     out.mkdir(parents=True, exist_ok=True)
     state = {"settings": settings, "seconds": {}}
     atomic_write_text(path, json.dumps(state, indent=2) + "\n")
     return state
+
+
+def _check_settings(out: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
+    if before != now:
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        raise ValueError(
+            f"{out} holds a quickstart with other settings ({', '.join(changed)} differ): run it with the "
+            "same settings to continue it, start it over with --no-resume, or choose another --out"
+        )
 
 
 def _finished(out: Path, state: dict[str, Any], step: str, seconds: float) -> None:
