@@ -391,6 +391,28 @@ def test_dataset_uses_other_utterance_as_reference(tmp_path):
         assert ref.shape[1] == frames(4800 + 800 * ((k + 2) % 4))
 
 
+def test_an_items_layout_reference_and_crop_depend_on_the_item_and_the_epoch_alone(tmp_path):
+    """A resumed run reads the items in another order than an uninterrupted one (it skips what it trained
+    on): each item draws its layout, reference and crop from (seed, epoch, item) alone."""
+    utts, tokens = _corpus(tmp_path, n=8)  # four utterances a speaker: three candidate references each
+    tok = TextTokenizer.train_bpe([u.text for u in utts], vocab_size=280, min_frequency=1)
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, layout=dataclasses.replace(cfg.layout, max_reference_s=0.1))  # crops
+    ds = LLMDataset(utts, tokens, tok, cfg, seed=3)
+
+    def items() -> list[tuple[torch.Tensor, ...]]:
+        return [(ds[k].sequence.kind, ds[k].sequence.ids, ds[k].reference) for k in range(len(ds))]
+
+    def same(a, b) -> bool:
+        return all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
+
+    first = items()
+    backward = [(ds[k].sequence.kind, ds[k].sequence.ids, ds[k].reference) for k in reversed(range(len(ds)))]
+    assert all(same(a, b) for a, b in zip(first, backward[::-1]))
+    ds.set_epoch(1)
+    assert not all(same(a, b) for a, b in zip(first, items()))
+
+
 def test_prompt_pairs_join_two_utterances_of_a_speaker_as_one_shot_inference_does(tmp_path):
     """layout.prompt_pairs adds items made as one-shot inference makes its prefix: a prompt utterance's text
     then the target's, its speech tokens then the target's, and the prompt's own audio as the reference."""
