@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mmspeech_core.cli import add_command, add_device_arg, add_seed_arg, check_output, make_parser, run
 
@@ -268,11 +269,24 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
+    try:
+        report = _run_quickstart(args)
+    except KeyboardInterrupt:
+        print(
+            f"stopped: run the same command again to continue where it stopped ({args.out})", file=sys.stderr
+        )
+        return 130
+    print(json.dumps({k: report[k] for k in ("seconds", "loss_first_last", "outputs")}, indent=2))
+    print(f"report: {args.out}/report.md")
+    return 0
+
+
+def _run_quickstart(args: argparse.Namespace) -> dict[str, Any]:
     from mmspeech_core.training import default_device
 
     from .quickstart import run_quickstart
 
-    report = run_quickstart(
+    return run_quickstart(
         args.out,
         args.size,
         args.fast,
@@ -284,9 +298,6 @@ def _quickstart(args: argparse.Namespace) -> int:
         args.jobs,
         resume=not args.no_resume,
     )
-    print(json.dumps({k: report[k] for k in ("seconds", "loss_first_last", "outputs")}, indent=2))
-    print(f"report: {args.out}/report.md")
-    return 0
 
 
 def _sources_arg(sp: argparse.ArgumentParser) -> None:

@@ -569,4 +569,7 @@ def job_main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("log_level", type=int, nargs="?", default=logging.INFO)
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_job(TrainingJob.from_json(a.job.read_text()))
+    try:
+        run_job(TrainingJob.from_json(a.job.read_text()))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole group: the quickstart says what to do, once
+        raise SystemExit(130) from None
