@@ -612,6 +612,17 @@ def test_an_interrupted_quickstart_run_again_continues_it_and_ends_as_an_uninter
     assert sorted(p.name for p in cut.iterdir()) == ["notes.txt", "quickstart.json"]
 
 
+def test_a_quickstart_stopped_with_ctrl_c_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    from mmspeech_pipeline import quickstart
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quickstart, "run_quickstart", interrupted)
+    assert mmspeech(f"quickstart --out {tmp_path / 'qs'}") == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+
+
 def test_error_rate_ignores_case_and_punctuation_like_seed_tts_eval():
     """Review item 9."""
     from mmspeech_pipeline.evaluate import error_rate
