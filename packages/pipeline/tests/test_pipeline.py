@@ -605,8 +605,12 @@ def test_an_interrupted_quickstart_run_again_continues_it_and_ends_as_an_uninter
         with pytest.raises(ValueError, match="holds runs but no quickstart.json"):
             quickstart.run_quickstart(tmp_path / "old", fast=True, evaluate_items=0, jobs=1, resume=resume)
     assert (tmp_path / "old/runs").is_dir()
+
+    def stop(*_, **__):
+        raise Stopped
+
     with monkeypatch.context() as m, pytest.raises(Stopped):  # --no-resume: its outputs go, then it starts
-        m.setattr(quickstart, "build_corpus", lambda *_, **__: (_ for _ in ()).throw(Stopped()))
+        m.setattr(quickstart, "build_corpus", stop)
         (cut / "notes.txt").write_text("mine")
         quickstart.run_quickstart(cut, fast=True, evaluate_items=0, jobs=1, resume=False)
     assert sorted(p.name for p in cut.iterdir()) == ["notes.txt", "quickstart.json"]

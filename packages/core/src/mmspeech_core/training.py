@@ -279,8 +279,8 @@ def train_loader(
 
 
 def epoch_setter(set_epoch: Callable[[int], None], dataset: Any) -> Callable[[int], None]:
-    """``set_epoch`` (a sampler's), then the dataset's own where it has one (for :meth:`Trainer.fit`). Loader workers see the new epoch: they are
-    started afresh, with a copy of the dataset, every time the loader is iterated."""
+    """``set_epoch`` (a sampler's), then the dataset's own where it has one (for :meth:`Trainer.fit`).
+    Loader workers see the new epoch: they start afresh, with a copy of the dataset, at every iteration."""
     if not hasattr(dataset, "set_epoch"):
         return set_epoch
 

@@ -94,6 +94,7 @@ def run_quickstart(
     if "corpus" in continued:
         log.info("quickstart: corpus already made in %s", out / "corpus")
         corpus = load_corpus(out / "corpus")
+        timed.seconds["corpus"] = state["seconds"]["corpus"]  # the run that made it
     else:
         corpus = timed(
             "corpus", build_corpus, out / "corpus", preset.speakers, preset.utterances, seed, sources=sources
@@ -103,7 +104,6 @@ def run_quickstart(
     bundle = _bundle(out)
     losses = {n: c for r in trained.values() for n, c in r.losses.items()}
     held_out = {n: c for r in trained.values() for n, c in r.held_out.items()}
-    timed.seconds.setdefault("corpus", state["seconds"]["corpus"])
     for r in trained.values():
         timed.seconds.update(r.seconds)
     tts = timed("load_bundle", TTS.from_pretrained, bundle, device=device)

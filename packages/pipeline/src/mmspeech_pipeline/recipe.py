@@ -548,7 +548,6 @@ def _start(job: TrainingJob, row: int) -> subprocess.Popen[bytes]:
     path = Path(job.out) / "runs" / f"{job.stage}.job.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(job.to_json() + "\n")
-    result_path(job.out, job.stage).unlink(missing_ok=True)  # an earlier run's must not stand for this one's
     env = dict(os.environ)
     if sys.stderr.isatty():  # each job's progress bar on a line of its own (tqdm reads TQDM_* defaults)
         env["TQDM_POSITION"] = str(row)
