@@ -2,6 +2,7 @@ import dataclasses
 import random
 import re
 
+import numpy as np
 import pytest
 import torch
 from mmspeech_core import LMPrompt, SpeakerEmbedding, SpeechTokens, Waveform, save_audio
@@ -611,6 +612,47 @@ def test_the_fallback_drawn_only_for_repeating_rows_draws_what_every_rows_fallba
             repeated += int((want != nucleus).sum())
             assert torch.equal(sample_step(logits, history, u, u_full, cfg, 6561), want)
     assert 0.3 * 1900 < repeated < 0.9 * 1900  # both paths taken, often
+
+
+def _degenerate_rows(v: int) -> list[torch.Tensor]:
+    """Rows a softmax rarely or never makes, each with its own trap for a top-k."""
+    rising = torch.arange(v, dtype=torch.float32) / v  # every id an insertion for a one-pass scan
+    tied = torch.zeros(v)
+    tied[::3] = 0.5  # more tied maxima than k, in every block
+    one_hot = torch.zeros(v)
+    one_hot[-1] = 1.0  # the only mass in the tail block
+    return [rising, tied, one_hot, torch.zeros(v)]
+
+
+def test_the_compiled_top_k_keeps_the_k_most_probable_ids_with_ties_lower_id_first():
+    """Issue 17 item 1: the compiled sampler's top-k (a threshold from the maxima of 64-id blocks, then only
+    the ids at or above it) keeps exactly the k most probable ids, most probable first and equal ones lower
+    id first, on flat, peaked, tied and degenerate rows of lengths around the block size; rows with a NaN or
+    a negative number (-0 too) keep what the one-pass scan keeps."""
+    pytest.importorskip("numba")
+    from mmspeech_llm import cpu_sampling as cs
+
+    def top_k(p: torch.Tensor, k: int, scan: bool = False) -> tuple[list[int], np.ndarray]:
+        cand_p, cand_i = np.empty(k, np.float32), np.empty(k, np.int64)
+        if scan:
+            cs._scan_top_k(p.numpy(), cand_p, cand_i)
+        else:
+            cs._top_k(p.numpy(), cand_p, cand_i, np.empty(len(p) // 64 + 1, np.int32))
+        return cand_i.tolist(), cand_p
+
+    g = torch.Generator().manual_seed(2)
+    for v in (6561, 6562, 6592, 1600, 1599, 30):
+        rows = [torch.softmax(s * torch.randn(v, generator=g), -1) for s in (0.1, 1, 3, 10)]
+        rows.append((torch.rand(v, generator=g) * 50).round() / 50)  # exact ties everywhere
+        for p in rows + _degenerate_rows(v):
+            for k in {1, 7, 25, min(64, v)}:
+                want = np.lexsort((np.arange(v), -p.numpy()))[:k]  # by probability, then by id
+                ids, probs = top_k(p, k)
+                assert ids == want.tolist() and np.array_equal(probs, p.numpy()[want]), (v, k)
+        for where, value in ((3, float("nan")), (v - 1, float("nan")), (7, -0.0), (v // 2, -1.0)):
+            p = rows[1].clone()
+            p[where] = value
+            assert top_k(p, 25)[0] == top_k(p, 25, scan=True)[0]
 
 
 def test_fsdp_on_one_process_trains_the_lm_and_saves_plain_weights(tmp_path):

@@ -31,9 +31,10 @@ def draw(
     """probs: (B, V) float32 on the CPU, history: (B, W), u_*: (B,) -> (B,) int64 tokens, as
     :func:`infer.sample_step` draws them after its softmax."""
     # .numpy() shares memory, strided or not: a copy or an allocation per argument would cost more than the
-    # draw itself at batch 1 (~7 µs a .contiguous() copy); detach(): logits may come from a graph
+    # draw itself at batch 1 (~7 µs a .contiguous() copy); detach(): logits may come from a graph. Only the
+    # probabilities must be contiguous (the top-k reads their rows as int32): a softmax's output is, no copy
     tokens = _draw_rows(
-        probs.detach().numpy(),
+        probs.detach().contiguous().numpy(),
         history.numpy(),
         u_nucleus.numpy(),
         u_full.numpy(),
@@ -52,8 +53,9 @@ def _draw_rows(probs, history, u_nucleus, u_full, k, top_p, min_repeats):  # typ
     cand_p = np.empty(k, np.float32)
     cand_i = np.empty(k, np.int64)
     cdf = np.empty(v, np.float32)  # the candidates' cdf, or a fallback's over the whole vocabulary
+    maxima = np.empty(v // _BLOCK + 1, np.int32)
     for r in range(b):
-        _top_k(probs[r], cand_p, cand_i)
+        _top_k(probs[r], cand_p, cand_i, maxima)
         tok = _nucleus(cand_p, cand_i, u_nucleus[r], top_p, cdf)
         repeats = 0
         for w in range(history.shape[1]):
@@ -64,33 +66,97 @@ def _draw_rows(probs, history, u_nucleus, u_full, k, top_p, min_repeats):  # typ
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def _top_k(p, cand_p, cand_i):  # type: ignore[no-untyped-def]
-    """The k most probable ids of ``p``, most probable first (ties: the lower id first), by insertion.
+_BLOCK = 64  # ids per block of the top-k's first pass
+_INF_BITS = 0x7F800000  # +inf's float32 bits: every larger int32 is a NaN's
 
-    Most ids fail one comparison with the k-th best so far, kept in a register: about 9 µs a row of 6,564 on
-    this project's CPU. Insertions cost up to k moves each; ids whose probability rises with the id all the
-    way would make every one an insertion (~0.15 ms a row), which no trained LM's logits do.
+
+@numba.njit(cache=True, nogil=True)
+def _top_k(p, cand_p, cand_i, maxima):  # type: ignore[no-untyped-def]
+    """The k most probable ids of ``p``, most probable first (ties: the lower id first); ``maxima`` is
+    scratch of at least ``len(p) // 64 + 1``.
+
+    Two passes. The first takes each block of 64 ids' maximum; the k-th largest of these is a threshold
+    no top-k id lies under (k blocks each hold an id at least that probable). The second inserts, in id
+    order, only the ids at or above it: ~28 of 6,561 on the random tiny LM's flat rows, in ~25 blocks. On
+    this project's CPU, a row in cache: 3.2 µs against 7.2 for one pass offering every id to the best k so
+    far (its early insertions, ~140 a row and up to k moves each, were most of its time); the same ids.
+    The first pass compares the probabilities' bits as int32, which order non-negative floats as their
+    values do, because a compiled integer maximum vectorises and a float one (NaN-aware) does not. A row
+    holding a negative number or a NaN, or too short for k blocks, takes the one-pass scan.
     """
     k = cand_p.shape[0]
+    v = p.shape[0]
+    full = v // _BLOCK
+    nb = full + (full * _BLOCK < v)  # the tail, if any, is a block of its own
+    if nb < k or not _block_maxima(p.view(np.int32), maxima[:nb]):
+        _scan_top_k(p, cand_p, cand_i)
+        return
+    top = maxima[:nb].view(np.float32)
     n = 0
-    worst = np.float32(0.0)
+    for b in range(nb):  # the k largest maxima, in the candidates' arrays
+        n = _insert(cand_p, cand_i, n, top[b], b)
+    threshold = cand_p[k - 1]
+    n = 0
+    for b in range(nb):
+        if top[b] >= threshold:
+            for j in range(b * _BLOCK, min(b * _BLOCK + _BLOCK, v)):
+                if p[j] >= threshold:
+                    n = _insert(cand_p, cand_i, n, p[j], j)
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_top_k(p, cand_p, cand_i):  # type: ignore[no-untyped-def]
+    """:func:`_top_k` in one pass, every id offered to the best k so far."""
+    n = 0
     for j in range(p.shape[0]):
-        x = p[j]
-        if n == k:
-            if not x > worst:
-                continue
-            pos = k - 1
-        else:
-            pos = n
-            n += 1
-        while pos > 0 and x > cand_p[pos - 1]:
-            cand_p[pos] = cand_p[pos - 1]
-            cand_i[pos] = cand_i[pos - 1]
-            pos -= 1
-        cand_p[pos] = x
-        cand_i[pos] = j
-        worst = cand_p[n - 1]
+        n = _insert(cand_p, cand_i, n, p[j], j)
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_maxima(bits, maxima):  # type: ignore[no-untyped-def]
+    """Each block of ``bits`` (a float32 row as int32)'s maximum into ``maxima``; False if the row holds a
+    negative number (-0 included) or a NaN, whose bits would not order as their values."""
+    lo = np.int32(0)
+    hi = np.int32(0)
+    full = bits.shape[0] // _BLOCK
+    for b in range(full):  # a constant trip count: the loop the compiler vectorises
+        top = np.int32(0)
+        low = np.int32(0)
+        for j in range(b * _BLOCK, b * _BLOCK + _BLOCK):
+            top = max(top, bits[j])
+            low = min(low, bits[j])
+        maxima[b] = top
+        lo = min(lo, low)
+        hi = max(hi, top)
+    if full < maxima.shape[0]:  # the tail
+        top = np.int32(0)
+        for j in range(full * _BLOCK, bits.shape[0]):
+            top = max(top, bits[j])
+            lo = min(lo, bits[j])
+        maxima[full] = top
+        hi = max(hi, top)
+    return lo >= 0 and hi <= _INF_BITS
+
+
+@numba.njit(cache=True, nogil=True)
+def _insert(cand_p, cand_i, n, x, j):  # type: ignore[no-untyped-def]
+    """Insert id ``j`` of probability ``x`` among the ``n`` best so far (sorted, ties in id order, ids
+    arriving in ascending order) if it belongs in the best k; returns their new count."""
+    k = cand_p.shape[0]
+    if n == k:
+        if not x > cand_p[k - 1]:
+            return n
+        pos = k - 1
+    else:
+        pos = n
+        n += 1
+    while pos > 0 and x > cand_p[pos - 1]:
+        cand_p[pos] = cand_p[pos - 1]
+        cand_i[pos] = cand_i[pos - 1]
+        pos -= 1
+    cand_p[pos] = x
+    cand_i[pos] = j
+    return n
 
 
 @numba.njit(cache=True, nogil=True)
