@@ -401,17 +401,17 @@ def test_an_items_layout_reference_and_crop_depend_on_the_item_and_the_epoch_alo
     cfg = dataclasses.replace(cfg, layout=dataclasses.replace(cfg.layout, max_reference_s=0.1))  # crops
     ds = LLMDataset(utts, tokens, tok, cfg, seed=3)
 
-    def items() -> list[tuple[torch.Tensor, ...]]:
-        return [(ds[k].sequence.kind, ds[k].sequence.ids, ds[k].reference) for k in range(len(ds))]
+    def item(k: int) -> tuple[torch.Tensor, ...]:
+        return ds[k].sequence.kind, ds[k].sequence.ids, ds[k].reference
 
     def same(a, b) -> bool:
         return all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
 
-    first = items()
-    backward = [(ds[k].sequence.kind, ds[k].sequence.ids, ds[k].reference) for k in reversed(range(len(ds)))]
+    first = [item(k) for k in range(len(ds))]
+    backward = [item(k) for k in reversed(range(len(ds)))]
     assert all(same(a, b) for a, b in zip(first, backward[::-1]))
     ds.set_epoch(1)
-    assert not all(same(a, b) for a, b in zip(first, items()))
+    assert not all(same(a, b) for a, b in zip(first, [item(k) for k in range(len(ds))]))
 
 
 def test_prompt_pairs_join_two_utterances_of_a_speaker_as_one_shot_inference_does(tmp_path):
@@ -637,7 +637,7 @@ def test_the_compiled_top_k_keeps_the_k_most_probable_ids_with_ties_lower_id_fir
         if scan:
             cs._scan_top_k(p.numpy(), cand_p, cand_i)
         else:
-            cs._top_k(p.numpy(), cand_p, cand_i, np.empty(len(p) // 64 + 1, np.int32))
+            cs._top_k(p.numpy(), cand_p, cand_i, np.empty(len(p) // cs._BLOCK + 1, np.int32))
         return cand_i.tolist(), cand_p
 
     g = torch.Generator().manual_seed(2)
