@@ -499,10 +499,15 @@ def test_cli_help_is_fast_and_imports_no_torch():
 
 
 def test_quickstart_fast(tmp_path, monkeypatch):
+    from mmspeech_core.data import load_shards, read_manifest
+    from mmspeech_pipeline import recipe
     from mmspeech_pipeline.quickstart import SIZES, run_quickstart
+    from mmspeech_vae.infer import latent_stats
 
     # a temperature other than the library's, to see that the size's decoding settings reach the bundle
     monkeypatch.setitem(SIZES, "tiny", dataclasses.replace(SIZES["tiny"], llm_temperature=0.5))
+    # this corpus's held-out set is small enough to be scored whole: half of it, to see the rest not extracted
+    monkeypatch.setattr(recipe, "scored_on", lambda test: test[::2])
     # one training at a time: the side-by-side processes run the same jobs (their own test), ~20 s slower
     report = run_quickstart(tmp_path / "qs", fast=True, evaluate_items=0, jobs=1)  # the ladder: own tests
     for name in (
@@ -536,6 +541,12 @@ def test_quickstart_fast(tmp_path, monkeypatch):
     assert report["corpus"]["train"] > 0 and report["corpus"]["test"] > 0 and report["ladder"] is None
     assert report["jobs"] == 1 and report["wall_s"] >= report["seconds"]["trainings"]
     assert all(f"train_{s}" in report["seconds"] for s in ("tokenizer", "vae", "llm", "flow"))
+    # features of what the trainings read only; the flow normalises by the training speech's statistics
+    train, test = (read_manifest(tmp_path / "qs" / f"corpus/{s}.jsonl") for s in ("train", "test"))
+    read = sorted(u.id for u in train + test[::2])
+    assert all(sorted(load_shards(tmp_path / "qs" / "features" / k)) == read for k in ("tokens", "latents"))
+    train_stats = latent_stats(tmp_path / "qs" / "features/latents", ids=[u.id for u in train])
+    assert tts.flow.config.model.latent_mean == train_stats["mean"]
 
 
 def test_an_interrupted_quickstart_run_again_continues_it_and_ends_as_an_uninterrupted_one(

@@ -224,6 +224,19 @@ def test_extract_and_stats(tmp_path):
     assert len(s["mean"]) == 8 and json.loads((tmp_path / "stats.json").read_text())["frames"][0] == sum(
         f.shape[-1] for f in feats.values()
     )
+    # of some items only (a training split): theirs, from the CLI too; an id without latents is an error
+    one = WAVS[0].stem
+    (tmp_path / "one.jsonl").write_text(json.dumps({"id": one, "audio": str(WAVS[0])}) + "\n")
+    command = f"stats --latents {tmp_path / 'lat'} --out {tmp_path / 'one.json'} --manifest {tmp_path / 'one.jsonl'}"
+    assert main(shlex.split(command)) == 0
+    s1 = json.loads((tmp_path / "one.json").read_text())
+    x = feats[one].double()
+    mean, std = (torch.tensor(s1[k], dtype=torch.float64) for k in ("mean", "std"))
+    assert (
+        s1["frames"] == [x.shape[-1]] and torch.allclose(mean, x.mean(-1)) and torch.allclose(std, x.std(-1))
+    )
+    with pytest.raises(ValueError, match="1 of the 2 ids"):
+        latent_stats(tmp_path / "lat", ids=[one, "bad"])
     # resumable: a second run does nothing new
     stats = extract_features(m, read_manifest(tmp_path / "m.jsonl"), tmp_path / "lat")
     assert stats["done"] == 0 and stats["skipped"] == 2

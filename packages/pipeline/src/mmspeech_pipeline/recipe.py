@@ -3,8 +3,9 @@ as jobs that run one after another or two side by side.
 
 Each training is a job that reads what it needs from the quickstart's folder and writes what it makes there:
 
-    tokenizer  the FSQ speech tokenizer, every utterance's tokens, the BPE text tokenizer
-    vae        the VAE, every utterance's latents
+    tokenizer  the FSQ speech tokenizer, the tokens of the training and scored held-out utterances, the BPE
+               text tokenizer
+    vae        the VAE, those utterances' latents
     llm        the LM (needs the tokenizer job's tokens and text tokenizer)
     flow       the flow (needs the tokens and the latents)
 
@@ -308,9 +309,10 @@ class _Job:
         self.job, self.out, self.size = job, Path(job.out), job.size
         self.train = read_manifest(self.out / "corpus/train.jsonl")
         self.test = read_manifest(self.out / "corpus/test.jsonl")
-        # every k-th held-out utterance, at most ~100 (each speaker keeps several, for references): tiny's
-        # 216 cost the flow ~4 s per evaluation
-        self.held = self.test[:: max(1, len(self.test) // 100)]
+        self.held = scored_on(self.test)
+        # the utterances whose features the trainings read: the other held-out ones' never are (medium:
+        # ~5,800 of 32,768, 2-4 minutes of extraction); the evaluation encodes the recordings it scores
+        self.read = self.train + self.held
         self.timed = StepTimer()
 
     def train_fields(self) -> dict[str, Any]:
@@ -339,6 +341,12 @@ class _Job:
         return JobResult(losses, held_out, self.timed.seconds)
 
 
+def scored_on(test: list[Utterance]) -> list[Utterance]:
+    """The held-out utterances the LM and the flow are scored on while they train: every k-th, at most ~100
+    (each held-out speaker keeps several, for references; tiny's 216 cost the flow ~4 s an evaluation)."""
+    return test[:: max(1, len(test) // 100)]
+
+
 def last_checkpoint(run: Path) -> Path:
     return run / (run / "latest").read_text().strip()
 
@@ -346,12 +354,11 @@ def last_checkpoint(run: Path) -> Path:
 # Each job imports its own stage's code: a job's process then loads only what it runs (importing all four
 # stages takes ~20 s of a 2-core machine, most of it transformers', which only the LM needs).
 def _tokenizer_job(j: _Job) -> JobResult:
-    """The speech tokenizer on the training speakers, every utterance's tokens, the text tokenizer."""
+    """The speech tokenizer on the training speakers, the tokens the trainings read, the text tokenizer."""
     from mmspeech_tokenizer.model import build_vocab
     from mmspeech_tokenizer.train import train as train_tok
 
-    every = j.train + j.test
-    tcfg = _tokenizer_config(j.size, build_vocab([u.text or "" for u in every]))
+    tcfg = _tokenizer_config(j.size, build_vocab([u.text or "" for u in j.train]))
     tcfg = dataclasses.replace(tcfg, train=j.train_config(2e-3, max_frames=8000))
     tok, h = j.timed(
         "train_tokenizer",
@@ -363,7 +370,7 @@ def _tokenizer_job(j: _Job) -> JobResult:
         cache_features=True,  # the quickstart's corpora fit in memory (tiny: ~170 MB of log-mels)
     )
     j.timed(
-        "extract_tokens", extract_features, tok.eval(), every, j.out / "features/tokens", 8, desc="tokens"
+        "extract_tokens", extract_features, tok.eval(), j.read, j.out / "features/tokens", 8, desc="tokens"
     )
     text_tok = TextTokenizer.train_bpe([u.text or "" for u in j.train], vocab_size=500, min_frequency=1)
     text_tok.save(j.out / "runs/text_tokenizer")
@@ -371,14 +378,13 @@ def _tokenizer_job(j: _Job) -> JobResult:
 
 
 def _vae_job(j: _Job) -> JobResult:
-    """The VAE on the training speakers, every utterance's latents."""
+    """The VAE on the training speakers, the latents the flow reads."""
     from mmspeech_vae.train import train as train_vae
 
     vcfg = vae_config(j.size, **j.train_fields())
     vae, h = j.timed("train_vae", train_vae, vcfg, j.train, j.out / "runs/vae", device=j.job.device)
-    every = j.train + j.test
     j.timed(
-        "extract_latents", extract_features, vae.eval(), every, j.out / "features/latents", 8, desc="latents"
+        "extract_latents", extract_features, vae.eval(), j.read, j.out / "features/latents", 8, desc="latents"
     )
     return j.result({"vae_mel": [m["mel"] for m in h]}, {})
 
@@ -416,7 +422,9 @@ def _flow_job(j: _Job) -> JobResult:
 
     tok = load_speech_tokenizer(j.last("tokenizer"))
     vae = DACVAE.from_pretrained(j.last("vae"))
-    fcfg = _flow_config(j.size, tok.vocab_size, vae.config, latent_stats(j.out / "features/latents"))
+    # the training speech's statistics: the held-out utterances' latents are in the folder too
+    stats = latent_stats(j.out / "features/latents", ids=[u.id for u in j.train])
+    fcfg = _flow_config(j.size, tok.vocab_size, vae.config, stats)
     fcfg = dataclasses.replace(fcfg, train=j.train_config(2e-3, max_frames=j.size.max_frames))
     tokens, latents = load_shards(j.out / "features/tokens"), load_shards(j.out / "features/latents")
 

@@ -45,7 +45,8 @@ def _extract(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from .infer import latent_stats
 
-    s = latent_stats(args.latents, args.out)
+    ids = [u.id for u in read_manifest(args.manifest)] if args.manifest else None
+    s = latent_stats(args.latents, args.out, ids)
     print(
         f"{int(s['frames'][0])} frames; mean |mu| {sum(map(abs, s['mean'])) / len(s['mean']):.3f} -> {args.out}"
     )
@@ -76,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add_command(sub, "stats", "per-channel mean/std of an extracted latent folder", _stats)
     sp.add_argument("--latents", required=True, help="latent folder")
     sp.add_argument("--out", required=True, help="output JSON")
+    sp.add_argument(
+        "--manifest",
+        help="only this manifest's utterances (the training split, where the folder holds held-out ones "
+        "too); default: every item of the folder",
+    )
     sp = add_command(sub, "reconstruct", "encode and decode one file", _reconstruct)
     sp.add_argument("--model", required=True, help="pretrained VAE folder")
     sp.add_argument("--input", required=True, help="input audio (any rate)")
