@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         choices=["tiny", "medium", "small"],
         default="tiny",
-        help="tiny: ~11 min on 2 CPU cores; medium: the longer CPU recipe, ~90 min on 2 CPU cores; "
+        help="tiny: ~10 min on 2 CPU cores; medium: the longer CPU recipe, ~80 min on 2 CPU cores; "
         "small: bigger models on a larger corpus, hours on CPU, ~25 min on one H100",
     )
     sp.add_argument("--fast", action="store_true", help="a tiny corpus and ~20x fewer steps (a smoke test)")

@@ -2,8 +2,8 @@
 eSpeak NG (:mod:`.corpus`), train every stage on its training speakers, bundle, synthesise for a held-out
 speaker, and score the evaluation ladder (:mod:`.evaluate`) on held-out sentences of held-out speakers.
 
-Sizes (:data:`.recipe.SIZES`): ``tiny`` (the default; about 11 minutes on 2 CPU cores), ``medium`` (the longer CPU
-recipe: wider models, more steps and voices, about 90 minutes on 2 CPU cores) and ``small`` (bigger models on a
+Sizes (:data:`.recipe.SIZES`): ``tiny`` (the default; about 10 minutes on 2 CPU cores), ``medium`` (the longer CPU
+recipe: wider models, more steps and voices, about 80 minutes on 2 CPU cores) and ``small`` (bigger models on a
 larger corpus, with the VAE's GAN: hours on CPU — its GAN steps alone take 10-20 s each on 2 cores — so it is
 meant for a GPU). The trainings run two at a time where there are two cores or more (:mod:`.recipe`).
 The report (``report.md`` / ``report.json``) gives losses, timings, the ladder table and spectrograms of
