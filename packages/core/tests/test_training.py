@@ -369,3 +369,39 @@ def test_fsdp_on_one_process_without_torchrun_and_ddp_checkpoints_are_refused(tm
     finally:  # the single-rank group FSDP made must not outlive the test
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_amp_runs_bf16_on_a_cpu_that_computes_it_natively_and_fp32_on_others(monkeypatch, native):
+    from mmspeech_core import training
+
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: native)
+    lin, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    cpu = torch.device("cpu")
+    with training.autocast(cpu, "bf16"):
+        assert lin(x).dtype == (torch.bfloat16 if native else torch.float32)
+    for amp in ("none", "fp16"):  # fp16 autocast is CUDA's only
+        with training.autocast(cpu, amp):
+            assert lin(x).dtype == torch.float32
+
+
+def test_attention_under_cpu_autocast_runs_in_fp32_and_matches_fp32():
+    """Under CPU bf16 autocast SDPA would compute in bf16 (a slow backward on CPU); fp32_attention keeps it
+    in fp32, with fp32 results and gradients, and passes through untouched elsewhere."""
+    import torch.nn.functional as F
+    from mmspeech_core.nn import fp32_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 7, 8, generator=g, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 7, 7, dtype=torch.bool).tril()
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    (grad_ref,) = torch.autograd.grad(ref.sum(), q)
+    assert fp32_attention(F.scaled_dot_product_attention, q, k, v, attn_mask=mask).equal(ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.scaled_dot_product_attention(q, k, v, attn_mask=mask).dtype == torch.bfloat16
+        # as a bf16 projection would hand it over: v in bf16, q and k in fp32 (after a rotary embedding)
+        y = fp32_attention(F.scaled_dot_product_attention, q, k, v.bfloat16(), attn_mask=mask)
+    assert y.dtype == torch.float32
+    assert torch.allclose(y, ref, atol=2e-2) and not y.equal(ref)  # v was rounded to bf16, nothing else
+    (grad,) = torch.autograd.grad(y.sum(), q)
+    assert grad.dtype == torch.float32 and torch.allclose(grad, grad_ref, atol=5e-2)

@@ -476,6 +476,36 @@ def test_training_references_embed_as_inference_embeds_their_audio_and_a_cache_c
     assert torch.allclose(trained, inferred, atol=1e-5)
 
 
+def test_under_cpu_autocast_every_attention_of_the_lm_computes_in_fp32(tmp_path, monkeypatch):
+    """bf16 training on a CPU: the backbone's attention (its rotary embedding hands over q and k in fp32, v in
+    bf16) and the speaker encoder's run in fp32, where SDPA's backward is fast; the loss is fp32's within
+    bf16 rounding. Saved, the backbone's attention is still plain "sdpa"."""
+    import torch.nn.functional as F
+
+    utts, tokens = _corpus(tmp_path)
+    tok = TextTokenizer.train_bpe([u.text for u in utts], vocab_size=280, min_frequency=1)
+    cfg = tiny_config(text_vocab=tok.vocab_size)
+    torch.manual_seed(0)
+    m = SpeechLM(cfg)
+    batch = collate([LLMDataset(utts, tokens, tok, cfg)[k] for k in range(2)])
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):
+        seen.append({q.dtype, k.dtype, v.dtype})
+        return sdpa(q, k, v, *a, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    fp32 = m.training_loss(batch)["loss"]
+    calls = len(seen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = m.training_loss(batch)["loss"]
+    assert len(seen) == 2 * calls and calls >= cfg.model.backbone.num_layers + 1  # + the speaker encoder
+    assert all(dtypes == {torch.float32} for dtypes in seen)
+    assert torch.isclose(bf16.float(), fp32, rtol=2e-2)
+    m.save_pretrained(tmp_path / "saved")
+    assert SpeechLM.from_pretrained(tmp_path / "saved").config.model.backbone.attn_implementation == "sdpa"
+
+
 def _overfit_setup(tmp_path, steps, **train_overrides):
     """The two-utterance corpus, its BPE, a unistream tiny config and the dataset."""
     torch.manual_seed(0)

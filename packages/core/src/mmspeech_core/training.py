@@ -45,7 +45,9 @@ class TrainConfig:
     warmup_steps: int = 1000
     max_steps: int = 100_000
     grad_clip: float = 1.0
-    amp: Literal["none", "bf16", "fp16"] = "bf16"  # ignored on CPU (runs fp32)
+    # mixed precision of the forward pass (weights, gradients and optimiser state stay fp32): "bf16" on CUDA
+    # and on a CPU with native bf16 (AVX512-BF16 / AMX; other CPUs run fp32), "fp16" on CUDA only
+    amp: Literal["none", "bf16", "fp16"] = "bf16"
     log_every: int = 50
     save_every: int = 2000
     eval_every: int = 2000  # validation (when a validation set is given); also at the last step
@@ -135,10 +137,24 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there oneDNN's bf16 matrix products
+    are several times fp32's (measured on a 1-core AMX CPU, (4096 x 128) @ (128 x 512): 0.67 ms against
+    6.1 ms); elsewhere bf16 is emulated and slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence looked up with care
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    if device.type != "cuda" or amp == "none":
+    """The training forward's precision (:attr:`TrainConfig.amp`): bf16 / fp16 autocast on CUDA, bf16
+    autocast on a CPU that computes bf16 natively (:func:`cpu_has_bf16`), fp32 otherwise."""
+    if amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    if device.type == "cpu" and amp == "bf16" and cpu_has_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

@@ -30,7 +30,16 @@ from mmspeech_core.checkpoint import atomic_write_text
 from .bundle import write_bundle
 from .corpus import CorpusSplit, build_corpus, load_corpus
 from .evaluate import Judges, evaluate, ladder_table
-from .recipe import SIZES, STAGES, StepTimer, check_jobs, last_checkpoint, result_path, train_all
+from .recipe import (
+    SIZES,
+    STAGES,
+    StepTimer,
+    check_jobs,
+    last_checkpoint,
+    resolve_precision,
+    result_path,
+    train_all,
+)
 from .tts import TTS
 from .voices import resolve_sources
 
@@ -54,6 +63,7 @@ def run_quickstart(
     sources: Sequence[str] = ("espeak",),
     jobs: int | None = None,
     resume: bool = True,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Run everything; returns (and writes to ``out_dir/report.json`` + ``report.md``) the report.
 
@@ -63,10 +73,11 @@ def run_quickstart(
     its steps or its share, whichever comes first; corpus, extraction and evaluation come on top).
     ``sources``: the corpus's voice sources (:func:`.voices.make_voices`), checked before anything runs.
     ``jobs``: trainings at a time (:func:`.recipe.train_all`; default two where there are two cores).
+    ``precision``: the trainings' arithmetic (:func:`.recipe.resolve_precision`: auto, bf16 or fp32).
     ``resume``: run again on the same folder, it continues where an interrupted run stopped — a finished
     corpus and finished trainings are kept, a training cut short resumes from its latest checkpoint (at
     most a tenth of its steps back), extraction and the ladder skip what they have done — provided the
-    settings that decide what is trained (size, ``fast``, seed, sources) are the folder's; else it stops
+    settings that decide what is trained (size, ``fast``, seed, sources, precision) are the folder's; else it stops
     before anything runs. ``resume=False`` removes the folder's quickstart outputs (:data:`OUTPUTS`) first.
     A folder with such outputs but no :data:`STATE_FILE` is neither continued nor cleared (an error)."""
     sources = resolve_sources(sources)
@@ -75,6 +86,7 @@ def run_quickstart(
     if minutes is not None and minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
     jobs = check_jobs(jobs)  # before anything runs
+    amp = resolve_precision(precision, device)
     preset = SIZES[size]
     if fast:
         preset = dataclasses.replace(
@@ -85,7 +97,7 @@ def run_quickstart(
             eval_items=1,
         )
     out = Path(out_dir)
-    settings = {"size": size, "fast": fast, "seed": seed, "sources": list(sources)}
+    settings = {"size": size, "fast": fast, "seed": seed, "sources": list(sources), "amp": amp}
     state = _state(out, settings | {"preset": dataclasses.asdict(preset)}, resume)
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -100,7 +112,7 @@ def run_quickstart(
             "corpus", build_corpus, out / "corpus", preset.speakers, preset.utterances, seed, sources=sources
         )
         _finished(out, state, "corpus", timed.seconds["corpus"])
-    trained = timed("trainings", train_all, out, preset, device, minutes, jobs)
+    trained = timed("trainings", train_all, out, preset, device, minutes, jobs, amp=amp)
     bundle = _bundle(out)
     losses = {n: c for r in trained.values() for n, c in r.losses.items()}
     held_out = {n: c for r in trained.values() for n, c in r.held_out.items()}
@@ -128,6 +140,7 @@ def run_quickstart(
         "device": device,
         "minutes": minutes,
         "jobs": jobs,
+        "amp": amp,
         # steps an earlier run of this folder finished (their seconds are that run's)
         "continued": continued,
         "steps": preset.steps,
@@ -190,6 +203,7 @@ def _state(out: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any]:
 
 
 def _check_settings(out: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
+    before = {"amp": "none"} | before  # a folder from before the trainings had a precision trained in fp32
     if before != now:
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         raise ValueError(
