@@ -538,9 +538,9 @@ def test_quickstart_fast(tmp_path, monkeypatch):
     assert tts.sample_rate == 24000
     # the quickstart's decoding settings travel with the weights
     assert tts.llm.config.sampling.temperature == 0.5 and tts.flow.config.infer.cfg_rate == 1.5
-    # trained at the precision "auto" picks on this CPU (bf16 where it computes bf16 natively)
-    assert report["amp"] == recipe.resolve_precision("auto", "cpu")
-    assert tts.llm.config.train.amp == tts.flow.config.train.amp == report["amp"]
+    # trained in fp32 unless asked otherwise (--precision bf16: the quickstart interrupted below)
+    assert report["precision"] == "fp32"
+    assert tts.llm.config.train.amp == tts.flow.config.train.amp == "none"
     assert report["corpus"]["train"] > 0 and report["corpus"]["test"] > 0 and report["ladder"] is None
     assert report["jobs"] == 1 and report["wall_s"] >= report["seconds"]["trainings"]
     assert all(f"train_{s}" in report["seconds"] for s in ("tokenizer", "vae", "llm", "flow"))
@@ -614,9 +614,8 @@ def test_an_interrupted_quickstart_run_again_continues_it_and_ends_as_an_uninter
 
     with pytest.raises(ValueError, match="seed differ"):  # another seed would train something else
         quickstart.run_quickstart(cut, fast=True, seed=1, evaluate_items=0, jobs=1)
-    other = "fp32" if whole["amp"] == "bf16" else "bf16"
-    with pytest.raises(ValueError, match="amp differ"):  # so would another precision
-        quickstart.run_quickstart(cut, fast=True, evaluate_items=0, jobs=1, precision=other)
+    with pytest.raises(ValueError, match="precision differ"):  # so would another precision
+        quickstart.run_quickstart(cut, fast=True, evaluate_items=0, jobs=1, precision="bf16")
     (tmp_path / "old/runs").mkdir(parents=True)  # no quickstart recorded it: neither continued nor removed
     for resume in (True, False):
         with pytest.raises(ValueError, match="holds runs but no quickstart.json"):
@@ -720,18 +719,15 @@ def test_a_failed_side_by_side_job_stops_the_other_and_says_which(tmp_path, monk
     assert set(started) == {"tokenizer", "vae"} and started["vae"].poll() is not None  # stopped, not left
 
 
-def test_the_trainings_precision_is_bf16_on_a_cpu_with_native_bf16_and_fp32_elsewhere(monkeypatch):
+def test_the_trainings_precision_is_fp32_unless_asked_for_bf16():
     from mmspeech_pipeline import recipe
 
-    for native in (True, False):
-        monkeypatch.setattr(recipe, "cpu_has_bf16", lambda native=native: native)
-        assert recipe.resolve_precision("auto", "cpu") == ("bf16" if native else "none")
-        assert recipe.resolve_precision("auto", "cuda") == "none"  # the recipe's GPU runs: fp32
-        assert recipe.resolve_precision("bf16", "cpu") == "bf16"
-        assert recipe.resolve_precision("fp32", "cpu") == "none"
+    assert recipe.precision_amp("fp32") == "none" and recipe.precision_amp("bf16") == "bf16"
     with pytest.raises(ValueError, match="precision must be one of"):
-        recipe.resolve_precision("fp16", "cpu")
+        recipe.precision_amp("fp16")
 
+
+def test_a_quickstart_budget_passes_what_a_stage_leaves_to_the_later_ones():
     from mmspeech_pipeline.recipe import stage_budget
 
     steps = {"tokenizer": 900, "vae": 1500, "llm": 500, "flow": 600}

@@ -36,7 +36,7 @@ from .recipe import (
     StepTimer,
     check_jobs,
     last_checkpoint,
-    resolve_precision,
+    precision_amp,
     result_path,
     train_all,
 )
@@ -63,7 +63,7 @@ def run_quickstart(
     sources: Sequence[str] = ("espeak",),
     jobs: int | None = None,
     resume: bool = True,
-    precision: str = "auto",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Run everything; returns (and writes to ``out_dir/report.json`` + ``report.md``) the report.
 
@@ -73,7 +73,7 @@ def run_quickstart(
     its steps or its share, whichever comes first; corpus, extraction and evaluation come on top).
     ``sources``: the corpus's voice sources (:func:`.voices.make_voices`), checked before anything runs.
     ``jobs``: trainings at a time (:func:`.recipe.train_all`; default two where there are two cores).
-    ``precision``: the trainings' arithmetic (:func:`.recipe.resolve_precision`: auto, bf16 or fp32).
+    ``precision``: the trainings' arithmetic, fp32 or bf16 (:func:`.recipe.precision_amp`).
     ``resume``: run again on the same folder, it continues where an interrupted run stopped — a finished
     corpus and finished trainings are kept, a training cut short resumes from its latest checkpoint (at
     most a tenth of its steps back), extraction and the ladder skip what they have done — provided the
@@ -86,7 +86,7 @@ def run_quickstart(
     if minutes is not None and minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
     jobs = check_jobs(jobs)  # before anything runs
-    amp = resolve_precision(precision, device)
+    amp = precision_amp(precision)
     preset = SIZES[size]
     if fast:
         preset = dataclasses.replace(
@@ -97,7 +97,7 @@ def run_quickstart(
             eval_items=1,
         )
     out = Path(out_dir)
-    settings = {"size": size, "fast": fast, "seed": seed, "sources": list(sources), "amp": amp}
+    settings = {"size": size, "fast": fast, "seed": seed, "sources": list(sources), "precision": precision}
     state = _state(out, settings | {"preset": dataclasses.asdict(preset)}, resume)
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -140,7 +140,7 @@ def run_quickstart(
         "device": device,
         "minutes": minutes,
         "jobs": jobs,
-        "amp": amp,
+        "precision": precision,
         # steps an earlier run of this folder finished (their seconds are that run's)
         "continued": continued,
         "steps": preset.steps,
@@ -203,7 +203,7 @@ def _state(out: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any]:
 
 
 def _check_settings(out: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
-    before = {"amp": "none"} | before  # a folder from before the trainings had a precision trained in fp32
+    before = {"precision": "fp32"} | before  # a folder from before the precision setting trained in fp32
     if before != now:
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         raise ValueError(

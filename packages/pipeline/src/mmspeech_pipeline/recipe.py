@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import torch
 from mmspeech_core.checkpoint import atomic_write_text
 from mmspeech_core.data import Utterance, extract_features, load_shards, read_manifest
-from mmspeech_core.training import TrainConfig, cpu_has_bf16, fast_train_config
+from mmspeech_core.training import TrainConfig, fast_train_config
 from mmspeech_flow.config import FlowConfig
 from mmspeech_flow.config import tiny_config as flow_tiny
 from mmspeech_llm.config import BackboneConfig, LLMConfig
@@ -251,20 +251,20 @@ NEEDS: dict[str, tuple[str, ...]] = {
 PAIRS = (("tokenizer", "llm"), ("vae", "flow"))
 
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("fp32", "bf16")
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """The trainings' :attr:`TrainConfig.amp` for ``precision``: "bf16" (autocast: the forward's matrix
-    products in bf16, weights, gradients and optimiser state in fp32), "fp32" ("none"), or "auto": bf16 on a
-    CPU that computes it natively (:func:`mmspeech_core.training.cpu_has_bf16`), fp32 elsewhere (on CUDA
-    too: the recipe's GPU runs were measured in fp32). On one AMX core bf16 made medium's steps ~25 % shorter
-    (s a step, fp32 / bf16: LM 0.56 / 0.42, flow 1.43 / 1.09, tokenizer 0.28-0.35 / 0.21-0.23, VAE ~0.1
-    either way; benchmarks/train_step.py)."""
+def precision_amp(precision: str) -> str:
+    """The trainings' :attr:`TrainConfig.amp` for ``precision``: "fp32" ("none"), or "bf16": autocast, the
+    forward's matrix products in bf16 and weights, gradients and optimiser state in fp32, on CUDA and on a
+    CPU that computes bf16 natively (:func:`mmspeech_core.training.cpu_has_bf16`; fp32 on other CPUs).
+    Medium's steps on one AMX core, fp32 / bf16 (s, best of 3, ``benchmarks/train_step.py``): tokenizer
+    0.176 / 0.117, VAE 0.092 / 0.085, LM 0.44 / 0.32, flow 1.11 / 0.82. Run whole in bf16, medium took 69
+    minutes instead of 79, but its zero-shot rung read 1.50x the recordings' WER on 96 items, against
+    1.37-1.42x in four fp32 runs (docs/quickstart-history.md, twentieth session): fp32 stays the default
+    until a paired comparison says bf16 loses nothing."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        precision = "bf16" if device == "cpu" and cpu_has_bf16() else "fp32"
     return "bf16" if precision == "bf16" else "none"
 
 
@@ -300,7 +300,7 @@ class TrainingJob:
     device: str
     budget_s: float | None = None
     threads: int | None = None
-    amp: str = "none"  # the TrainConfig's: "bf16" or "none" (see resolve_precision)
+    amp: str = "none"  # the TrainConfig's: "bf16" or "none" (see precision_amp)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -511,7 +511,7 @@ def train_all(
     :data:`STAGES` order. ``jobs``: 1, one after another in this process; 2, side by side, each in its own
     process on ``threads`` CPU threads (default: half the cores). ``minutes``: a training budget
     (:func:`stage_budget`; side by side each of :data:`PAIRS` has all of it). ``amp``: the trainings'
-    mixed precision (:func:`resolve_precision`).
+    mixed precision (:func:`precision_amp`).
 
     It continues what ``out`` holds: a training whose result is written is done and not run again, one that
     was stopped resumes from its latest checkpoint (the same steps, batches and random numbers as if never
