@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -137,6 +138,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
+@functools.cache  # asked by autocast() on every training forward; the hardware does not change
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there oneDNN's bf16 matrix products
     are several times fp32's (measured on a 1-core AMX CPU, (4096 x 128) @ (128 x 512): 0.67 ms against

@@ -79,8 +79,8 @@ def run_quickstart(
     most a tenth of its steps back), extraction and the ladder skip what they have done — provided the
     settings that decide what is trained (size, ``fast``, seed, sources, precision) are the folder's; else it
     stops before anything runs. ``resume=False`` removes the folder's quickstart outputs (:data:`OUTPUTS`)
-    first.
-    A folder with such outputs but no :data:`STATE_FILE` is neither continued nor cleared (an error)."""
+    first. A folder with such outputs but no :data:`STATE_FILE` is neither continued nor cleared (an
+    error)."""
     sources = resolve_sources(sources)
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
