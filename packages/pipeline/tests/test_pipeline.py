@@ -540,9 +540,10 @@ def test_quickstart_fast(tmp_path, monkeypatch):
     assert tts.sample_rate == 24000
     # the quickstart's decoding settings travel with the weights
     assert tts.llm.config.sampling.temperature == 0.5 and tts.flow.config.infer.cfg_rate == 1.5
-    # every training was asked for the quickstart's precision
+    # every training was asked for the quickstart's precision, but the tokenizer's: fp32 whatever it is
     assert report["precision"] == "bf16"
-    assert tts.llm.config.train.amp == tts.flow.config.train.amp == "bf16"
+    assert tts.llm.config.train.amp == tts.flow.config.train.amp == tts.vae.config.train.amp == "bf16"
+    assert tts.tokenizer.config.train.amp == "none"
     assert report["corpus"]["train"] > 0 and report["corpus"]["test"] > 0 and report["ladder"] is None
     assert report["jobs"] == 1 and report["wall_s"] >= report["seconds"]["trainings"]
     assert all(f"train_{s}" in report["seconds"] for s in ("tokenizer", "vae", "llm", "flow"))
@@ -722,12 +723,16 @@ def test_a_failed_side_by_side_job_stops_the_other_and_says_which(tmp_path, monk
     assert set(started) == {"tokenizer", "vae"} and started["vae"].poll() is not None  # stopped, not left
 
 
-def test_the_trainings_precision_is_fp32_unless_asked_for_bf16():
+def test_the_trainings_precision_is_fp32_unless_asked_for_bf16_and_the_tokenizers_always():
     from mmspeech_pipeline import recipe
 
-    assert recipe.precision_amp("fp32") == "none" and recipe.precision_amp("bf16") == "bf16"
+    assert {s: recipe.precision_amp("fp32", s) for s in recipe.STAGES} == dict.fromkeys(recipe.STAGES, "none")
+    bf16 = {s: recipe.precision_amp("bf16", s) for s in recipe.STAGES}
+    assert bf16 == {"tokenizer": "none", "vae": "bf16", "llm": "bf16", "flow": "bf16"}
     with pytest.raises(ValueError, match="precision must be one of"):
-        recipe.precision_amp("fp16")
+        recipe.precision_amp("fp16", "llm")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        recipe.train_all("/nonexistent", recipe.SIZES["tiny"], "cpu", precision="fp16")
 
 
 def test_a_quickstart_budget_passes_what_a_stage_leaves_to_the_later_ones():

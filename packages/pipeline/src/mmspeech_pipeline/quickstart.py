@@ -35,8 +35,8 @@ from .recipe import (
     STAGES,
     StepTimer,
     check_jobs,
+    check_precision,
     last_checkpoint,
-    precision_amp,
     result_path,
     train_all,
 )
@@ -73,7 +73,7 @@ def run_quickstart(
     its steps or its share, whichever comes first; corpus, extraction and evaluation come on top).
     ``sources``: the corpus's voice sources (:func:`.voices.make_voices`), checked before anything runs.
     ``jobs``: trainings at a time (:func:`.recipe.train_all`; default two where there are two cores).
-    ``precision``: the trainings' arithmetic, fp32 or bf16 (:func:`.recipe.precision_amp`).
+    ``precision``: the trainings' arithmetic, fp32 or bf16 (each stage's: :func:`.recipe.precision_amp`).
     ``resume``: run again on the same folder, it continues where an interrupted run stopped — a finished
     corpus and finished trainings are kept, a training cut short resumes from its latest checkpoint (at
     most a tenth of its steps back), extraction and the ladder skip what they have done — provided the
@@ -86,8 +86,7 @@ def run_quickstart(
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
     if minutes is not None and minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
-    jobs = check_jobs(jobs)  # before anything runs
-    amp = precision_amp(precision)
+    jobs, precision = check_jobs(jobs), check_precision(precision)  # before anything runs
     preset = SIZES[size]
     if fast:
         preset = dataclasses.replace(
@@ -113,7 +112,7 @@ def run_quickstart(
             "corpus", build_corpus, out / "corpus", preset.speakers, preset.utterances, seed, sources=sources
         )
         _finished(out, state, "corpus", timed.seconds["corpus"])
-    trained = timed("trainings", train_all, out, preset, device, minutes, jobs, amp=amp)
+    trained = timed("trainings", train_all, out, preset, device, minutes, jobs, precision=precision)
     bundle = _bundle(out)
     losses = {n: c for r in trained.values() for n, c in r.losses.items()}
     held_out = {n: c for r in trained.values() for n, c in r.held_out.items()}

@@ -252,20 +252,31 @@ PAIRS = (("tokenizer", "llm"), ("vae", "flow"))
 
 
 PRECISIONS = ("fp32", "bf16")
+# the stages that train in fp32 whatever the precision: the tokenizer's bf16 tokens cost zero-shot WER in a
+# paired comparison (docs/quickstart-history.md, twenty-first session), and its lane only grows by ~5
+# minutes of medium's 69 (the VAE's, beside it, is the shorter one)
+FP32_STAGES = ("tokenizer",)
 
 
-def precision_amp(precision: str) -> str:
-    """The trainings' :attr:`TrainConfig.amp` for ``precision``: "fp32" ("none"), or "bf16": autocast, the
+def precision_amp(precision: str, stage: str) -> str:
+    """``stage``'s :attr:`TrainConfig.amp` for ``precision``: "fp32" ("none"), or "bf16": autocast, the
     forward's matrix products in bf16 and weights, gradients and optimiser state in fp32, on CUDA and on a
-    CPU that computes bf16 natively (:func:`mmspeech_core.training.cpu_has_bf16`; fp32 on other CPUs).
-    Medium's steps on one AMX core, fp32 / bf16 (s, best of 3, ``benchmarks/train_step.py``): tokenizer
-    0.176 / 0.117, VAE 0.092 / 0.085, LM 0.44 / 0.32, flow 1.11 / 0.82. Run whole in bf16, medium took 69
-    minutes instead of 79, but its zero-shot rung read 1.50x the recordings' WER on 96 items, against
-    1.37-1.42x in four fp32 runs (docs/quickstart-history.md, twentieth session): fp32 stays the default
-    until a paired comparison says bf16 loses nothing."""
+    CPU that computes bf16 natively (:func:`mmspeech_core.training.cpu_has_bf16`; fp32 on other CPUs) — for
+    every stage but those in :data:`FP32_STAGES`. Medium's steps on one AMX core, fp32 / bf16 (s, best of 3,
+    ``benchmarks/train_step.py``): tokenizer 0.176 / 0.117, VAE 0.092 / 0.085, LM 0.44 / 0.32, flow 1.11 /
+    0.82. Medium with every stage in bf16 read 1.50x the recordings' WER zero-shot on 96 items; with its
+    tokenizer retrained in fp32 (the LM and the flow again in bf16, on its tokens) 1.35x, paired WER 0.070
+    lower (0.000 to 0.139), against 1.37-1.42x in four fp32 runs; its LM retrained in fp32 on the bf16
+    tokens, paired, changed WER by +0.020 (-0.047 to +0.090). fp32 stays the default until this setting is
+    run whole (docs/quickstart-history.md, twentieth and twenty-first sessions)."""
+    return "bf16" if check_precision(precision) == "bf16" and stage not in FP32_STAGES else "none"
+
+
+def check_precision(precision: str) -> str:
+    """``precision``, if it is one of :data:`PRECISIONS` (else ValueError)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return "bf16" if precision == "bf16" else "none"
+    return precision
 
 
 def check_jobs(jobs: int | None) -> int:
@@ -505,18 +516,18 @@ def train_all(
     minutes: float | None = None,
     jobs: int = 1,
     threads: int | None = None,
-    amp: str = "none",
+    precision: str = "fp32",
 ) -> dict[str, JobResult]:
     """The four trainings on the corpus in ``out/corpus``, each writing to ``out``; results by stage, in
     :data:`STAGES` order. ``jobs``: 1, one after another in this process; 2, side by side, each in its own
     process on ``threads`` CPU threads (default: half the cores). ``minutes``: a training budget
-    (:func:`stage_budget`; side by side each of :data:`PAIRS` has all of it). ``amp``: the trainings'
-    mixed precision (:func:`precision_amp`).
+    (:func:`stage_budget`; side by side each of :data:`PAIRS` has all of it). ``precision``: the
+    trainings' arithmetic, "fp32" or "bf16" (each stage's: :func:`precision_amp`).
 
     It continues what ``out`` holds: a training whose result is written is done and not run again, one that
     was stopped resumes from its latest checkpoint (the same steps, batches and random numbers as if never
     stopped, on as many threads), and extraction skips the utterances already extracted."""
-    jobs = check_jobs(jobs)
+    jobs, precision = check_jobs(jobs), check_precision(precision)
     lanes = (STAGES,) if jobs == 1 else PAIRS
     if jobs == 2 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // 2)  # each of the two processes on half the cores
@@ -531,7 +542,7 @@ def train_all(
             lane = next(lane for lane in lanes if stage in lane)
             spent = [results[s].seconds[f"train_{s}"] for s in lane[: lane.index(stage)]]
             budget = stage_budget(60 * minutes, size.steps, stage, spent, lane)
-        return TrainingJob(stage, str(out), size, device, budget, threads, amp)
+        return TrainingJob(stage, str(out), size, device, budget, threads, precision_amp(precision, stage))
 
     if jobs == 1:
         for stage in STAGES:
