@@ -489,8 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="the trainings' arithmetic: fp32, or bf16 autocast (matrix products in bf16; weights, gradients "
         "and optimiser state in fp32) on CUDA and on a CPU that computes bf16 natively (AVX512-BF16 or AMX; "
-        "fp32 on other CPUs) for the VAE, the LM and the flow, the tokenizer staying fp32 (its bf16 tokens "
-        "cost zero-shot WER): medium's LM and flow steps ~1.4x shorter on such a CPU, its run ~10%% shorter",
+        "fp32 on other CPUs) for the VAE, the LM and the flow, the tokenizer staying fp32 (its bf16 tokens read "
+        "worse zero-shot in a paired comparison): medium's LM and flow steps ~1.4x shorter on such a CPU, "
+        "its run ~10%% shorter",
     )
     sp.add_argument(
         "--no-resume",

@@ -252,9 +252,9 @@ PAIRS = (("tokenizer", "llm"), ("vae", "flow"))
 
 
 PRECISIONS = ("fp32", "bf16")
-# the stages that train in fp32 whatever the precision: the tokenizer's bf16 tokens cost zero-shot WER in a
-# paired comparison (docs/quickstart-history.md, twenty-first session), and its lane only grows by ~5
-# minutes of medium's 69 (the VAE's, beside it, is the shorter one)
+# the stages that train in fp32 whatever the precision: the tokenizer's bf16 tokens read worse zero-shot in
+# a paired comparison (one training each: docs/quickstart-history.md, twenty-first session), and its lane
+# only grows by ~5 minutes of medium's 69 (the VAE's, beside it, is the shorter one)
 FP32_STAGES = ("tokenizer",)
 
 

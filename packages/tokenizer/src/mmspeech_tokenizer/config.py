@@ -43,8 +43,8 @@ class FSQModelConfig:
 @dataclass
 class FSQTokenizerConfig:
     model: FSQModelConfig = field(default_factory=FSQModelConfig)
-    # fp32 by default, unlike the other stages: tokens from a tokenizer trained under bf16 autocast cost the
-    # LM's zero-shot WER in a paired comparison (the repository's docs/quickstart-history.md, 2026-11-29),
+    # fp32 by default, unlike the other stages: tokens from a tokenizer trained under bf16 autocast read worse
+    # zero-shot in a paired comparison (the repository's docs/quickstart-history.md, 2026-11-29),
     # and the tokenizer is a small share of the recipe's training time
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, max_frames=60000, amp="none"))
 
