@@ -498,6 +498,18 @@ def test_cli_help_is_fast_and_imports_no_torch():
     assert r.stdout.strip() == "False", r.stderr
 
 
+def test_the_quickstarts_cli_offers_what_the_recipe_knows():
+    # the parser spells the choices out (importing the recipe would import torch): they must stay its
+    from mmspeech_pipeline import recipe
+    from mmspeech_pipeline.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["quickstart"]
+    choices = {a.dest: a.choices for a in sub._actions if a.choices}
+    assert sorted(choices["size"]) == sorted(recipe.SIZES)
+    assert list(choices["precision"]) == list(recipe.PRECISIONS)
+    assert sub.get_default("precision") == "fp32" and sub.get_default("size") == "tiny"
+
+
 def test_quickstart_fast(tmp_path, monkeypatch):
     from mmspeech_core.data import load_shards, read_manifest
     from mmspeech_pipeline import recipe
