@@ -266,9 +266,11 @@ def precision_amp(precision: str, stage: str) -> str:
     ``benchmarks/train_step.py``): tokenizer 0.176 / 0.117, VAE 0.092 / 0.085, LM 0.44 / 0.32, flow 1.11 /
     0.82. Medium with every stage in bf16 read 1.50x the recordings' WER zero-shot on 96 items; with its
     tokenizer retrained in fp32 (the LM and the flow again in bf16, on its tokens) 1.35x, paired WER 0.070
-    lower (0.000 to 0.139), against 1.37-1.42x in four fp32 runs; its LM retrained in fp32 on the bf16
-    tokens, paired, changed WER by +0.020 (-0.047 to +0.090). fp32 stays the default until this setting is
-    run whole (docs/quickstart-history.md, twentieth and twenty-first sessions)."""
+    lower (0.000 to 0.139), against 1.37-1.42x in four fp32 runs — one training of each, and at another
+    seed an fp32 and a bf16 tokenizer gave alike tokens (6.97 bits each), so fp32 for the tokenizer is the
+    cautious side, not a proven need (as the tokenizer's own config's default); its LM retrained in fp32 on
+    the bf16 tokens, paired, changed WER by +0.020 (-0.047 to +0.090). fp32 stays the quickstart's default
+    until this setting is run whole (docs/quickstart-history.md, twentieth and twenty-first sessions)."""
     return "bf16" if check_precision(precision) == "bf16" and stage not in FP32_STAGES else "none"
 
 
