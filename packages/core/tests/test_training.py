@@ -1,5 +1,6 @@
 """The shared Trainer: resume continues data, RNG and checkpoints exactly; ranks agree on failures."""
 
+import contextlib
 import json
 import os
 import random
@@ -383,6 +384,26 @@ def test_bf16_amp_runs_bf16_on_a_cpu_that_computes_it_natively_and_fp32_on_other
     for amp in ("none", "fp16"):  # fp16 autocast is CUDA's only
         with training.autocast(cpu, amp):
             assert lin(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("hardware", [True, False])
+def test_bf16_amp_autocasts_on_a_gpu_that_computes_bf16_and_runs_fp32_where_it_would_be_emulated(
+    monkeypatch, hardware
+):
+    import warnings
+
+    from mmspeech_core import training
+
+    monkeypatch.setattr(training, "cuda_has_bf16", lambda index: hardware)
+    cuda = torch.device("cuda", 0)
+    with warnings.catch_warnings():  # building a CUDA autocast on a machine without CUDA warns
+        warnings.simplefilter("ignore")
+        bf16, fp16 = training.autocast(cuda, "bf16"), training.autocast(cuda, "fp16")
+    if hardware:
+        assert isinstance(bf16, torch.autocast) and bf16.fast_dtype == torch.bfloat16
+    else:
+        assert isinstance(bf16, contextlib.nullcontext)
+    assert isinstance(fp16, torch.autocast) and fp16.fast_dtype == torch.float16  # fp16 whatever the GPU
 
 
 def test_attention_under_cpu_autocast_runs_in_fp32_and_matches_fp32():

@@ -26,6 +26,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import checkpoint
 
+from .training import cuda_has_bf16
+
 log = logging.getLogger(__name__)
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -64,7 +66,7 @@ def shard(
 ) -> None:
     """Apply FSDP2 to ``model``'s blocks and to ``root`` (the module whose forward runs a training step)."""
     ensure_process_group(device)
-    bf16 = amp == "bf16" and device.type == "cuda"
+    bf16 = amp == "bf16" and device.type == "cuda" and cuda_has_bf16(device.index)  # as autocast() decides
     policy = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32 if bf16 else None
     )

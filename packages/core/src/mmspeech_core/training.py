@@ -147,12 +147,21 @@ def cpu_has_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+@functools.cache  # per device, asked on every training forward
+def cuda_has_bf16(index: int | None) -> bool:
+    """Whether CUDA device ``index`` (None: the current one) computes bf16 in hardware (compute capability
+    8.0 or newer, Ampere on); torch emulates it on older GPUs, slower than fp32."""
+    with torch.cuda.device(index):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    """The training forward's precision (:attr:`TrainConfig.amp`): bf16 / fp16 autocast on CUDA, bf16
-    autocast on a CPU that computes bf16 natively (:func:`cpu_has_bf16`), fp32 otherwise."""
+    """The training forward's precision (:attr:`TrainConfig.amp`): fp16 autocast on CUDA; bf16 autocast on
+    a GPU that computes bf16 in hardware (:func:`cuda_has_bf16`) or a CPU that computes it natively
+    (:func:`cpu_has_bf16`); fp32 otherwise, where bf16 would be emulated and slower than fp32."""
     if amp == "none":
         return contextlib.nullcontext()
-    if device.type == "cuda":
+    if device.type == "cuda" and (amp == "fp16" or cuda_has_bf16(device.index)):
         return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
     if device.type == "cpu" and amp == "bf16" and cpu_has_bf16():
         return torch.autocast("cpu", dtype=torch.bfloat16)
