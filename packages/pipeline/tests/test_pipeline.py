@@ -507,7 +507,8 @@ def test_the_quickstarts_cli_offers_what_the_recipe_knows():
     choices = {a.dest: a.choices for a in sub._actions if a.choices}
     assert sorted(choices["size"]) == sorted(recipe.SIZES)
     assert list(choices["precision"]) == list(recipe.PRECISIONS)
-    assert sub.get_default("precision") == "fp32" and sub.get_default("size") == "tiny"
+    assert sub.get_default("precision") == recipe.DEFAULT_PRECISION == "bf16"
+    assert sub.get_default("size") == "tiny"
 
 
 def test_quickstart_fast(tmp_path, monkeypatch):
@@ -520,10 +521,9 @@ def test_quickstart_fast(tmp_path, monkeypatch):
     monkeypatch.setitem(SIZES, "tiny", dataclasses.replace(SIZES["tiny"], llm_temperature=0.5))
     # this corpus's held-out set is small enough to be scored whole: half of it, to see the rest not extracted
     monkeypatch.setattr(recipe, "scored_on", lambda test: test[::2])
-    # one training at a time: the side-by-side processes run the same jobs (their own test), ~20 s slower
-    # in bf16 (fp32 where the CPU lacks it; the default, fp32, is the interrupted quickstart's below); no
-    # ladder: it has its own tests
-    report = run_quickstart(tmp_path / "qs", fast=True, evaluate_items=0, jobs=1, precision="bf16")
+    # one training at a time: the side-by-side processes run the same jobs (their own test), ~20 s slower;
+    # in the default precision, bf16 (fp32 where the hardware lacks it); no ladder: it has its own tests
+    report = run_quickstart(tmp_path / "qs", fast=True, evaluate_items=0, jobs=1)
     for name in (
         "zero_shot.wav",
         "one_shot.wav",
@@ -552,7 +552,7 @@ def test_quickstart_fast(tmp_path, monkeypatch):
     assert tts.sample_rate == 24000
     # the quickstart's decoding settings travel with the weights
     assert tts.llm.config.sampling.temperature == 0.5 and tts.flow.config.infer.cfg_rate == 1.5
-    # every training was asked for the quickstart's precision, but the tokenizer's: fp32 whatever it is
+    # every training was asked for the quickstart's default precision, but the tokenizer's: fp32 whatever
     assert report["precision"] == "bf16"
     assert tts.llm.config.train.amp == tts.flow.config.train.amp == tts.vae.config.train.amp == "bf16"
     assert tts.tokenizer.config.train.amp == "none"
@@ -629,9 +629,10 @@ def test_an_interrupted_quickstart_run_again_continues_it_and_ends_as_an_uninter
 
     with pytest.raises(ValueError, match="seed differ"):  # another seed would train something else
         quickstart.run_quickstart(cut, fast=True, seed=1, evaluate_items=0, jobs=1)
-    assert whole["precision"] == "fp32"  # the default
-    with pytest.raises(ValueError, match="precision differ"):  # another precision would train otherwise
-        quickstart.run_quickstart(cut, fast=True, evaluate_items=0, jobs=1, precision="bf16")
+    assert whole["precision"] == "bf16"  # the default
+    # another precision would train otherwise: the message says what the folder holds, to continue it
+    with pytest.raises(ValueError, match="precision differ: precision 'bf16' there, 'fp32' now"):
+        quickstart.run_quickstart(cut, fast=True, evaluate_items=0, jobs=1, precision="fp32")
     (tmp_path / "old/runs").mkdir(parents=True)  # no quickstart recorded it: neither continued nor removed
     for resume in (True, False):
         with pytest.raises(ValueError, match="holds runs but no quickstart.json"):
@@ -735,7 +736,7 @@ def test_a_failed_side_by_side_job_stops_the_other_and_says_which(tmp_path, monk
     assert set(started) == {"tokenizer", "vae"} and started["vae"].poll() is not None  # stopped, not left
 
 
-def test_the_trainings_precision_is_fp32_unless_asked_for_bf16_and_the_tokenizers_always():
+def test_the_trainings_precision_is_bf16_unless_asked_for_fp32_and_the_tokenizers_always_fp32():
     from mmspeech_pipeline import recipe
 
     assert {s: recipe.precision_amp("fp32", s) for s in recipe.STAGES} == dict.fromkeys(recipe.STAGES, "none")

@@ -462,8 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         choices=["tiny", "medium", "small"],
         default="tiny",
-        help="tiny: ~10 min on 2 CPU cores; medium: the longer CPU recipe, ~80 min on 2 CPU cores; "
-        "small: bigger models on a larger corpus, hours on CPU, ~25 min on one H100",
+        help="tiny: ~10 min on 2 CPU cores; medium: the longer CPU recipe, about an hour on 2 CPU cores with "
+        "native bf16 (54-69 min measured; ~80 in fp32); small: bigger models on a larger corpus, hours on CPU, "
+        "~25 min on one H100",
     )
     sp.add_argument("--fast", action="store_true", help="a tiny corpus and ~20x fewer steps (a smoke test)")
     sp.add_argument("--eval-items", type=int, default=None, help="ladder items to score (0 skips the ladder)")
@@ -486,12 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--precision",
         choices=["fp32", "bf16"],
-        default="fp32",
-        help="the trainings' arithmetic: fp32, or bf16 autocast (matrix products in bf16; weights, gradients "
-        "and optimiser state in fp32) on CUDA and on a CPU that computes bf16 natively (AVX512-BF16 or AMX; "
-        "fp32 on other CPUs) for the VAE, the LM and the flow, the tokenizer staying fp32 (its bf16 tokens read "
-        "worse zero-shot in a paired comparison): medium's LM and flow steps ~1.4x shorter on such a CPU, "
-        "its run an estimated 69-74 minutes against fp32's 79",
+        default="bf16",
+        help="the trainings' arithmetic: bf16 autocast (matrix products in bf16; weights, gradients and "
+        "optimiser state in fp32) for the VAE, the LM and the flow, the tokenizer staying fp32 (its bf16 tokens "
+        "read worse zero-shot in a paired comparison), on CUDA GPUs that compute bf16 and on CPUs that compute "
+        "it natively (AVX512-BF16 or AMX), fp32 elsewhere; or fp32 throughout. On such a CPU medium's LM and "
+        "flow steps are ~1.4x shorter (default: bf16)",
     )
     sp.add_argument(
         "--no-resume",

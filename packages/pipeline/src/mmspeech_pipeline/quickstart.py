@@ -3,7 +3,7 @@ eSpeak NG (:mod:`.corpus`), train every stage on its training speakers, bundle, 
 speaker, and score the evaluation ladder (:mod:`.evaluate`) on held-out sentences of held-out speakers.
 
 Sizes (:data:`.recipe.SIZES`): ``tiny`` (the default; about 10 minutes on 2 CPU cores), ``medium`` (the longer CPU
-recipe: wider models, more steps and voices, about 80 minutes on 2 CPU cores) and ``small`` (bigger models on a
+recipe: wider models, more steps and voices, about an hour on 2 CPU cores in bf16) and ``small`` (bigger models on a
 larger corpus, with the VAE's GAN: hours on CPU — its GAN steps alone take 10-20 s each on 2 cores — so it is
 meant for a GPU). The trainings run two at a time where there are two cores or more (:mod:`.recipe`).
 The report (``report.md`` / ``report.json``) gives losses, timings, the ladder table and spectrograms of
@@ -31,6 +31,7 @@ from .bundle import write_bundle
 from .corpus import CorpusSplit, build_corpus, load_corpus
 from .evaluate import Judges, evaluate, ladder_table
 from .recipe import (
+    DEFAULT_PRECISION,
     SIZES,
     STAGES,
     StepTimer,
@@ -63,7 +64,7 @@ def run_quickstart(
     sources: Sequence[str] = ("espeak",),
     jobs: int | None = None,
     resume: bool = True,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
 ) -> dict[str, Any]:
     """Run everything; returns (and writes to ``out_dir/report.json`` + ``report.md``) the report.
 
@@ -73,7 +74,8 @@ def run_quickstart(
     its steps or its share, whichever comes first; corpus, extraction and evaluation come on top).
     ``sources``: the corpus's voice sources (:func:`.voices.make_voices`), checked before anything runs.
     ``jobs``: trainings at a time (:func:`.recipe.train_all`; default two where there are two cores).
-    ``precision``: the trainings' arithmetic, fp32 or bf16 (each stage's: :func:`.recipe.precision_amp`).
+    ``precision``: the trainings' arithmetic, bf16 (the default: where the hardware computes it, fp32
+    elsewhere) or fp32 (each stage's: :func:`.recipe.precision_amp`).
     ``resume``: run again on the same folder, it continues where an interrupted run stopped — a finished
     corpus and finished trainings are kept, a training cut short resumes from its latest checkpoint (at
     most a tenth of its steps back), extraction and the ladder skip what they have done — provided the
@@ -206,9 +208,12 @@ def _check_settings(out: Path, before: dict[str, Any], now: dict[str, Any]) -> N
     before = {"precision": "fp32"} | before  # a folder from before the precision setting trained in fp32
     if before != now:
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        # each setting's two values, but the preset's (the size's whole recipe, which a release changed)
+        values = [f"{k} {before.get(k)!r} there, {now.get(k)!r} now" for k in changed if k != "preset"]
         raise ValueError(
-            f"{out} holds a quickstart with other settings ({', '.join(changed)} differ): run it with the "
-            "same settings to continue it, start it over with --no-resume, or choose another --out"
+            f"{out} holds a quickstart with other settings ({', '.join(changed)} differ"
+            f"{': ' + '; '.join(values) if values else ''}): run it with the same settings to continue it, "
+            "start it over with --no-resume, or choose another --out"
         )
 
 
