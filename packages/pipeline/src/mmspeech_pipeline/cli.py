@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["tiny", "medium", "small"],
         default="tiny",
         help="tiny: ~10 min on 2 CPU cores; medium: the longer CPU recipe, about an hour on 2 CPU cores with "
-        "native bf16 (54-69 min measured; ~80 in fp32); small: bigger models on a larger corpus, hours on CPU, "
+        "native bf16 (54 min measured; 67-79 in fp32); small: bigger models on a larger corpus, hours on CPU, "
         "~25 min on one H100",
     )
     sp.add_argument("--fast", action="store_true", help="a tiny corpus and ~20x fewer steps (a smoke test)")

@@ -257,26 +257,25 @@ PRECISIONS = ("fp32", "bf16")
 DEFAULT_PRECISION = "bf16"
 # the stages that train in fp32 whatever the precision: the tokenizer's bf16 tokens read worse zero-shot in
 # a paired comparison (one training each: docs/quickstart-history.md, twenty-first session), and its lane
-# only grows by ~5 minutes of medium's hour (the VAE's, beside it, is the shorter one)
+# only grows by ~2-5 minutes of medium's hour (the VAE's, beside it, is the shorter one)
 FP32_STAGES = ("tokenizer",)
 
 
 def precision_amp(precision: str, stage: str) -> str:
     """``stage``'s :attr:`TrainConfig.amp` for ``precision``: "fp32" ("none"), or "bf16": autocast, the
-    forward's matrix products in bf16 and weights, gradients and optimiser state in fp32, on a GPU or CPU
-    that computes bf16 natively (:func:`mmspeech_core.training.cuda_has_bf16`, ``cpu_has_bf16``; fp32 on
-    others, where it would be emulated) — for
-    every stage but those in :data:`FP32_STAGES`. Medium's steps on one core, fp32 / bf16 (s, best of 3,
-    ``benchmarks/train_step.py``), on an AMX CPU: tokenizer 0.176 / 0.117, VAE 0.092 / 0.085, LM 0.44 /
-    0.32, flow 1.11 / 0.82; on an AVX512-BF16 AMD EPYC: 0.203 / 0.142, 0.099 / 0.078, 0.55 / 0.37, 1.31 /
-    0.99. Medium with every stage in bf16 read 1.50x the recordings' WER zero-shot on 96 items; with its
-    tokenizer retrained in fp32 (the LM and the flow again in bf16, on its tokens) 1.35x, paired WER 0.070
-    lower (0.000 to 0.139), against 1.37-1.42x in four fp32 runs — one training of each, and at another
-    seed an fp32 and a bf16 tokenizer gave alike tokens (6.97 bits each), so fp32 for the tokenizer is the
-    cautious side, not a proven need (as the tokenizer's own config's default); its LM retrained in fp32 on
-    the bf16 tokens, paired, changed WER by +0.020 (-0.047 to +0.090). This split run whole from a fresh
-    clone (54 min on the EPYC) read 1.40x (1.24-1.60) on the same 96 items, hence the quickstart's default
-    (docs/quickstart-history.md, twentieth to twenty-second sessions)."""
+    forward's matrix products in bf16 and weights, gradients and optimiser state in fp32, on a GPU or CPU that
+    computes bf16 natively (:func:`mmspeech_core.training.cuda_has_bf16`, ``cpu_has_bf16``; fp32 on others,
+    where it would be emulated) — for every stage but those in :data:`FP32_STAGES`. Medium's steps on one
+    core, fp32 / bf16 (s, best of 3, ``benchmarks/train_step.py``), on an AMX CPU: tokenizer 0.176 / 0.117,
+    VAE 0.092 / 0.085, LM 0.44 / 0.32, flow 1.11 / 0.82; on an AVX512-BF16 AMD EPYC: 0.203 / 0.142, 0.099 /
+    0.078, 0.55 / 0.37, 1.31 / 0.99. Medium with every stage in bf16 read 1.50x the recordings' WER zero-shot
+    on 96 items; with its tokenizer retrained in fp32 (the LM and the flow again in bf16, on its tokens)
+    1.35x, paired WER 0.070 lower (0.000 to 0.139), against 1.37-1.42x in four fp32 runs — one training of
+    each, and at another seed an fp32 and a bf16 tokenizer gave alike tokens (6.97 bits each), so fp32 for the
+    tokenizer is the cautious side, not a proven need (as the tokenizer's own config's default); its LM
+    retrained in fp32 on the bf16 tokens, paired, changed WER by +0.020 (-0.047 to +0.090). This split run
+    whole from a fresh clone (54 min on the EPYC) read 1.40x (1.24-1.60) on the same 96 items, hence the
+    quickstart's default (docs/quickstart-history.md, twentieth to twenty-second sessions)."""
     return "bf16" if check_precision(precision) == "bf16" and stage not in FP32_STAGES else "none"
 
 
